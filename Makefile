@@ -1,0 +1,45 @@
+# The two set-up commands are `make serve` and `make test`; both create or refresh .venv
+# first and do nothing more when pyproject.toml and constraints.txt are unchanged.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PIP    := $(PY) -m pip install -q -c constraints.txt
+ARGS   ?=
+PYTEST_ARGS ?=
+
+.PHONY: venv serve test bench bench-ingest bench-model bench-results bench-e2e demo demo-weights view check-config docs clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q -U pip wheel setuptools
+	$(PIP) -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+serve: venv
+	$(VENV)/bin/dsm-node serve $(ARGS)
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+check-config: venv
+	$(VENV)/bin/dsm-node check-config $(ARGS)
+
+docs: venv
+	$(PY) -m dsm_node.config_doc --write
+
+bench: bench-ingest bench-model bench-results
+
+bench-ingest: venv
+	$(PY) bench/ingest.py $(ARGS)
+
+bench-model: venv
+	$(PY) bench/model.py $(ARGS)
+
+bench-results: venv
+	$(PY) bench/results.py $(ARGS)
+
+clean:
+	rm -rf var .pytest_cache

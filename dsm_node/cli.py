@@ -1,0 +1,43 @@
+"""``dsm-node``: one entry point, one module per sub-command.
+
+Each module in COMMANDS exposes ``configure(parser)`` and ``run(args) -> int``. Command modules
+import heavy packages (torch, monai) inside ``run`` only, so ``dsm-node audit`` starts fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check-config": ("dsm_node.commands.check_config", "print the effective configuration or the error"),
+    "db": ("dsm_node.commands.db", "database migrations (upgrade, current)"),
+    "audit": ("dsm_node.commands.audit", "show or export the audit trail"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dsm-node", description="DICOM node for the DSM CT segmentation model")
+    parser.add_argument("--version", action="version", version=f"dsm-node {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", metavar="FILE", help="YAML configuration file (default: built-in defaults)")
+        p.set_defaults(_module=module)
+        importlib.import_module(module).configure(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-command modules of ``dsm-node`` (see dsm_node.cli.COMMANDS)."""

@@ -1,0 +1,1 @@
+"""Database access: schema (models), engine/session set-up (engine) and migrations."""

@@ -1,0 +1,387 @@
+"""Typed configuration of the node.
+
+Precedence, lowest first: the schema defaults below (mirrored, with comments, in
+config/node.yaml), a YAML file given with ``--config``, ``DSM_NODE__SECTION__KEY`` environment
+variables, then command-line flags such as ``--port``. Unknown keys are errors that name the key,
+because a typo in a hospital config must not silently fall back to a default.
+"""
+from __future__ import annotations
+
+import contextvars
+import ipaddress
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "config" / "node.yaml"
+DEFAULT_WEIGHTS = REPO_ROOT / "weights" / "dsm-small-demo.pt"
+
+_AE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
+
+
+class ConfigError(Exception):
+    """A configuration problem, with the offending key in the message."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_ae(value: str) -> str:
+    if not _AE_RE.match(value) or value.strip() == "" or "\\" in value:
+        raise ValueError("an AE title is 1-16 printable ASCII characters, not only spaces, no backslash")
+    return value.strip()
+
+
+class Peer(_Section):
+    """A DICOM peer allowed to associate (normally the PACS)."""
+
+    ae_title: str = Field(description="Calling AE title the peer uses")
+    networks: list[str] = Field(description="Source addresses allowed, as CIDR (e.g. 10.1.2.3/32)")
+    port: int | None = Field(None, description="The peer's own SCP port, used when delivery replies to the caller")
+    description: str = ""
+
+    _ae = field_validator("ae_title")(lambda cls, v: _check_ae(v))
+
+    @field_validator("networks")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one network (CIDR) is required")
+        for net in v:
+            ipaddress.ip_network(net, strict=False)
+        return v
+
+
+class TLS(_Section):
+    enabled: bool = Field(False, description="Accept only TLS associations (BCP 195)")
+    cert_file: Path | None = Field(None, description="PEM certificate of the node")
+    key_file: Path | None = Field(None, description="PEM private key of the node")
+    ca_file: Path | None = Field(None, description="CA bundle used to verify client certificates")
+    require_client_cert: bool = Field(True, description="Reject peers without a certificate signed by ca_file")
+
+    @model_validator(mode="after")
+    def _files(self) -> "TLS":
+        if self.enabled:
+            missing = [k for k in ("cert_file", "key_file") if getattr(self, k) is None]
+            if self.require_client_cert and self.ca_file is None:
+                missing.append("ca_file")
+            if missing:
+                raise ValueError(f"TLS is enabled but {', '.join(missing)} not set")
+        return self
+
+
+class Dicom(_Section):
+    ae_title: str = Field("DSMNODE", description="Our AE title; associations calling another title are rejected")
+    host: str = Field("127.0.0.1", description="Listen address; set 0.0.0.0 (and peers) to receive from a PACS")
+    port: int = Field(11112, ge=1, le=65535)
+    peers: list[Peer] = Field(default_factory=list, description="Allow-list; empty = loopback only")
+    require_called_ae: bool = Field(True, description="Reject associations whose called AE is not ae_title")
+    max_associations: int = Field(16, ge=1)
+    max_pdu: int = Field(131072, ge=0, description="Maximum PDU we receive (0 = unlimited)")
+    acse_timeout_s: float = Field(30, gt=0)
+    dimse_timeout_s: float = Field(60, gt=0)
+    network_timeout_s: float = Field(60, gt=0)
+    max_instance_bytes: int = Field(2 * 1024**3, gt=0, description="Larger instances are refused")
+    other_sop_classes: Literal["ignore", "reject"] = Field(
+        "ignore", description="Non-CT objects: accept and ignore (a PACS routing whole studies sees no failures) or reject"
+    )
+    tls: TLS = Field(default_factory=TLS)
+
+    _ae = field_validator("ae_title")(lambda cls, v: _check_ae(v))
+
+
+class Storage(_Section):
+    data_dir: Path = Field(Path("var"), description="Spool, SQLite database, results and logs live under here")
+    min_free_bytes: int = Field(1024**3, ge=0, description="Refuse instances (0xA700) below this free disk space")
+    quota_bytes: int | None = Field(None, ge=0, description="Refuse instances (0xA700) when the spool exceeds this")
+    fsync: bool = Field(True, description="fsync each instance before answering Success (durability)")
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+
+class Database(_Section):
+    url: SecretStr | None = Field(None, description="SQLAlchemy URL; empty = SQLite at DATA_DIR/dsm-node.db")
+    auto_migrate: bool = Field(True, description="Apply pending migrations at start-up")
+
+
+class Completeness(_Section):
+    quiet_period_s: float = Field(30, ge=0, description="A study is complete after this long without a new instance")
+    poll_interval_s: float = Field(1.0, gt=0)
+
+
+class Rule(_Section):
+    """Include or exclude a series by a header attribute (keyword), by regex or numeric range."""
+
+    tag: str = Field(description="DICOM keyword, e.g. SeriesDescription")
+    action: Literal["include", "exclude"] = "exclude"
+    regex: str | None = None
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _one_test(self) -> "Rule":
+        if self.regex is None and self.min is None and self.max is None:
+            raise ValueError("a rule needs regex, min or max")
+        if self.regex is not None:
+            re.compile(self.regex)
+        return self
+
+
+class Selection(_Section):
+    modality: str = "CT"
+    require_image_type: list[str] = Field(default_factory=lambda: ["ORIGINAL", "PRIMARY"])
+    prefer_image_type: str = "AXIAL"
+    exclude_image_type: list[str] = Field(default_factory=lambda: ["LOCALIZER", "SCOUT"])
+    min_slices: int = Field(20, ge=1)
+    max_slice_thickness_mm: float = Field(5.0, gt=0)
+    prefer_description_regex: str = Field(
+        r"(?i)(venous|portal|pv\b|\bven\b|70\s*s|abd.*c\+|contrast)", description="Preferred phase, matched against SeriesDescription"
+    )
+    rules: list[Rule] = Field(default_factory=list)
+
+
+class Inference(_Section):
+    checkpoint: Path | None = Field(None, description="Model checkpoint; empty = bundled demo weights")
+    device: str = Field("auto", description="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
+    sw_batch_size: int = Field(1, ge=1)
+    overlap: float = Field(0.5, ge=0, lt=1)
+    amp: bool = Field(True, description="Mixed precision on CUDA")
+    extra_classes: list[str] = Field(default_factory=list, description="Zero-shot class names added at inference")
+    clip_checkpoint: Path | None = Field(None, description="Local open_clip checkpoint for extra class names")
+
+
+class Results(_Section):
+    uid_root: str = Field("1.2.826.0.1.3680043.8.498.", description="Site UID root for deterministic result UIDs")
+    seg_type: Literal["BINARY", "LABELMAP"] = "BINARY"
+    seg_series_description: str = "DSM segmentation - not for diagnostic use"
+    sr_series_description: str = "DSM measurements - not for diagnostic use"
+    seg_series_number: int = 9901
+    sr_series_number: int = 9902
+    manufacturer: str = "dsm-node"
+    institution_name: str | None = None
+    secondary_capture: bool = Field(False, description="Also send overlay images for viewers without SEG support")
+
+    @field_validator("uid_root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        if not re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.", v) or len(v) > 40:
+            raise ValueError("a UID root is dotted digits without leading zeros, ending with '.', at most 40 chars")
+        return v
+
+
+class Destination(_Section):
+    name: str
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls: TLS = Field(default_factory=TLS)
+
+    _ae = field_validator("ae_title")(lambda cls, v: _check_ae(v))
+
+
+class Delivery(_Section):
+    destinations: list[Destination] = Field(default_factory=list)
+    reply_to_caller: bool = Field(False, description="Also send results to the peer that sent the study (needs its port)")
+    calling_ae_title: str | None = Field(None, description="AE title we call with; empty = dicom.ae_title")
+    max_attempts: int = Field(10, ge=1)
+    backoff_initial_s: float = Field(10, gt=0)
+    backoff_max_s: float = Field(900, gt=0)
+    timeout_s: float = Field(30, gt=0)
+
+
+class Executor(_Section):
+    kind: Literal["local", "celery"] = "local"
+    broker_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="Celery broker (Redis)")
+    queue: str = "dsm-inference"
+
+
+class Http(_Section):
+    enabled: bool = True
+    host: str = Field("127.0.0.1", description="Health, metrics and status page; loopback by default")
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class Logging(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    stdout: bool = True
+    file: bool = Field(True, description="Also write JSON lines to DATA_DIR/logs/dsm-node.jsonl")
+
+
+class Syslog(_Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 514
+    protocol: Literal["udp", "tcp"] = "udp"
+
+
+class Audit(_Section):
+    syslog: Syslog = Field(default_factory=Syslog)
+
+
+class Retention(_Section):
+    enabled: bool = True
+    delivered_max_age_h: float = Field(72, ge=0, description="Delete spool + results this long after delivery")
+    disk_high_watermark: float = Field(0.9, gt=0, le=1, description="Above this disk use, delete delivered data oldest first")
+    interval_s: float = Field(600, gt=0)
+
+
+_CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("dsm_config_file", default=None)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DSM_NODE__", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    dicom: Dicom = Field(default_factory=Dicom)
+    storage: Storage = Field(default_factory=Storage)
+    database: Database = Field(default_factory=Database)
+    completeness: Completeness = Field(default_factory=Completeness)
+    selection: Selection = Field(default_factory=Selection)
+    inference: Inference = Field(default_factory=Inference)
+    results: Results = Field(default_factory=Results)
+    delivery: Delivery = Field(default_factory=Delivery)
+    executor: Executor = Field(default_factory=Executor)
+    http: Http = Field(default_factory=Http)
+    logging: Logging = Field(default_factory=Logging)
+    audit: Audit = Field(default_factory=Audit)
+    retention: Retention = Field(default_factory=Retention)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _CONFIG_FILE.get()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    # Derived locations -------------------------------------------------------------------
+    @property
+    def database_url(self) -> str:
+        if self.database.url is not None and self.database.url.get_secret_value():
+            return self.database.url.get_secret_value()
+        return f"sqlite:///{(self.storage.data_dir / 'dsm-node.db').resolve()}"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.inference.checkpoint or DEFAULT_WEIGHTS
+
+
+def _deep_set(target: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        target = target.setdefault(key, {})
+    target[keys[-1]] = value
+
+
+def load_settings(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the effective settings; raise ConfigError naming the bad key.
+
+    ``overrides`` maps dotted keys (``dicom.port``) to values from command-line flags.
+    """
+    path = Path(config_file) if config_file else None
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            content = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(content, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    init: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _deep_set(init, key, value)
+    token = _CONFIG_FILE.set(path)
+    try:
+        return Settings(**init)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, path)) from None
+    finally:
+        _CONFIG_FILE.reset(token)
+
+
+def _explain(exc: ValidationError, path: Path | None) -> str:
+    where = f" in {path}" if path else ""
+    lines = [f"invalid configuration{where} (environment DSM_NODE__* variables and flags included):"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+_SECRET_KEY = re.compile(r"(password|secret|token|passphrase)", re.I)
+_URL_CRED = re.compile(r"(://[^:/@]*:)([^@]*)(@)")
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data with secrets masked, for ``check-config``."""
+
+    def mask(obj: Any, key: str = "") -> Any:
+        if isinstance(obj, dict):
+            return {k: mask(v, k) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [mask(v, key) for v in obj]
+        if isinstance(obj, SecretStr):
+            return _URL_CRED.sub(r"\1***\3", obj.get_secret_value()) if obj.get_secret_value() else ""
+        if isinstance(obj, Path):
+            return str(obj)
+        if isinstance(obj, str) and (_SECRET_KEY.search(key)):
+            return "***"
+        return obj
+
+    return mask(settings.model_dump(mode="python"))
+
+
+def config_warnings(settings: Settings, config_file: str | Path | None) -> list[str]:
+    """Things that are valid but worth an administrator's attention."""
+    warnings: list[str] = []
+    if config_file:
+        mode = Path(config_file).stat().st_mode
+        text = Path(config_file).read_text()
+        has_secret = bool(_URL_CRED.search(text)) or bool(_SECRET_KEY.search(text))
+        if has_secret and mode & stat.S_IROTH:
+            warnings.append(f"{config_file} contains credentials and is world-readable (chmod 600 it)")
+    if not settings.dicom.peers and settings.dicom.host not in ("127.0.0.1", "::1", "localhost"):
+        warnings.append("dicom.host listens beyond loopback but no peers are configured: only loopback may associate")
+    if settings.http.host not in ("127.0.0.1", "::1", "localhost"):
+        warnings.append(f"http.host is {settings.http.host}: metrics and the status page are reachable from the network")
+    if not settings.storage.fsync:
+        warnings.append("storage.fsync is off: a power loss can lose instances already acknowledged")
+    if settings.inference.checkpoint is None:
+        warnings.append("inference.checkpoint is empty: the bundled DEMONSTRATION weights are used (not for clinical use)")
+    key = settings.dicom.tls.key_file
+    if key is not None and key.exists() and key.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        warnings.append(f"{key} (TLS private key) is readable by group/others")
+    return warnings
+
+
+def env_overrides_present() -> list[str]:
+    return sorted(k for k in os.environ if k.startswith("DSM_NODE__"))

@@ -1,0 +1,70 @@
+"""Helpers shared by the test suite: external tools and the optional ../shared data.
+
+Policy (see README "Tests"): a test that needs an external program (DCMTK, dicom3tools,
+Orthanc, redis-server, PostgreSQL, Chromium) FAILS when it is missing under CI=true, because
+CI installs them and a skip there would hide a broken install step; on a developer machine
+it is skipped with the reason. Data under ../shared exists in CI only; tests that read it
+skip elsewhere (and fail in CI if it vanished).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TEST_DATA = Path(__file__).resolve().parent / "data"
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Debian ships some servers outside PATH.
+_EXTRA_DIRS = [
+    "/usr/lib/postgresql/15/bin",
+    "/usr/lib/postgresql/16/bin",
+    "/usr/lib/postgresql/17/bin",
+    "/usr/sbin",
+]
+
+
+def find_tool(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in _EXTRA_DIRS:
+        p = Path(d) / name
+        if p.exists() and os.access(p, os.X_OK):
+            return str(p)
+    return None
+
+
+def require_tool(name: str) -> str:
+    """Path of an external program; fail in CI, skip elsewhere, when it is missing."""
+    path = find_tool(name)
+    if path:
+        return path
+    msg = f"external tool {name!r} is not installed (CI installs it via .ci/run)"
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data; skip (or fail in CI) when the folder is absent."""
+    path = SHARED.joinpath("data", *parts)
+    if path.exists():
+        return path
+    msg = f"{path} not present (../shared is only beside the checkout in CI)"
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
