@@ -1,0 +1,202 @@
+"""Typed model configuration (``config/model_*.yaml``).
+
+Stage 1 and Stage 2 are the same network class; ``stage`` selects which modules exist.
+The YAML files describe the served (Stage 2) model; training derives Stage 1 with
+``cfg.with_stage(1)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """MONAI SwinUNETR arguments (monai 1.6.1: no img_size)."""
+
+    feature_size: int = 48
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7
+    norm_name: str = "instance"
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    dropout_path_rate: float = 0.0
+    use_checkpoint: bool = False
+    use_v2: bool = False
+    # SDPA for the window attention; MONAI uses it only when autograd is off (inference).
+    use_flash_attention: bool = True
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    query_dim: int = 256  # C
+    pixel_dim: int = 128  # D, channels of the L2-normalised pixel embedding E
+    n_organ_queries: int = 25
+    n_tumor_queries: int = 20
+    num_heads: int = 8
+    ffn_dim: int = 2048
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class SSMConfig:
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    backend: str = "auto"  # auto | torch | mamba_ssm
+    chunk_size: int = 64  # pure-PyTorch scan: tokens per chunk of the two-level scan
+
+
+@dataclass(frozen=True)
+class DQRConfig:
+    steps: int = 1
+    lam: float = 1.0  # lambda: temperature of the guidance distance
+    guidance_dim: int = 32
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    dim: int = 512
+    tau: float = 0.01
+    clip_model: str = "ViT-B-32"
+
+
+@dataclass(frozen=True)
+class PreprocessingConfig:
+    orientation: str = "RAS"
+    spacing: tuple[float, ...] = (1.5, 1.5, 1.5)
+    hu_window: tuple[float, ...] = (-175.0, 250.0)
+    roi_size: tuple[int, ...] = (96, 96, 96)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    overlap: float = 0.5
+    blend_mode: str = "gaussian"
+    sw_batch_size: int = 2
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "dsm-paper"
+    stage: int = 2
+    in_channels: int = 1
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    ssm: SSMConfig = field(default_factory=SSMConfig)
+    dqr: DQRConfig = field(default_factory=DQRConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def __post_init__(self) -> None:
+        if self.stage not in (1, 2):
+            raise ConfigError(f"stage must be 1 or 2, got {self.stage!r}")
+        if self.ssm.backend not in ("auto", "torch", "mamba_ssm"):
+            raise ConfigError(f"ssm.backend must be auto, torch or mamba_ssm, got {self.ssm.backend!r}")
+        if self.backbone.feature_size % 12:
+            raise ConfigError(f"backbone.feature_size must be divisible by 12 (SwinUNETR), got {self.backbone.feature_size}")
+        if self.decoder.query_dim % self.decoder.num_heads:
+            raise ConfigError("decoder.query_dim must be divisible by decoder.num_heads")
+        if any(r % 32 for r in self.preprocessing.roi_size):
+            raise ConfigError(f"preprocessing.roi_size must be multiples of 32 (SwinUNETR), got {self.preprocessing.roi_size}")
+
+    @property
+    def n_queries(self) -> int:
+        """Queries that exist in this stage (organ queries, plus tumour queries in Stage 2)."""
+        d = self.decoder
+        return d.n_organ_queries + (d.n_tumor_queries if self.stage == 2 else 0)
+
+    def with_stage(self, stage: int) -> "ModelConfig":
+        return dataclasses.replace(self, stage=stage)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        """Copy with top-level or dotted changes: ``cfg.replace(**{"ssm.backend": "torch"})``."""
+        data = self.to_dict()
+        for key, value in changes.items():
+            node = data
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            if leaf not in node:
+                raise ConfigError(f"unknown config key {key!r}")
+            node[leaf] = value
+        return ModelConfig.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/torch-safe data (tuples become lists)."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+        return _build(cls, data, "")
+
+    def diff(self, other: "ModelConfig") -> list[str]:
+        """Human-readable differences ``key: self_value != other_value``."""
+        out: list[str] = []
+        _diff(self.to_dict(), other.to_dict(), "", out)
+        return out
+
+
+def load_model_config(name_or_path: str | Path) -> ModelConfig:
+    """``"small"``/``"paper"`` (``config/model_<name>.yaml``) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"model_{name_or_path}.yaml"
+    if not path.exists():
+        known = sorted(p.stem.removeprefix("model_") for p in CONFIG_DIR.glob("model_*.yaml"))
+        raise ConfigError(f"model config {name_or_path!r} not found (looked at {path}); known names: {known}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        return ModelConfig.from_dict(data)
+    except (ConfigError, TypeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str):
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        f = known[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{prefix}{name}.")
+        elif isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{prefix}{name}: expected a list, got {value!r}")
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _diff(a: Any, b: Any, prefix: str, out: list[str]) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            _diff(a.get(k), b.get(k), f"{prefix}{k}.", out)
+    elif a != b:
+        out.append(f"{prefix[:-1]}: {a!r} != {b!r}")
