@@ -1,0 +1,97 @@
+"""A real, throw-away PostgreSQL server for tests (shared helper; owner: receiving side).
+
+    with postgres_server() as pg:          # or the ``postgres`` fixture in a conftest
+        url = pg.new_database()            # a fresh, empty database per test
+        pg.stop(); pg.start()              # e.g. to test "database unavailable"
+
+initdb into a temp folder and ``pg_ctl start`` with a Unix socket in that folder and a TCP
+listener on 127.0.0.1 only (free port). PostgreSQL refuses to run as root: as root the server
+runs as the ``postgres`` account (``runuser -u postgres``; the Debian package creates it), and
+the temp folder is handed to that account. fsync is off: the data is thrown away.
+A missing PostgreSQL fails under CI=true and skips elsewhere (``tools.require_tool``).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tools import free_port, require_tool
+
+
+class PostgresServer:
+    def __init__(self, root: Path, initdb: str, pg_ctl: str, as_user: list[str]) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.sockets = root
+        self.port = free_port()
+        self._pg_ctl = pg_ctl
+        self._as_user = as_user
+        self._names = itertools.count(1)
+        subprocess.run(
+            [*as_user, initdb, "-D", str(self.data), "-U", "dsm", "--auth=trust", "-E", "UTF8", "--no-sync"],
+            check=True, capture_output=True,
+        )
+        self.start()
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://dsm@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        options = f"-k {self.sockets} -c listen_addresses=127.0.0.1 -p {self.port} -F -c max_connections=200"
+        res = subprocess.run(
+            [*self._as_user, self._pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w",
+             "-t", "60", "start"],
+            capture_output=True, text=True,
+        )
+        if res.returncode != 0:
+            log = (self.root / "log").read_text(errors="replace")[-2000:] if (self.root / "log").exists() else ""
+            raise RuntimeError(f"pg_ctl start failed: {res.stderr}\n{log}")
+
+    def stop(self, mode: str = "fast") -> None:
+        subprocess.run([*self._as_user, self._pg_ctl, "-D", str(self.data), "-m", mode, "-w", "stop"],
+                       capture_output=True)
+
+    def new_database(self) -> str:
+        import psycopg
+
+        name = f"dsm_test_{os.getpid()}_{next(self._names)}"
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=dsm dbname=postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+@contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    initdb = require_tool("initdb")
+    pg_ctl = require_tool("pg_ctl")
+    as_user: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="dsm-pg-"))
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(root, ignore_errors=True)
+            import pytest
+
+            msg = "running as root and there is no 'postgres' account to run PostgreSQL as"
+            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+                pytest.fail(msg)
+            pytest.skip(msg)
+        as_user = [require_tool("runuser"), "-u", "postgres", "--"]
+        shutil.chown(root, "postgres", "postgres")
+        os.chmod(root, 0o700)
+    server = None
+    try:
+        server = PostgresServer(root, initdb, pg_ctl, as_user)
+        yield server
+    finally:
+        if server is not None:
+            server.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
