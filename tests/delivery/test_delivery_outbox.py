@@ -1,0 +1,93 @@
+"""The outbox rules that need no network: back-off, idempotent enqueue, destination resolution,
+leases."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import random
+
+import pytest
+from conftest import pacs
+from pydicom.uid import generate_uid
+
+from dsm_node.db.engine import transaction
+from dsm_node.db.models import Delivery, DeliveryState, Study, utcnow
+from dsm_node.delivery import enqueue, resolve_destinations
+from dsm_node.delivery.outbox import backoff_delay, claim_due, reclaim_expired
+from dsm_node.settings import load_settings
+
+
+def test_backoff_doubles_up_to_the_cap_and_jitter_only_shortens():
+    rng = random.Random(1)
+    for attempt, nominal in [(1, 10), (2, 20), (3, 40), (7, 640), (8, 900), (30, 900)]:
+        delays = [backoff_delay(attempt, 10, 900, rng) for _ in range(200)]
+        assert all(0.8 * nominal <= d <= nominal for d in delays), (attempt, min(delays), max(delays))
+        assert max(delays) - min(delays) > 0.1 * nominal  # it is jittered, not constant
+
+
+def test_enqueue_is_idempotent(make_node, result_files):
+    node = make_node(destinations=[pacs(11112), pacs(11113, name="archive", ae_title="ARCHIVE")])
+    seg = node.add_results([result_files["SEG"]])[0]
+    first = node.rows()
+    assert sorted(r.destination for r in first) == ["archive", "pacs"]
+    assert {r.state for r in first} == {DeliveryState.PENDING}
+    with transaction(node.ctx.sessions) as s:
+        result = s.merge(seg)
+        again = enqueue(s, result, resolve_destinations(node.ctx.settings, result.job.study))
+    assert sorted(r.id for r in again) == sorted(r.id for r in first)
+    assert len(node.rows()) == 2
+
+
+def _settings(**delivery):
+    peers = [
+        {"ae_title": "MODALITY", "networks": ["10.1.0.0/16"], "port": 104},
+        {"ae_title": "NOPORT", "networks": ["10.2.0.0/16"]},
+    ]
+    overrides = {"dicom.peers": peers, "delivery.reply_to_caller": True}
+    overrides.update({f"delivery.{k}": v for k, v in delivery.items()})
+    return load_settings(overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    "calling_ae, address, expected",
+    [
+        ("MODALITY", "10.1.2.3", ("caller:MODALITY", "MODALITY", "10.1.2.3", 104, None)),
+        ("MODALITY", "10.1.2.3:50123", ("caller:MODALITY", "MODALITY", "10.1.2.3", 104, None)),
+        ("MODALITY", "192.168.9.9", ("caller:MODALITY", "MODALITY", "192.168.9.9", 0, "no dicom.peers entry")),
+        ("NOPORT", "10.2.0.7", ("caller:NOPORT", "NOPORT", "10.2.0.7", 0, "no dicom.peers entry")),
+        (None, "10.1.2.3", ("caller:?", "UNKNOWN", "10.1.2.3", 0, "no calling AE title")),
+    ],
+)
+def test_reply_to_caller_uses_the_peers_configured_port(calling_ae, address, expected):
+    (target,) = resolve_destinations(_settings(), Study(study_uid="1.2", calling_ae=calling_ae, peer_address=address))
+    name, ae, host, port, problem = expected
+    assert (target.name, target.ae_title, target.host, target.port) == (name, ae, host, port)
+    assert (problem is None and target.problem is None) or problem in target.problem
+
+
+def test_reply_to_caller_is_not_added_twice_when_the_caller_is_a_configured_destination():
+    settings = _settings(destinations=[pacs(104, name="pacs", ae_title="MODALITY")])
+    targets = resolve_destinations(settings, Study(study_uid="1.2", calling_ae="MODALITY", peer_address="10.1.2.3"))
+    assert [t.name for t in targets] == ["pacs"]
+    # A different application on the same host is a separate destination.
+    targets = resolve_destinations(settings, Study(study_uid="1.2", calling_ae="NOPORT", peer_address="10.2.0.7"))
+    assert [t.name for t in targets] == ["pacs", "caller:NOPORT"]
+
+
+def test_expired_leases_return_to_pending_or_dead_and_live_ones_stay(make_node, result_files):
+    node = make_node(destinations=[pacs(11112)], max_attempts=2)
+    files = [dataclasses.replace(result_files["SEG"], sop_instance_uid=generate_uid()) for _ in range(3)]
+    node.add_results(files)
+    now = utcnow()
+    with transaction(node.ctx.sessions) as s:
+        expired = claim_due(s, now, 2, lease_until=now - dt.timedelta(seconds=1))
+        live = claim_due(s, now, 1, lease_until=now + dt.timedelta(minutes=5))
+    assert [c.attempt for c in expired + live] == [1, 1, 1]
+    with transaction(node.ctx.sessions) as s:  # the first expired row has used its last attempt
+        s.get(Delivery, expired[0].id).attempts = 2
+    with transaction(node.ctx.sessions) as s:
+        reclaimed = reclaim_expired(s, utcnow(), max_attempts=2)
+    assert sorted(reclaimed) == [(expired[0].id, DeliveryState.DEAD, 2), (expired[1].id, DeliveryState.PENDING, 1)]
+    states = {r.id: (r.state, r.last_status) for r in node.rows()}
+    assert states[live[0].id] == (DeliveryState.IN_PROGRESS, None)
+    assert states[expired[1].id] == (DeliveryState.PENDING, "interrupted")
