@@ -47,3 +47,5 @@ def configure_logging(level: str = "INFO", stdout: bool = True, file: Path | Non
     root.setLevel(level)
     # pynetdicom logs every PDU at DEBUG/INFO; keep only its warnings.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # Alembic announces its plugins and context at INFO on every start.
+    logging.getLogger("alembic").setLevel(logging.WARNING)

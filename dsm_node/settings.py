@@ -81,7 +81,7 @@ class TLS(_Section):
 class Dicom(_Section):
     ae_title: str = Field("DSMNODE", description="Our AE title; associations calling another title are rejected")
     host: str = Field("127.0.0.1", description="Listen address; set 0.0.0.0 (and peers) to receive from a PACS")
-    port: int = Field(11112, ge=1, le=65535)
+    port: int = Field(11112, ge=0, le=65535, description="DICOM port (0 = any free port, for tests)")
     peers: list[Peer] = Field(default_factory=list, description="Allow-list; empty = loopback only")
     require_called_ae: bool = Field(True, description="Reject associations whose called AE is not ae_title")
     max_associations: int = Field(16, ge=1)
@@ -153,7 +153,8 @@ class Selection(_Section):
     min_slices: int = Field(20, ge=1)
     max_slice_thickness_mm: float = Field(5.0, gt=0)
     prefer_description_regex: str = Field(
-        r"(?i)(venous|portal|pv\b|\bven\b|70\s*s|abd.*c\+|contrast)", description="Preferred phase, matched against SeriesDescription"
+        r"(?i)(venous|portal|\bpv\b|\bven\b|\b70\s*s\b|c\+)",
+        description="Preferred (portal venous) phase, matched against SeriesDescription",
     )
     rules: list[Rule] = Field(default_factory=list)
 
@@ -164,8 +165,10 @@ class Inference(_Section):
     sw_batch_size: int = Field(1, ge=1)
     overlap: float = Field(0.5, ge=0, lt=1)
     amp: bool = Field(True, description="Mixed precision on CUDA")
-    extra_classes: list[str] = Field(default_factory=list, description="Zero-shot class names added at inference")
-    clip_checkpoint: Path | None = Field(None, description="Local open_clip checkpoint for extra class names")
+    catalog_extra: Path | None = Field(
+        None, description="YAML of site classes (classes.yaml format, with coding) added as zero-shot outputs"
+    )
+    clip_checkpoint: Path | None = Field(None, description="Local open_clip checkpoint to embed new class names")
 
 
 class Results(_Section):
@@ -201,7 +204,7 @@ class Delivery(_Section):
     destinations: list[Destination] = Field(default_factory=list)
     reply_to_caller: bool = Field(False, description="Also send results to the peer that sent the study (needs its port)")
     calling_ae_title: str | None = Field(None, description="AE title we call with; empty = dicom.ae_title")
-    max_attempts: int = Field(10, ge=1)
+    max_attempts: int = Field(12, ge=1, description="With the default back-off, 12 attempts span more than an hour")
     backoff_initial_s: float = Field(10, gt=0)
     backoff_max_s: float = Field(900, gt=0)
     timeout_s: float = Field(30, gt=0)
@@ -211,6 +214,12 @@ class Executor(_Section):
     kind: Literal["local", "celery"] = "local"
     broker_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="Celery broker (Redis)")
     queue: str = "dsm-inference"
+    heartbeat_interval_s: float = Field(10, gt=0, description="A running job refreshes its heartbeat this often")
+    stale_after_s: float = Field(60, gt=0, description="A running job without heartbeat for this long is requeued")
+    visibility_timeout_s: float = Field(
+        900, gt=0, description="Redis redelivers an unacknowledged task after this long (duplicates are skipped)"
+    )
+    max_attempts: int = Field(3, ge=1, description="A job interrupted this many times fails")
 
 
 class Http(_Section):

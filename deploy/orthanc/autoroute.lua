@@ -25,8 +25,9 @@ function OnStableStudy(studyId, tags, metadata)
     return
   end
   print('dsm-autoroute: sending ' .. ctCount .. ' CT instances of study ' .. studyId .. ' to ' .. TARGET)
-  for _, seriesId in ipairs(ctSeries) do
-    SendToModality(seriesId, TARGET)
-  end
+  -- Lua's SendToModality takes single instances; the REST store job takes whole series and runs
+  -- asynchronously in Orthanc's job engine (visible under /jobs, retried from there).
+  local job = { Resources = ctSeries, Synchronous = false }
+  RestApiPost('/modalities/' .. TARGET .. '/store', DumpJson(job, true))
   RestApiPut('/studies/' .. studyId .. '/metadata/DsmRoutedCtCount', tostring(ctCount))
 end

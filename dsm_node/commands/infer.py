@@ -1,0 +1,109 @@
+"""``dsm-node infer INPUT --out DIR``: run DSM on a DICOM series folder or a NIfTI file, offline.
+
+Writes ``labels.nii.gz`` (catalog indices on the input grid), ``anomaly.nii.gz``, overlay
+PNGs and, for DICOM input, the same DICOM-SEG + TID 1500 SR the node would send.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .common import settings_from_args
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="a folder with one CT series (DICOM) or a NIfTI file")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--checkpoint", help="model checkpoint (default: the bundled demo weights)")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: inference.device)")
+    parser.add_argument("--catalog-extra", help="YAML of extra (zero-shot) classes with their coding")
+    parser.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
+    parser.add_argument("--model-version", help="override the version written into SEG/SR (default: the checkpoint's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import nibabel as nib
+    import numpy as np
+
+    from ..infer.overlays import write_overlays
+    from ..infer.segmenter import Segmenter
+    from ..results.options import ResultOptions
+    from ..results.seg import write_seg
+    from ..results.sr import write_sr
+    from ..volume import VolumeError, assemble_volume, files_of, ras_to_lps
+
+    settings = settings_from_args(
+        args,
+        **{
+            "inference.checkpoint": args.checkpoint,
+            "inference.device": args.device,
+            "inference.catalog_extra": args.catalog_extra,
+        },
+    )
+    source = Path(args.input)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    inf = settings.inference
+    segmenter = Segmenter(
+        settings.checkpoint_path, device=inf.device, sw_batch_size=inf.sw_batch_size, overlap=inf.overlap,
+        amp=inf.amp, catalog_extra=inf.catalog_extra, clip_checkpoint=inf.clip_checkpoint,
+    )
+    print(f"model {segmenter.model_version} on {segmenter.device} ({time.perf_counter() - t0:.1f} s to load)", file=sys.stderr)
+
+    volume = None
+    if source.is_dir():
+        try:
+            volume = assemble_volume(files_of([source]))
+        except VolumeError as exc:
+            print(f"dsm-node infer: {source}: {exc}", file=sys.stderr)
+            return 2
+        hu, affine_lps, spacing = volume.hu, volume.affine_lps, volume.spacing
+        affine_ras = volume.affine_ras
+    elif source.name.endswith((".nii", ".nii.gz")):
+        img = nib.load(str(source))
+        ijk = np.asarray(img.dataobj, dtype=np.float32)
+        if ijk.ndim != 3:
+            print(f"dsm-node infer: {source}: expected a 3D image, got shape {ijk.shape}", file=sys.stderr)
+            return 2
+        hu = np.ascontiguousarray(ijk.transpose(2, 1, 0))  # (i, j, k) -> (z, y, x)
+        affine_ras = img.affine
+        affine_lps = ras_to_lps(affine_ras)
+        spacing = tuple(float(s) for s in img.header.get_zooms()[:3][::-1])
+    else:
+        print(f"dsm-node infer: {source}: not a DICOM folder or a .nii/.nii.gz file", file=sys.stderr)
+        return 2
+
+    t1 = time.perf_counter()
+    result = segmenter.segment(hu, affine_lps, want_anomaly=True, progress=sys.stderr.isatty())
+    timings = {"inference_total_s": time.perf_counter() - t1, **result.timings}
+
+    def save_nifti(array: np.ndarray, name: str) -> None:
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), affine_ras), str(out / name))
+
+    save_nifti(result.labels, "labels.nii.gz")
+    save_nifti(result.anomaly.astype(np.float32), "anomaly.nii.gz")
+    written = ["labels.nii.gz", "anomaly.nii.gz"]
+    if volume is not None:
+        options = ResultOptions.from_settings(settings, model_version=args.model_version or segmenter.model_version)
+        seg = write_seg(volume, result.labels, result.catalog, options, out)
+        sr = write_sr(volume, result.labels, result.catalog, options, seg, out)
+        written += [p.name for p in (seg.path if seg else None, sr.path) if p is not None]
+    if not args.no_overlays:
+        pngs = write_overlays(hu, result.labels, spacing, result.catalog, out / "overlays", title=source.name)
+        written += [f"overlays/{p.name}" for p in pngs]
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    summary = {
+        "input": str(source),
+        "model_version": segmenter.model_version,
+        "device": str(segmenter.device),
+        "segments": {name: round(n * voxel_ml, 2) for name, n in result.found.items()},
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "files": written,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,100 @@
+"""Overlay previews for people without a viewer: axial, coronal and sagittal views through each
+finding, masks in the catalog colours, a legend, and a "not for diagnostic use" banner."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+BANNER = "DSM demonstration output - NOT FOR DIAGNOSTIC USE"
+
+
+def _display(hu: np.ndarray, level: float = 40.0, width: float = 400.0) -> np.ndarray:
+    lo, hi = level - width / 2, level + width / 2
+    return np.clip((hu - lo) / (hi - lo), 0, 1)
+
+
+def _rgba(labels2d: np.ndarray, colours: dict[int, tuple[int, int, int]], alpha: float) -> np.ndarray:
+    out = np.zeros(labels2d.shape + (4,), dtype=np.float32)
+    for value, rgb in colours.items():
+        sel = labels2d == value
+        if sel.any():
+            out[sel, :3] = np.array(rgb, dtype=np.float32) / 255.0
+            out[sel, 3] = alpha
+    return out
+
+
+def _views(hu: np.ndarray, labels: np.ndarray, centre: tuple[int, int, int]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(title, image, labels) for the three planes through ``centre`` = (z, y, x); superior up."""
+    z, y, x = centre
+    return [
+        (f"axial (slice {z + 1})", hu[z], labels[z]),
+        (f"coronal (row {y + 1})", hu[::-1, y, :], labels[::-1, y, :]),
+        (f"sagittal (column {x + 1})", hu[::-1, :, x], labels[::-1, :, x]),
+    ]
+
+
+def write_overlays(
+    hu: np.ndarray,
+    labels: np.ndarray,
+    spacing_zyx: tuple[float, float, float],
+    catalog: Sequence,  # ClassEntry-like: index, name, color, kind
+    out_dir: str | Path,
+    title: str = "",
+    max_findings: int = 12,
+) -> list[Path]:
+    """One PNG per finding (largest first, tumours before organs), plus an overview; returns paths.
+
+    ``hu`` and ``labels`` are (z, y, x) on the source grid, z ascending towards the head for
+    axial CT (the volume assembler's order).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = np.bincount(labels.ravel(), minlength=max(e.index for e in catalog) + 1)
+    present = [e for e in catalog if counts[e.index] > 0]
+    colours = {e.index: tuple(e.color) for e in present}
+    present.sort(key=lambda e: (e.kind != "tumor", -int(counts[e.index])))
+    dz, dy, dx = spacing_zyx
+    aspects = [dy / dx, dz / dx, dz / dy]
+    paths: list[Path] = []
+
+    def figure(centre: tuple[int, int, int], heading: str, legend: Sequence) -> Path:
+        fig, axes = plt.subplots(1, 3, figsize=(15, 5.8), dpi=100, facecolor="black")
+        for ax, (name, img, lab), aspect in zip(axes, _views(hu, labels, centre), aspects):
+            ax.imshow(_display(img), cmap="gray", aspect=aspect, interpolation="nearest")
+            ax.imshow(_rgba(lab, colours, 0.45), aspect=aspect, interpolation="nearest")
+            ax.set_title(name, color="white", fontsize=10)
+            ax.axis("off")
+        handles = [Patch(color=np.array(e.color) / 255.0, label=f"{e.name} ({counts[e.index] * dz * dy * dx / 1000:.1f} ml)") for e in legend]
+        if handles:
+            fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=9, frameon=False, labelcolor="white")
+        fig.suptitle(f"{heading}\n{BANNER}", color="#ff5050", fontsize=11)
+        fig.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.12, wspace=0.03)
+        return fig
+
+    if present:
+        zc, yc, xc = (int(v) for v in np.argwhere(labels > 0).mean(axis=0).round())
+    else:
+        zc, yc, xc = (s // 2 for s in labels.shape)
+    fig = figure((zc, yc, xc), f"{title} overview: {len(present)} structures" if title else f"overview: {len(present)} structures", present)
+    paths.append(out / "overview.png")
+    fig.savefig(paths[-1], facecolor="black")
+    plt.close(fig)
+    for rank, entry in enumerate(present[:max_findings], start=1):
+        voxels = np.argwhere(labels == entry.index)
+        centre = tuple(int(v) for v in np.median(voxels, axis=0))
+        # The median may fall outside a curved structure: snap to the nearest voxel of it.
+        nearest = voxels[np.abs(voxels - np.array(centre)).sum(axis=1).argmin()]
+        fig = figure(tuple(int(v) for v in nearest), f"{title} {entry.name}".strip(), [entry])
+        name = "".join(c if c.isalnum() else "_" for c in entry.name.lower())
+        paths.append(out / f"{rank:02d}_{name}.png")
+        fig.savefig(paths[-1], facecolor="black")
+        plt.close(fig)
+    return paths

@@ -1,0 +1,127 @@
+"""The dispatcher: moves jobs along the parts of the state machine that need no worker.
+
+- selected -> queued: hand the job to the executor;
+- running with a stale heartbeat -> queued again (the worker died), audited as interrupted;
+- encoded -> delivered once every outbox row of its results is delivered, -> failed when one
+  is dead-lettered (and failed -> delivered when an operator's resend succeeds later).
+
+At start-up every queued job is submitted again: the in-process queue died with the last
+process, and for Celery a duplicate message is harmless because the task is idempotent.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+
+from sqlalchemy import select
+
+from ..audit import MINOR_FAILURE
+from ..context import NodeContext
+from ..db.engine import transaction
+from ..db.models import DeliveryState, Job, JobState
+from .executors import Executor
+from .machine import stale_running, transition
+
+log = logging.getLogger("dsm_node.jobs")
+DEAD_LETTER_REASON = "delivery dead-lettered: "
+
+
+class JobDispatcher:
+    def __init__(self, ctx: NodeContext, executor: Executor, interval_s: float | None = None) -> None:
+        self._ctx = ctx
+        self._executor = executor
+        self._interval = interval_s or ctx.settings.completeness.poll_interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._executor.start()
+        self.resubmit_queued()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="dsm-dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._executor.stop()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.run_once()
+            except Exception:  # a database hiccup must not kill the loop
+                log.exception("dispatcher pass failed")
+
+    def run_once(self) -> None:
+        self.requeue_stale()
+        self.submit_selected()
+        self.settle_delivered()
+
+    def resubmit_queued(self) -> None:
+        with self._ctx.sessions() as s:
+            ids = list(s.scalars(select(Job.id).where(Job.state == JobState.QUEUED).order_by(Job.id)))
+        for job_id in ids:
+            self._executor.submit(job_id)
+
+    def submit_selected(self) -> int:
+        with self._ctx.sessions() as s:
+            ids = list(s.scalars(select(Job.id).where(Job.state == JobState.SELECTED).order_by(Job.id)))
+        for job_id in ids:
+            with transaction(self._ctx.sessions) as s:
+                job = s.get(Job, job_id, with_for_update=True)
+                if job is None or job.state != JobState.SELECTED:
+                    continue
+                transition(s, self._ctx.auditor, job, JobState.QUEUED, executor=self._executor.name)
+            # Submitted after the commit, so a fast worker always finds the job queued.
+            task_id = self._executor.submit(job_id)
+            with transaction(self._ctx.sessions) as s:
+                s.get(Job, job_id).task_id = task_id
+        return len(ids)
+
+    def requeue_stale(self) -> int:
+        stale_after = dt.timedelta(seconds=self._ctx.settings.executor.stale_after_s)
+        with self._ctx.sessions() as s:
+            ids = [j.id for j in stale_running(s, stale_after)]
+        requeued = []
+        for job_id in ids:
+            with transaction(self._ctx.sessions) as s:
+                job = s.get(Job, job_id, with_for_update=True)
+                if job is None or job not in stale_running(s, stale_after):
+                    continue
+                self._ctx.auditor.record(
+                    "job_interrupted", outcome=MINOR_FAILURE, session=s, study_uid=job.study.study_uid,
+                    series_uid=job.series_uid, job_id=job.id, worker=job.worker, attempts=job.attempts,
+                )
+                if job.attempts >= self._ctx.settings.executor.max_attempts:
+                    transition(s, self._ctx.auditor, job, JobState.FAILED, reason=f"interrupted {job.attempts} times")
+                    continue
+                transition(s, self._ctx.auditor, job, JobState.QUEUED, reason=f"worker {job.worker} stopped responding")
+                requeued.append(job_id)
+        for job_id in requeued:
+            self._executor.submit(job_id)
+        return len(requeued)
+
+    def settle_delivered(self) -> None:
+        with self._ctx.sessions() as s:
+            waiting = (Job.state == JobState.ENCODED) | (
+                (Job.state == JobState.FAILED) & Job.reason.startswith(DEAD_LETTER_REASON)
+            )
+            ids = list(s.scalars(select(Job.id).where(waiting)))
+        for job_id in ids:
+            with transaction(self._ctx.sessions) as s:
+                job = s.get(Job, job_id, with_for_update=True)
+                rows = [d for r in job.results for d in r.deliveries]
+                if not rows:
+                    if job.state == JobState.ENCODED and not self._ctx.settings.delivery.destinations and job.results:
+                        # Nowhere to send: the results stay on disk and the job is finished.
+                        transition(s, self._ctx.auditor, job, JobState.DELIVERED, reason="no destination configured")
+                    continue
+                states = {d.state for d in rows}
+                if states == {DeliveryState.DELIVERED}:
+                    transition(s, self._ctx.auditor, job, JobState.DELIVERED)
+                elif DeliveryState.DEAD in states and job.state == JobState.ENCODED:
+                    dead = sorted({d.destination for d in rows if d.state == DeliveryState.DEAD})
+                    transition(s, self._ctx.auditor, job, JobState.FAILED, reason=f"{DEAD_LETTER_REASON}{', '.join(dead)}")

@@ -1,0 +1,86 @@
+"""The job state machine.
+
+    selected -> queued -> running -> encoded -> delivered
+                   ^         |          |
+                   +---------+          +--> failed (a delivery dead-lettered; a resend can still
+               (interrupted: requeued)        deliver it later: failed -> delivered)
+    any non-terminal state -> failed (with reason)
+
+Transitions are idempotent (moving to the current state is a no-op) and every real one is
+audited. Because the state lives in the database, any process can resume any job after a crash.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..audit import Auditor, MINOR_FAILURE, SERIOUS_FAILURE, SUCCESS
+from ..db.models import Job, JobState, Study, StudyState, utcnow
+
+S = JobState
+ALLOWED: dict[str, set[str]] = {
+    S.SELECTED: {S.QUEUED, S.FAILED},
+    S.QUEUED: {S.RUNNING, S.FAILED, S.SELECTED},
+    S.RUNNING: {S.ENCODED, S.FAILED, S.QUEUED},
+    S.ENCODED: {S.DELIVERED, S.FAILED},
+    S.DELIVERED: set(),
+    S.FAILED: {S.DELIVERED},
+}
+
+
+class TransitionError(Exception):
+    pass
+
+
+def transition(
+    session: Session,
+    auditor: Auditor,
+    job: Job,
+    to: str,
+    *,
+    reason: str | None = None,
+    **detail: Any,
+) -> bool:
+    """Move ``job`` to ``to``; return False when it already was there. Raises on a forbidden move."""
+    if job.state == to:
+        return False
+    if to not in ALLOWED[job.state]:
+        raise TransitionError(f"job {job.id}: {job.state} -> {to} is not allowed")
+    previous = job.state
+    job.state = to
+    job.reason = reason
+    job.updated_at = utcnow()
+    study = job.study
+    if to in S.TERMINAL and study.revision == job.revision:
+        study.state = StudyState.DONE
+        study.state_reason = reason if to == S.FAILED else None
+    outcome = SERIOUS_FAILURE if to == S.FAILED else (MINOR_FAILURE if previous == S.RUNNING and to == S.QUEUED else SUCCESS)
+    auditor.record(
+        "job_transition",
+        outcome=outcome,
+        session=session,
+        study_uid=study.study_uid,
+        series_uid=job.series_uid,
+        job_id=job.id,
+        revision=job.revision,
+        from_state=previous,
+        to_state=to,
+        **({"reason": reason} if reason else {}),
+        **detail,
+    )
+    return True
+
+
+def lock_job(session: Session, job_id: int) -> Job | None:
+    """The job row, locked for update where the database supports it (PostgreSQL)."""
+    return session.scalars(select(Job).where(Job.id == job_id).with_for_update()).one_or_none()
+
+
+def stale_running(session: Session, older_than: dt.timedelta) -> list[Job]:
+    """Running jobs whose worker stopped sending heartbeats (killed, crashed, machine gone)."""
+    limit = utcnow() - older_than
+    jobs = session.scalars(select(Job).where(Job.state == S.RUNNING)).all()
+    return [j for j in jobs if (j.heartbeat_at or j.updated_at) < limit]

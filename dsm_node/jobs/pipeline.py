@@ -1,0 +1,98 @@
+"""What one job does between "running" and "encoded": volume -> DSM -> SEG + SR -> outbox."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from ..context import NodeContext
+from ..db.engine import transaction
+from ..db.models import Job, Result
+from ..delivery.outbox import enqueue_results
+from ..infer.segmenter import Segmenter
+from ..results.options import ResultOptions
+from ..results.seg import write_seg
+from ..results.sr import write_sr
+from ..volume import VolumeError, assemble_volume
+from .task import JobInputError
+
+
+def make_segmenter(ctx: NodeContext) -> Segmenter:
+    inf = ctx.settings.inference
+    return Segmenter(
+        ctx.settings.checkpoint_path,
+        device=inf.device,
+        sw_batch_size=inf.sw_batch_size,
+        overlap=inf.overlap,
+        amp=inf.amp,
+        catalog_extra=inf.catalog_extra,
+        clip_checkpoint=inf.clip_checkpoint,
+    )
+
+
+class DSMPipeline:
+    """Holds the loaded model; ``process`` runs one job's stages and records their timings."""
+
+    def __init__(self, ctx: NodeContext, segmenter: Segmenter | None = None) -> None:
+        self.segmenter = segmenter or make_segmenter(ctx)
+        self.model_version = self.segmenter.model_version
+
+    def process(self, ctx: NodeContext, job: Job, paths: list[Path], timings: dict[str, float]) -> dict[str, Any]:
+        t = time.perf_counter()
+        try:
+            volume = assemble_volume(paths)
+        except VolumeError as exc:
+            raise JobInputError(f"volume assembly: {exc}") from None
+        timings["assembly"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        seg_out = self.segmenter.segment(volume.hu, volume.affine_lps)
+        timings["inference"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        options = ResultOptions.from_settings(ctx.settings, model_version=self.model_version, revision=job.revision)
+        out_dir = ctx.results_dir / job.study.study_uid / f"r{job.revision}"
+        seg = write_seg(volume, seg_out.labels, seg_out.catalog, options, out_dir)
+        sr = write_sr(volume, seg_out.labels, seg_out.catalog, options, seg, out_dir)
+        timings["encoding"] = time.perf_counter() - t
+
+        files = [("SR", sr.dataset, sr.path)]
+        if seg is not None:  # no class found: no SEG, the SR says "no findings"
+            files.insert(0, ("SEG", seg.dataset, seg.path))
+        with transaction(ctx.sessions) as s:
+            db_job = s.get(Job, job.id)
+            results = [self._record(s, db_job, kind, ds, path, ctx) for kind, ds, path in files]
+            s.flush()
+            enqueue_results(s, ctx.settings, results, ctx.auditor)
+        return {
+            "model_version": self.model_version,
+            "segments": [
+                {"name": name, "voxels": voxels, "volume_ml": round(voxels * volume.voxel_volume_mm3 / 1000.0, 2)}
+                for name, voxels in seg_out.found.items()
+            ],
+            "seg_sop_instance_uid": seg.dataset.SOPInstanceUID if seg is not None else None,
+            "sr_sop_instance_uid": sr.dataset.SOPInstanceUID,
+            "stage_detail": seg_out.timings,
+        }
+
+    @staticmethod
+    def _record(session: Any, job: Job, kind: str, ds: Any, path: Path, ctx: NodeContext) -> Result:
+        """Result row for a written file; a re-run writes the same UIDs, so update in place."""
+        uid = str(ds.SOPInstanceUID)
+        row = session.scalars(select(Result).where(Result.sop_instance_uid == uid)).one_or_none()
+        rel = str(Path(path).relative_to(ctx.results_dir))
+        if row is None:
+            row = Result(
+                job=job, kind=kind, sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=uid,
+                series_uid=str(ds.SeriesInstanceUID), path=rel,
+            )
+            session.add(row)
+            ctx.auditor.record(
+                "result_created", session=session, study_uid=job.study.study_uid, series_uid=job.series_uid,
+                job_id=job.id, kind=kind, sop_instance_uid=uid,
+            )
+        row.path = rel
+        row.size_bytes = Path(path).stat().st_size
+        return row

@@ -1,0 +1,110 @@
+"""The whole loop with the in-process executor: storescu -> node -> DSM -> SEG + SR -> storescp."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pydicom
+from loop import job_transitions, node_yaml, wait_job
+from nodeproc import NodeProcess
+from peers import StoreSCP
+from tools import REPO, free_port, require_tool
+
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+SR_3D = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+def start_pacs(net, tmp_path) -> StoreSCP:
+    return StoreSCP(net, require_tool("storescp"), free_port(), tmp_path / "pacs").start()
+
+
+def test_study_comes_back_as_seg_and_sr(tmp_path, tiny_checkpoint, phantom_study, net):
+    pacs = start_pacs(net, tmp_path)
+    node = NodeProcess(tmp_path / "node", quiet_period_s=1, net=net, extra_yaml=node_yaml(tiny_checkpoint, pacs.port))
+    try:
+        node.start()
+        sent = node.send(phantom_study)
+        assert sent.returncode == 0, sent.stderr
+        job = wait_job(node, {"delivered"})
+        received = pacs.received()
+    finally:
+        node.terminate()
+        pacs.stop()
+
+    ct = pydicom.dcmread(next(phantom_study.iterdir()), stop_before_pixels=True)
+    by_class = {ds.SOPClassUID: ds for ds in received.values()}
+    sr = by_class[SR_3D]
+    assert sr.StudyInstanceUID == ct.StudyInstanceUID and sr.SeriesInstanceUID != ct.SeriesInstanceUID
+    assert job.summary["sr_sop_instance_uid"] == sr.SOPInstanceUID
+    if job.summary["segments"]:
+        seg = by_class[SEG]
+        assert seg.StudyInstanceUID == ct.StudyInstanceUID
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct.SeriesInstanceUID
+        assert seg.FrameOfReferenceUID == ct.FrameOfReferenceUID
+        assert {s.SegmentLabel for s in seg.SegmentSequence} == {s["name"] for s in job.summary["segments"]}
+    else:
+        assert SEG not in by_class and job.summary["seg_sop_instance_uid"] is None
+    assert len(received) == (2 if job.summary["segments"] else 1)
+    assert set(job.timings) >= {"assembly", "inference", "encoding", "total"}
+    assert job.model_version == "test-tiny-0"
+    assert job_transitions(node, job.id) == [
+        ("selected", "queued"), ("queued", "running"), ("running", "encoded"), ("encoded", "delivered"),
+    ]
+
+
+def test_a_node_killed_during_inference_finishes_the_job_after_restart(tmp_path, tiny_checkpoint, phantom_study, net):
+    pacs = start_pacs(net, tmp_path)
+    node = NodeProcess(tmp_path / "node", quiet_period_s=1, net=net, extra_yaml=node_yaml(tiny_checkpoint, pacs.port))
+    try:
+        node.start()
+        assert node.send(phantom_study).returncode == 0
+        wait_job(node, {"running"})
+        node.kill9()
+        node.start()
+        job = wait_job(node, {"delivered"})
+        received = pacs.received()
+    finally:
+        node.terminate()
+        pacs.stop()
+    transitions = job_transitions(node, job.id)
+    assert ("running", "queued") in transitions, transitions  # the interruption is on record
+    assert job.attempts == 2
+    # Exactly one SR (and at most one SEG) instance: deterministic UIDs make a re-run harmless.
+    assert len([d for d in received.values() if d.SOPClassUID == SR_3D]) == 1
+
+
+def test_infer_cli_on_dicom_and_nifti(tmp_path, tiny_checkpoint, phantom_study):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "dsm_node", "infer", str(phantom_study), "--out", str(out),
+           "--checkpoint", str(tiny_checkpoint), "--device", "cpu"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ}, timeout=600)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model_version"] == "test-tiny-0"
+    for name in ("labels.nii.gz", "anomaly.nii.gz", "overlays/overview.png"):
+        assert (out / name).exists(), name
+    assert any(f.startswith("SR_") for f in summary["files"])
+
+    import nibabel as nib
+    import numpy as np
+
+    labels = nib.load(out / "labels.nii.gz")
+    assert labels.shape == (32, 32, 24)
+    found = {int(v) for v in np.unique(np.asarray(labels.dataobj))} - {0}
+    assert len(found) == len(summary["segments"])
+
+    # The NIfTI path: the labels NIfTI written above has the CT's grid; run on a NIfTI CT.
+    from training.phantoms import make_phantom
+
+    image, _lab, affine = make_phantom(3, shape=(32, 32, 24), spacing=(6.0, 6.0, 4.5))
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "ct.nii.gz")
+    out2 = tmp_path / "out2"
+    cmd2 = [*cmd[:4], str(tmp_path / "ct.nii.gz"), "--out", str(out2), *cmd[7:], "--no-overlays"]
+    done = subprocess.run(cmd2, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr
+    nifti_labels = np.asarray(nib.load(out2 / "labels.nii.gz").dataobj)
+    # Same CT on the same grid: the labels agree (DICOM stores integer HU, hence not bit-exact).
+    assert nifti_labels.shape == labels.shape
+    assert (nifti_labels == np.asarray(labels.dataobj)).mean() > 0.99
