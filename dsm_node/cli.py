@@ -15,6 +15,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-config": ("dsm_node.commands.check_config", "print the effective configuration or the error"),
     "db": ("dsm_node.commands.db", "database migrations (upgrade, current)"),
     "audit": ("dsm_node.commands.audit", "show or export the audit trail"),
+    "serve": ("dsm_node.commands.serve", "run the node: DICOM receiver, completeness/selection, delivery, HTTP"),
+    "studies": ("dsm_node.commands.studies", "list received studies, their state and the series chosen"),
+    "deliveries": ("dsm_node.commands.deliveries", "list the delivery outbox (pending, in progress, delivered, dead)"),
+    "resend": ("dsm_node.commands.resend", "re-arm dead-lettered or delivered deliveries (IDs or --all-dead)"),
+    "infer": ("dsm_node.commands.infer", "run DSM offline on a DICOM folder or NIfTI file (SEG, SR, NIfTI, PNGs)"),
+    "worker": ("dsm_node.commands.worker", "run a Celery inference worker (scale-out; executor.kind: celery)"),
+    "view": ("dsm_node.viewer.command", "open a study and the node's SEG/SR in OHIF (offline, 127.0.0.1)"),
+    "export": ("dsm_node.results.export", "encode a label map (NIfTI on the CT grid) as DICOM-SEG + TID 1500 SR"),
 }
 
 

@@ -1,0 +1,224 @@
+"""Fixtures for the radiologist's-view tests (OHIF in headless Chromium, offline).
+
+One viewer session serves the whole module: Orthanc + the same-origin OHIF server + Chromium
+run inside a private network namespace, every study (our CT with our SEG + SR, the dcmqi
+reference SEG, and the deliberately broken copies of our SEG) is uploaded once, and the
+driver opens each SEG in turn. Screenshots, observations and the check report are kept in
+``$DSM_TEST_ARTIFACTS/viewer`` (default ``tests/artifacts/viewer``); the path is printed at
+the end of the run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from tools import IN_CI, REPO, SHARED, find_tool  # noqa: E402
+
+import broken_segs  # noqa: E402
+import ohif_checks as checks  # noqa: E402
+
+ARTIFACTS = Path(os.environ.get("DSM_TEST_ARTIFACTS") or REPO / "tests" / "artifacts") / "viewer"
+DRIVER = HERE / "ohif_driver.cjs"
+CATALOG = REPO / "config" / "classes.yaml"
+TCIA = SHARED / "data" / "01_tcia_pancreatic-ct-cbct-seg_CB001"
+DCMQI = SHARED / "data" / "03_dcmqi_liver_seg_sr_reference"
+
+BROKEN = broken_segs.PLAN
+
+_RUN_INFO: dict = {}
+
+
+def _missing(msg: str):
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def require_viewer_stack() -> None:
+    """Fail under CI, skip elsewhere, unless everything the viewer session needs is here."""
+    from dsm_node.viewer.netns import netns_available
+    from dsm_node.viewer.ohif import node_modules, ohif_dist
+    from dsm_node.viewer.orthanc import find_dicomweb_plugin, find_orthanc
+    from dsm_node.viewer.session import find_chromium
+
+    if find_orthanc() is None:
+        _missing("Orthanc is not installed (Debian: orthanc orthanc-dicomweb)")
+    if find_dicomweb_plugin() is None:
+        _missing("the Orthanc DICOMweb plugin is not installed (Debian: orthanc-dicomweb)")
+    if find_chromium() is None:
+        _missing("chromium is not installed (Debian: chromium)")
+    if find_tool("node") is None:
+        _missing("node is not installed")
+    if ohif_dist(required=False) is None or node_modules(required=False) is None:
+        _missing("OHIF / playwright-core not installed: run scripts/install-viewer.sh")
+    ok, why = netns_available()
+    if not ok:
+        _missing(f"cannot run the viewer in a private network namespace: {why}")
+
+
+@dataclass
+class Study:
+    name: str
+    source: str
+    ct: checks.CtSeries
+    truth: checks.Truth
+    seg: Path
+    sr: Path | None = None
+    extra_files: list[Path] = field(default_factory=list)
+
+
+def _phantom_inputs(work: Path) -> tuple[Path, Path]:
+    """A small generated CT study + label volume (training.phantoms) when ../shared is absent."""
+    from training import phantoms
+
+    ph = phantoms.generate(11, shape=(192, 192, 36), spacing=(2.0, 2.0, 5.0), tumour_types=[],
+                           noise=True)
+    ct_dir = work / "phantom_ct"
+    phantoms.write_dicom_series(ph.image, ph.affine, ct_dir, uid_seed="dsm-viewer-test")
+    labels = work / "phantom_labels.nii.gz"
+    phantoms.write_nifti_pair(ph.image, ph.label, ph.affine, work / "phantom_image.nii.gz", labels)
+    return ct_dir, labels
+
+
+def export_ours(ct_dir: Path, labels: Path, out: Path) -> tuple[Path, Path]:
+    """Our SEG + SR, made by the node's own command line (dsm-node export)."""
+    cmd = [sys.executable, "-m", "dsm_node", "export", "--source", str(ct_dir), "--labels",
+           str(labels), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"dsm-node export failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    segs, srs = sorted(out.glob("SEG_*.dcm")), sorted(out.glob("SR_*.dcm"))
+    if len(segs) != 1 or len(srs) != 1:
+        raise RuntimeError(f"dsm-node export wrote {segs} / {srs}, expected one SEG and one SR")
+    return segs[0], srs[0]
+
+
+def our_study(work: Path) -> Study:
+    want = os.environ.get("DSM_VIEWER_STUDY", "")
+    if want != "phantom" and (TCIA / "ct").is_dir():
+        ct_dir, labels, source = TCIA / "ct", TCIA / "labels_dsm45.nii.gz", "tcia-01"
+    else:
+        ct_dir, labels = _phantom_inputs(work)
+        source = "phantom"
+    seg, sr = export_ours(ct_dir, labels, work / "ours")
+    ct = checks.read_ct(sorted(p for p in ct_dir.iterdir() if p.is_file()))
+    truth = checks.truth_from_catalog(ct, labels, CATALOG)
+    return Study("ours", source, ct, truth, seg, sr)
+
+
+def reference_study() -> Study | None:
+    """The dcmqi liver SEG over its 3 CT slices: a SEG we did not write (harness proof)."""
+    if not (DCMQI / "liver_seg.dcm").exists():
+        return None
+    ct = checks.read_ct(sorted((DCMQI / "ct-3slice").glob("*.dcm")))
+    arr, aff = checks.load_label_volume(DCMQI / "liver_seg.nrrd")
+    labels = checks.labels_on_ct(ct, arr, aff)
+    table = checks.seg_segment_table(DCMQI / "liver_seg.dcm")
+    values = sorted(set(labels.ravel().tolist()) - {0})
+    segs = [checks.ExpectedSegment(t["number"], t["label"],
+                                   tuple(int(round(v)) for v in t["rgb"]), v)
+            for t, v in zip(table, values)]
+    truth = checks.Truth(ct, labels, segs, colour_source="seg")
+    return Study("reference_dcmqi_liver", "dcmqi-03", ct, truth, DCMQI / "liver_seg.dcm")
+
+
+@dataclass
+class ViewerRun:
+    results: dict[str, checks.CaseResult]
+    session: dict
+    studies: dict[str, Study]
+    seg_paths: dict[str, Path]
+    artifacts: Path
+    seconds: dict[str, float]
+
+
+@pytest.fixture(scope="session")
+def viewer_run(tmp_path_factory) -> ViewerRun:
+    require_viewer_stack()
+    from dsm_node.viewer.session import run_session
+
+    t0 = time.monotonic()
+    work = tmp_path_factory.mktemp("viewer")
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    _RUN_INFO["artifacts"] = str(ARTIFACTS)
+
+    ours = our_study(work)
+    studies = {"ours": ours}
+    ref = reference_study()
+    if ref is not None:
+        studies[ref.name] = ref
+    seg_paths = {"ours": ours.seg}
+    files = [*ours.ct.paths, ours.seg, ours.sr]
+    cases = [{"name": "ours", "study": ours.ct.study_uid, "series": _series(ours.seg),
+              "srSeries": _series(ours.sr), "probes": ours.truth.probe_positions()}]
+    if ref is not None:
+        files += [*ref.ct.paths, ref.seg]
+        seg_paths[ref.name] = ref.seg
+        cases.append({"name": ref.name, "study": ref.ct.study_uid, "series": _series(ref.seg),
+                      "probes": ref.truth.probe_positions()})
+    for variant, plan in BROKEN.items():
+        path = broken_segs.make_variant(ours.seg, variant, work / "broken", ours.ct)
+        name = f"broken_{variant}"
+        seg_paths[name] = path
+        files.append(path)
+        cases.append({"name": name, "study": ours.ct.study_uid, "series": _series(path),
+                      "maxSegments": plan["maxSegments"],
+                      "probes": ours.truth.probe_positions() if plan["probes"] else {}})
+    t_prep = time.monotonic() - t0
+
+    session = run_session({"files": [str(f) for f in files], "driver": str(DRIVER),
+                           "out": str(ARTIFACTS), "width": 1100, "height": 720,
+                           "cases": cases}, isolate=True, timeout=900)
+    t_view = time.monotonic() - t0 - t_prep
+    observations = {c["name"]: c for c in (session.get("observations") or {}).get("cases", [])}
+    results = {}
+    for c in cases:
+        name = c["name"]
+        study = studies["ours"] if name.startswith("broken_") or name == "ours" else studies[name]
+        obs = observations.get(name)
+        if obs is None:
+            r = checks.CaseResult(name, {"driver": [f"no observations (driver rc "
+                                                    f"{session.get('returncode')}): "
+                                                    f"{session.get('log', '')[-1500:]}"]})
+        else:
+            r = checks.check_case(obs, study.truth, ARTIFACTS, seg_path=seg_paths[name],
+                                  sr_path=study.sr if name == "ours" else None, session=session)
+        results[name] = r
+    seconds = {"prepare": round(t_prep, 1), "viewer_session": round(t_view, 1),
+               "viewer_session_cpu": session.get("cpuSeconds"),
+               "checks": round(time.monotonic() - t0 - t_prep - t_view, 1),
+               "total": round(time.monotonic() - t0, 1)}
+    checks.write_report(list(results.values()), ARTIFACTS / "report.json")
+    summary = "\n".join(r.summary() for r in results.values())
+    (ARTIFACTS / "summary.txt").write_text(
+        f"study: {ours.source}\nseconds: {json.dumps(seconds)}\n"
+        f"session timings: {json.dumps(session.get('timings'))}\n\n{summary}\n")
+    _RUN_INFO.update(seconds=seconds, source=ours.source)
+    print(f"\nviewer artifacts: {ARTIFACTS}\n{summary}")
+    return ViewerRun(results, session, studies, seg_paths, ARTIFACTS, seconds)
+
+
+def _series(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _RUN_INFO.get("artifacts"):
+        terminalreporter.write_line(
+            f"viewer screenshots and report: {_RUN_INFO['artifacts']} "
+            f"(study: {_RUN_INFO.get('source')}, seconds: {_RUN_INFO.get('seconds')})")
