@@ -41,5 +41,13 @@ bench-model: venv
 bench-results: venv
 	$(PY) bench/results.py $(ARGS)
 
+bench-e2e: venv
+	$(PY) bench/e2e.py $(ARGS)
+
+# Node on embedded defaults + a local receiver; sends the real CT of ../shared/data/01 when
+# present (else a phantom study), prints segments/volumes/timings, leaves PNGs in var/demo.
+demo: venv
+	$(PY) -m dsm_node.demo $(ARGS)
+
 clean:
 	rm -rf var .pytest_cache
