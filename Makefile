@@ -49,5 +49,10 @@ bench-e2e: venv
 demo: venv
 	$(PY) -m dsm_node.demo $(ARGS)
 
+# OHIF + Orthanc on 127.0.0.1 with the given DICOM files/folders (first run: scripts/install-viewer.sh).
+view: venv
+	scripts/install-viewer.sh
+	$(VENV)/bin/dsm-node view $(ARGS)
+
 clean:
 	rm -rf var .pytest_cache
