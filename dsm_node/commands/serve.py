@@ -50,17 +50,22 @@ def build_services(ctx: NodeContext) -> list[tuple[str, Service]]:
     from ..jobs.dispatch import JobDispatcher
     from ..jobs.executors import make_executor
     from ..receive.scp import StorageSCP
+    from ..retention import RetentionService
+    from ..status_page import register as register_status_page
     from ..studies.service import StudyService
 
     dicom, http = ctx.settings.dicom, ctx.settings.http
     scp = StorageSCP(ctx)
     services: list[tuple[str, Service]] = []
     if http.enabled:
-        services.append((f"HTTP on {http.host}:{http.port}", HttpService(ctx, scp_listening=lambda: _listening(scp))))
+        http_service = HttpService(ctx, scp_listening=lambda: _listening(scp))
+        register_status_page(http_service, ctx)
+        services.append((f"HTTP on {http.host}:{http.port}", http_service))
     services += [
         ("completeness/selection", StudyService(ctx)),
         (f"jobs ({ctx.settings.executor.kind} executor)", JobDispatcher(ctx, make_executor(ctx))),
         ("delivery", DeliveryService(ctx)),
+        ("retention", RetentionService(ctx)),
         (f"DICOM SCP on {dicom.host}:{dicom.port}", scp),
     ]
     return services

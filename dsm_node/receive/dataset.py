@@ -125,8 +125,10 @@ def _stop_at_pixels(tag: int, vr: str | None, length: int) -> bool:
     return tag in _PIXEL_TAGS
 
 
-def _check_pixel_element(view: memoryview, pos: int, implicit: bool, little: bool) -> None:
-    """Verify the pixel data element at ``pos`` is complete, without copying its value."""
+def _check_pixel_element(view: memoryview, pos: int, implicit: bool, little: bool, encapsulated: bool = False) -> None:
+    """Verify the pixel data element at ``pos`` is complete, without copying its value, and
+    that it is encapsulated exactly when the transfer syntax says so (otherwise nothing could
+    ever decode it: refuse now rather than fail the job later)."""
     total = len(view)
     end = "<" if little else ">"
     if total - pos < 12:
@@ -140,6 +142,10 @@ def _check_pixel_element(view: memoryview, pos: int, implicit: bool, little: boo
     else:
         length = struct.unpack_from(end + "H", view, pos + 6)[0]
         start = pos + 8
+    if encapsulated != (length == 0xFFFFFFFF) and bytes(view[pos : pos + 4]) in (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10"):
+        if encapsulated:
+            raise UnparseableDataset("pixel data is not encapsulated although the transfer syntax is compressed")
+        raise UnparseableDataset("pixel data is encapsulated although the transfer syntax is uncompressed")
     if length == 0xFFFFFFFF:
         # Encapsulated: the fragments end with a sequence delimitation item, normally the last
         # 8 bytes of the data set (allow some trailing data, e.g. Data Set Trailing Padding).
@@ -180,7 +186,7 @@ def parse_dataset(buf: bytes | io.BytesIO, transfer_syntax: str, max_inflated: i
         with fp.getbuffer() as view:
             stopped_early = pos < len(view)
             if stopped_early:
-                _check_pixel_element(view, pos, implicit, little)
+                _check_pixel_element(view, pos, implicit, little, ts.is_encapsulated)
         if not stopped_early:
             elements = list(ds._dict.values())  # raw elements as read (values undecoded)
             last = elements[-1] if elements else None
