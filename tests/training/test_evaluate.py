@@ -1,0 +1,66 @@
+"""dsm-train eval: summary keys, sha256, report layout; aggregation on hand-made per-case data."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from model.catalog import load_catalog
+from model.checkpoint import save_checkpoint
+from model.config import load_model_config
+from model.network import build_model
+from model.text import class_embeddings
+from training.cli import main
+from training.evaluate import _summarise, markdown_report
+
+from .conftest import TINY_MODEL
+
+CAT = load_catalog()
+KEYS = ("organ_dsc_mean", "seen_tumor_dsc_mean", "unseen_tumor_dsc_mean", "unseen_tumor_auroc_mean",
+        "unseen_tumor_fpr95_mean", "checkpoint_sha256")
+
+
+def test_summary_aggregation_known_values():
+    per_case = [
+        {"dsc": {"Liver": 0.9, "Spleen": 0.7, "Liver Tumor": 0.5, "Pancreas Tumor": 0.1},
+         "auroc": {"Liver Tumor": 0.8, "Pancreas Tumor": 0.9}, "fpr95": {"Liver Tumor": 0.4, "Pancreas Tumor": 0.2}},
+        {"dsc": {"Liver": 0.7, "Colon Tumor": 0.3}, "auroc": {"Colon Tumor": 0.7}, "fpr95": {"Colon Tumor": 0.6}},
+    ]
+    s = _summarise(per_case, CAT, seen={"Liver Tumor"})
+    assert s["organ_dsc_mean"] == pytest.approx((0.8 + 0.7) / 2)  # class means first, then over classes
+    assert s["seen_tumor_dsc_mean"] == pytest.approx(0.5)
+    assert s["unseen_tumor_dsc_mean"] == pytest.approx(0.2)
+    assert s["unseen_tumor_auroc_mean"] == pytest.approx(0.8)
+    assert s["unseen_tumor_fpr95_mean"] == pytest.approx(0.4)
+    assert s["per_class"]["Liver"]["cases"] == 2 and s["per_class"]["Pancreas Tumor"]["seen"] is False
+    none = _summarise([{"dsc": {"Liver": 1.0}, "auroc": {}, "fpr95": {}}], CAT, set())
+    assert none["unseen_tumor_auroc_mean"] is None and none["seen_tumor_dsc_mean"] is None
+
+
+def test_eval_cli_on_phantoms(tmp_path):
+    cfg = load_model_config("small").replace(**TINY_MODEL).with_stage(2)
+    torch.manual_seed(0)
+    net = build_model(cfg)
+    emb = class_embeddings(CAT)
+    net.set_text_embeddings(emb)
+    ckpt = save_checkpoint(tmp_path / "m.pt", net, CAT, emb, "test-eval",
+                           training={"seen_tumours": ["Liver Tumor", "Kidney Tumor", "Kidney Cyst"]})
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", "phantom:77:1:all:8", "--out", str(out),
+                 "--overlays", "1"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert set(KEYS) <= set(s)
+    assert s["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert s["n_cases"] == 1 and "dilated by 10 mm" in s["ood_region"]
+    assert 0.0 <= s["organ_dsc_mean"] <= 1.0
+    for k in KEYS[1:5]:
+        assert s[k] is None or 0.0 <= s[k] <= 1.0
+    per_case = json.loads((out / "per_case.json").read_text())
+    assert per_case[0]["dsc"] and "Liver" in per_case[0]["dsc"]
+    report = (out / "report.md").read_text()
+    assert "Table 2" in report and "Table 3" in report and "Liver" in report.split("Table 3")[0]
+    assert len(list(out.glob("overlay_*.png"))) == 1
+    md = markdown_report(s)
+    assert md == report

@@ -1,0 +1,132 @@
+"""Partial-label losses and evaluation metrics on hand-made tensors."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from model.catalog import load_catalog
+from training.losses import (
+    cosine_class_bce,
+    dice_bce_per_channel,
+    dsm_loss,
+    multi_hot,
+    partial_mask_loss,
+)
+from training.metrics import auroc, dice_score, fpr_at_tpr
+
+CAT = load_catalog()
+
+
+def test_multi_hot_tumour_counts_for_parent():
+    label = torch.zeros(1, 2, 2, 2, 2, dtype=torch.uint8)
+    liver, lt = CAT.by_name("Liver").index, CAT.by_name("Liver Tumor").index
+    label[0, 0, 0, 0, 0] = liver
+    label[0, 0, 1, 1, 1] = lt
+    label[0, 1, 1, 1, 1] = liver  # parent map
+    t = multi_hot(label, len(CAT))
+    assert t.shape == (1, 45, 2, 2, 2)
+    assert t[0, liver - 1].sum() == 2 and t[0, lt - 1].sum() == 1
+    assert t[0, lt - 1, 1, 1, 1] == 1 and t[0, liver - 1, 1, 1, 1] == 1
+    assert t.sum() == 3
+
+
+def test_unannotated_channels_get_exactly_zero_gradient():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 6, 6, 6, requires_grad=True)
+    target = (torch.rand(2, 5, 6, 6, 6) > 0.7).float()
+    annotated = torch.tensor([[True, False, True, False, True], [False, True, True, False, False]])
+    loss, _, _ = partial_mask_loss(logits, target, annotated)
+    loss.backward()
+    g = logits.grad.flatten(2).abs().amax(-1)
+    assert torch.all(g[~annotated] == 0)
+    assert torch.all(g[annotated] > 0)
+
+
+def test_unannotated_channel_content_does_not_change_the_loss():
+    torch.manual_seed(1)
+    logits = torch.randn(1, 3, 4, 4, 4)
+    target = (torch.rand(1, 3, 4, 4, 4) > 0.5).float()
+    ann = torch.tensor([[True, False, True]])
+    a, _, _ = partial_mask_loss(logits, target, ann)
+    target2, logits2 = target.clone(), logits.clone()
+    target2[:, 1] = 1 - target2[:, 1]
+    logits2[:, 1] = 10.0
+    b, _, _ = partial_mask_loss(logits2, target2, ann)
+    assert torch.equal(a, b)
+
+
+def test_dice_is_per_volume_not_per_slice():
+    # Channel with prediction and truth in different slices: volume Dice uses global sums.
+    logits = torch.full((1, 1, 2, 2, 2), -30.0)
+    target = torch.zeros(1, 1, 2, 2, 2)
+    logits[0, 0, 0] = 30.0  # predict slice 0 (4 voxels)
+    target[0, 0, 0, :, :1] = 1  # truth: 2 voxels in slice 0
+    target[0, 0, 1, :, :1] = 1  # and 2 in slice 1
+    dice, _ = dice_bce_per_channel(logits, target, smooth=0.0)
+    # volume Dice = 2*2 / (4 + 4) = 0.5 ; a per-slab mean would give (1 - 2*2/6 + 1 - 0)/2 = 0.667
+    assert dice.item() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_cosine_bce_targets_and_masking():
+    torch.manual_seed(2)
+    cos = torch.randn(1, 3, 4, requires_grad=True)
+    pres = torch.tensor([[1.0, 0.0, 1.0]])
+    ann = torch.tensor([[True, True, False]])
+    loss = cosine_class_bce(cos, pres, ann)
+    loss.backward()
+    assert torch.all(cos.grad[0, 2] == 0) and cos.grad[0, :2].abs().sum() > 0
+    # A perfect query (p(i|i) = 1 for present class 0) contributes ~0.
+    perfect = torch.tensor([[[50.0, 0, 0, 0]]])
+    assert cosine_class_bce(perfect, torch.tensor([[1.0]]), torch.tensor([[True]])).item() < 1e-4
+
+
+def test_dsm_loss_deep_supervision_reaches_every_layer():
+    torch.manual_seed(3)
+    label = torch.zeros(1, 2, 8, 8, 8, dtype=torch.uint8)
+    label[0, 0, 2:6, 2:6, 2:6] = CAT.by_name("Liver").index
+    ann = torch.zeros(1, 45, dtype=torch.bool)
+    ann[0, : 25] = True
+    layers = [torch.randn(1, 25, s, s, s, requires_grad=True) for s in (1, 2, 4)]
+    out = {"mask_logits": torch.randn(1, 25, 8, 8, 8, requires_grad=True), "layer_logits": layers,
+           "class_logits": torch.randn(1, 25, requires_grad=True)}
+    loss, parts = dsm_loss(out, label, ann, 45, stage=1)
+    loss.backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in layers)
+    assert set(parts) == {"dice", "bce", "cls", "deep", "loss"}
+    assert parts["loss"] == pytest.approx(loss.item())
+
+
+def test_dice_score_known_values():
+    a = np.zeros((4, 4), bool)
+    b = np.zeros((4, 4), bool)
+    a[:2] = True  # 8 voxels
+    b[1:3] = True  # 8 voxels, 4 shared
+    assert dice_score(a, b) == pytest.approx(0.5)
+    assert dice_score(a, a) == 1.0
+    assert dice_score(a, np.zeros_like(a)) == 0.0
+    assert math.isnan(dice_score(np.zeros_like(a), np.zeros_like(a)))
+
+
+def test_auroc_known_values():
+    assert auroc([0.9, 0.8, 0.3, 0.1], [1, 1, 0, 0]) == 1.0
+    assert auroc([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0]) == 0.0
+    # pairs (pos, neg): (0.35 vs 0.1) win, (0.35 vs 0.4) lose, (0.8 vs both) win -> 3/4
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    # a tie between a positive and a negative counts one half
+    assert auroc([0.5, 0.5, 0.9, 0.1], [1, 0, 1, 0]) == pytest.approx((1 + 1 + 0.5 + 1) / 4)
+    assert math.isnan(auroc([0.1, 0.2], [1, 1]))
+
+
+def test_fpr95_known_values():
+    scores = np.r_[np.linspace(1.0, 0.81, 20), np.linspace(0.8, 0.01, 80)]
+    labels = np.r_[np.ones(20), np.zeros(80)]
+    assert fpr_at_tpr(scores, labels) == 0.0  # perfect separation
+    # 19 of 20 positives above all negatives, the last positive below 8 negatives:
+    s = np.r_[np.linspace(1.0, 0.9, 19), 0.5, np.linspace(0.89, 0.51, 8), np.linspace(0.4, 0.0, 12)]
+    y = np.r_[np.ones(19), 1, np.zeros(8), np.zeros(12)]
+    assert fpr_at_tpr(s, y, 0.95) == 0.0  # 19/20 = 95 % reached before any negative
+    assert fpr_at_tpr(s, y, 1.0) == pytest.approx(8 / 20)
+    assert fpr_at_tpr([0.2, 0.9], [1, 0]) == 1.0

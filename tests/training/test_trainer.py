@@ -1,0 +1,99 @@
+"""Tiny Stage-1 and Stage-2 runs: checkpoints, exact resume, released weights, Mamba gradients."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from model.checkpoint import load_checkpoint
+from model.config import load_model_config
+from model.network import build_model
+from training.config import load_train_config
+from training.losses import dsm_loss
+from training.trainer import STATE_FORMAT, Trainer, lr_lambda
+
+from .conftest import TINY_MODEL
+
+
+def _rows(path):
+    return list(csv.DictReader(path.open()))
+
+
+def _weights(path):
+    return load_checkpoint(path).state_dict
+
+
+def test_lr_schedule_warmup_then_cosine():
+    f = lr_lambda(total=10, warmup=2, min_ratio=0.1)
+    assert [round(f(s), 4) for s in (0, 1)] == [0.5, 1.0]
+    assert f(2) == pytest.approx(1.0) and f(10) == pytest.approx(0.1) and f(6) == pytest.approx(0.55)
+
+
+def test_stage1_then_stage2_resume_exactly(tiny, tmp_path):
+    # Uninterrupted Stage 1: 2 optimizer steps of 2 accumulated micro-batches (3 training cases,
+    # so the second step spans the epoch boundary).
+    full = Trainer(load_train_config(tiny(1, "s1_full", 2)), resume=False).run()
+    assert full["finished"] and full["steps"] == 2
+    # Interrupted after step 1, then resumed from the saved state.
+    cfg = load_train_config(tiny(1, "s1_split", 2))
+    first = Trainer(cfg, resume=True, stop_after=1).run()
+    assert not first["finished"]
+    state = torch.load(tmp_path / "s1_split" / "checkpoints" / "last.pt", weights_only=False)
+    assert state["format"] == STATE_FORMAT and state["step"] == 1
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "epoch", "mb_in_epoch"} <= set(state)
+    resumed = Trainer(cfg, resume=True).run()
+    assert resumed["finished"]
+    a, b = _weights(tmp_path / "s1_full" / "final.pt"), _weights(tmp_path / "s1_split" / "final.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert 0.7 < float(a["organ_queries"].std()) < 1.3  # init_query_std: 1.0 (the model's own is 0.02)
+    ra, rb = _rows(tmp_path / "s1_full" / "metrics.csv"), _rows(tmp_path / "s1_split" / "metrics.csv")
+    assert [r["loss"] for r in ra] == [r["loss"] for r in rb] and len(ra) == 2
+    assert ra[-1]["val_dice"] != ""  # validation ran at the last step
+    assert (tmp_path / "s1_full" / "curves.png").stat().st_size > 1000
+    ck = load_checkpoint(tmp_path / "s1_full" / "final.pt")
+    assert ck.config.stage == 1 and ck.training["steps"] == 2 and ck.version == "test-stage1"
+
+    # Stage 2 from the Stage-1 weights: same exactness, shared weights start from Stage 1.
+    init = tmp_path / "s1_full" / "final.pt"
+    s2 = Trainer(load_train_config(tiny(2, "s2_full", 2)), init=init, resume=False).run()
+    cfg2 = load_train_config(tiny(2, "s2_split", 2))
+    Trainer(cfg2, init=init, resume=True, stop_after=1).run()
+    Trainer(cfg2, init=init, resume=True).run()
+    a, b = _weights(tmp_path / "s2_full" / "final.pt"), _weights(tmp_path / "s2_split" / "final.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ck2 = load_checkpoint(tmp_path / "s2_full" / "final.pt")
+    assert ck2.config.stage == 2 and s2["seen_tumours"] == ["Kidney Cyst", "Kidney Tumor", "Liver Tumor"]
+    assert any(k.startswith("tumor_queries") for k in ck2.state_dict)
+    s1 = _weights(init)
+    # Shared weights start from Stage 1 (two small steps later they are close, not re-drawn).
+    assert float((ck2.state_dict["organ_queries"] - s1["organ_queries"]).abs().max()) < 0.1
+    assert 0.7 < float(ck2.state_dict["tumor_queries"].std()) < 1.3
+
+
+def test_mamba_parameters_learn_through_deep_supervision():
+    cfg = load_model_config("small").replace(**TINY_MODEL).with_stage(1)
+    torch.manual_seed(0)
+    net = build_model(cfg)
+    x = torch.rand(1, 1, 64, 32, 32)
+    label = torch.zeros(1, 2, 64, 32, 32, dtype=torch.uint8)
+    label[0, 0, 10:40, 5:25, 5:20] = 6
+    ann = torch.zeros(1, 45, dtype=torch.bool)
+    ann[0, :25] = True
+    loss, _ = dsm_loss(net(x), label, ann, 45, stage=1)
+    loss.backward()
+    ssm = {n: p.grad for n, p in net.named_parameters() if ".ssm." in n}
+    assert ssm and all(g is not None for g in ssm.values())
+    assert sum(float(g.abs().sum()) for g in ssm.values()) > 0
+
+
+def test_config_errors(tmp_path):
+    from training.config import TrainConfigError
+
+    p = tmp_path / "c.yaml"
+    p.write_text("stage: 1\noptim: {max_steps: 3, epochs: 2}\n")
+    with pytest.raises(TrainConfigError, match="exactly one"):
+        load_train_config(p)
+    p.write_text("stage: 1\noptim: {max_steps: 3}\nbogus: 1\n")
+    with pytest.raises(TrainConfigError, match="bogus"):
+        load_train_config(p)

@@ -1,0 +1,125 @@
+"""Partial-label losses: Dice (per volume, per channel) + BCE on masks, class-presence BCE,
+deep supervision of every kMMM layer's R'.
+
+Only channels in a sample's partial-label template contribute: their terms are multiplied by
+the template mask, so an unannotated channel receives exactly zero gradient.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def multi_hot(label: Tensor, n_classes: int) -> Tensor:
+    """(B, 2, ...) class map + parent map -> (B, n_classes, ...) float multi-hot target.
+
+    Channel c-1 is on for voxels of class c and, for tumour voxels, for their parent organ.
+    """
+    b, spatial = label.shape[0], label.shape[2:]
+    idx = label.reshape(b, 2, -1).long()
+    out = torch.zeros(b, n_classes + 1, idx.shape[-1], device=label.device)
+    out.scatter_(1, idx[:, :1], 1.0)
+    out.scatter_(1, idx[:, 1:], 1.0)
+    return out[:, 1:].reshape(b, n_classes, *spatial)
+
+
+def dice_bce_per_channel(logits: Tensor, target: Tensor, smooth: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Soft Dice loss and mean BCE per (sample, channel), each (B, N).
+
+    The Dice sums run over the whole volume of a sample (not per slice): one overlap ratio per
+    organ per scan, as the metric is defined.
+    """
+    logits = logits.float()
+    dims = tuple(range(2, logits.dim()))
+    p = logits.sigmoid()
+    inter = (p * target).sum(dims)
+    denom = p.sum(dims) + target.sum(dims)
+    dice = 1.0 - (2.0 * inter + smooth) / (denom + smooth)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dims)
+    return dice, bce
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum().clamp(min=1.0)
+
+
+def partial_mask_loss(logits: Tensor, target: Tensor, annotated: Tensor, dice_weight: float = 1.0,
+                      bce_weight: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, dice, bce) averaged over annotated (sample, channel) pairs.
+
+    logits (B, N, ...), target (B, N, ...) on the same grid, annotated (B, N) bool.
+    """
+    dice, bce = dice_bce_per_channel(logits, target)
+    d = masked_mean(dice, annotated)
+    b = masked_mean(bce, annotated)
+    return dice_weight * d + bce_weight * b, d, b
+
+
+def presence(target: Tensor) -> Tensor:
+    """(B, N, ...) -> (B, N): 1 where the channel has any voxel."""
+    return target.flatten(2).amax(-1)
+
+
+def class_bce(class_logits: Tensor, target_presence: Tensor, annotated: Tensor) -> Tensor:
+    """Stage 1: MLP presence logit of query i vs 'class i is in this crop'."""
+    bce = F.binary_cross_entropy_with_logits(class_logits.float(), target_presence, reduction="none")
+    return masked_mean(bce, annotated)
+
+
+def cosine_class_bce(cos_logits: Tensor, target_presence: Tensor, annotated: Tensor) -> Tensor:
+    """Stage 2: BCE on the cosine-similarity class probabilities p(j | q_i) = softmax_j(cos/tau).
+
+    Row i's target is one-hot at j = i when class i is in the crop and all-zero otherwise; only
+    rows of annotated classes count. cos_logits (B, N, K) with K >= N text rows.
+    """
+    b, n, k = cos_logits.shape
+    p = cos_logits.float().softmax(-1).clamp(1e-6, 1 - 1e-6)
+    eye = torch.eye(n, k, device=p.device, dtype=p.dtype)
+    target = eye.unsqueeze(0) * target_presence[:, :, None]
+    bce = F.binary_cross_entropy(p, target, reduction="none").mean(-1)  # (B, N)
+    return masked_mean(bce, annotated)
+
+
+@dataclass
+class LossWeights:
+    dice: float = 1.0
+    bce: float = 1.0
+    cls: float = 1.0
+    deep: float = 1.0  # weight of each kMMM layer's deep-supervision term
+
+
+def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage: int,
+             w: LossWeights | None = None) -> tuple[Tensor, dict[str, float]]:
+    """Total DSM loss for one batch and its parts (floats for logging).
+
+    out: model output dict (mask_logits (B,N,...), layer_logits list of (B,N_o,...), and
+    class_logits (Stage 1) or class_cos_logits (Stage 2)); label (B,2,...); annotated (B,C).
+    """
+    w = w or LossWeights()
+    target = multi_hot(label, n_classes)
+    masks = out["mask_logits"]
+    n = masks.shape[1]
+    tgt, ann = target[:, :n], annotated[:, :n]
+    loss, dice, bce = partial_mask_loss(masks, tgt, ann, w.dice, w.bce)
+    parts = {"dice": dice.item(), "bce": bce.item()}
+    pres = presence(tgt)
+    if stage == 1:
+        c = class_bce(out["class_logits"], pres, ann)
+    else:
+        c = cosine_class_bce(out["class_cos_logits"], pres, ann)
+    loss = loss + w.cls * c
+    parts["cls"] = c.item()
+    deep_total = torch.zeros((), device=masks.device)
+    for r in out.get("layer_logits", []):
+        no = r.shape[1]
+        up = F.interpolate(r.float(), size=masks.shape[2:], mode="trilinear", align_corners=False)
+        l, _, _ = partial_mask_loss(up, target[:, :no], annotated[:, :no], w.dice, w.bce)
+        deep_total = deep_total + l
+    loss = loss + w.deep * deep_total
+    parts["deep"] = deep_total.item()
+    parts["loss"] = loss.item()
+    return loss, parts

@@ -1,0 +1,29 @@
+"""Write phantom sets to disk: NIfTI pairs, a dataset list and optional DICOM series."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from .data import tumour_types
+from .datalist import write_datalist
+from .phantoms import generate, write_dicom_series, write_nifti_pair
+
+
+def write_phantom_set(out: Path, n: int, seed: int, spacing: float | None = None, shape: Sequence[int] | None = None,
+                      tumours: str = "all", dataset: str = "phantom_all", dicom: bool = False,
+                      val: int = 0) -> list[tuple[str, str, str, str]]:
+    """Phantoms seed .. seed+n-1 as imagesTr/phantom_SSSSS.nii.gz + labelsTr/ (same name), the
+    list out/datalist.csv (paths relative to out) and, with dicom, dicom/phantom_SSSSS/CT*.dcm."""
+    types = tumour_types(tumours)
+    rows = []
+    for i, s in enumerate(range(seed, seed + n)):
+        ph = generate(s, shape=shape, spacing=spacing, tumour_types=types)
+        name = f"phantom_{s:05d}.nii.gz"
+        write_nifti_pair(ph.image, ph.label, ph.affine, out / "imagesTr" / name, out / "labelsTr" / name)
+        if dicom:
+            write_dicom_series(ph.image, ph.affine, out / "dicom" / f"phantom_{s:05d}",
+                               patient_name=f"PHANTOM^{s:03d}", patient_id=f"PHANTOM{s:03d}",
+                               uid_seed=f"dsm-phantom-{s}")
+        rows.append((f"imagesTr/{name}", f"labelsTr/{name}", dataset, "val" if i >= n - val else "train"))
+    write_datalist(out / "datalist.csv", rows)
+    return rows

@@ -1,0 +1,220 @@
+"""MONAI pipelines: deterministic preprocessing (cached) and per-sample random augmentation.
+
+Sample dict after preprocessing:
+  image      (1, X, Y, Z) float32 in [0, 1] (HU window), RAS, model spacing
+  label      (2, X, Y, Z) uint8: catalog class map and tumour parent map (labels.py)
+  annotated  (C,) bool partial-label template of the case's dataset
+  organ_idx / tumour_idx / bg_idx   flat voxel indices for crop sampling (subsampled)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    EnsureTyped,
+    MapTransform,
+    Orientationd,
+    Rand3DElasticd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandCropByPosNegLabeld,
+    Randomizable,
+    RandShiftIntensityd,
+    ScaleIntensityRanged,
+    Spacingd,
+    SpatialPadd,
+)
+
+from model.catalog import Catalog
+
+from .labels import LabelError, map_labels, parent_map, read_nifti, read_raw_label
+from .registry import Registry
+
+# Cap on stored crop-centre candidates per set: a 300^3 grid would otherwise cache ~100 MB of
+# background indices per case.
+MAX_INDICES = 20000
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    prob_affine: float = 0.3
+    rotate_deg: float = 15.0
+    scale: float = 0.1
+    prob_elastic: float = 0.1
+    elastic_sigma: tuple[float, float] = (5.0, 7.0)
+    elastic_magnitude: tuple[float, float] = (50.0, 150.0)
+    prob_shift: float = 0.3
+    shift: float = 0.1
+    prob_gamma: float = 0.3
+    gamma: tuple[float, float] = (0.7, 1.5)
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    samples_per_volume: int = 1
+    pos: float = 2.0  # RandCropByPosNegLabel pos:neg ratio
+    neg: float = 1.0
+    tumour_prob: float = 0.5  # of positive crops, share centred on an annotated tumour when present
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    spacing: tuple[float, float, float]
+    roi: tuple[int, int, int]
+    hu_window: tuple[float, float] = (-175.0, 250.0)
+    orientation: str = "RAS"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
+
+
+def body_foreground(x: torch.Tensor) -> torch.Tensor:
+    """Voxels above the lower HU window edge (scaled image > 0): the body."""
+    return x > 0
+
+
+class LoadCased(MapTransform):
+    """Read image + label (paths or in-memory arrays), map raw labels to the catalog.
+
+    Input keys: image (path | HU array), label (path | raw array | None), affine (for arrays),
+    dataset (registry key). Arrays are useful for generated phantoms (evaluation without files).
+    """
+
+    def __init__(self, registry: Registry, affine_tol_mm: float = 1e-2) -> None:
+        super().__init__(keys=["image", "label"])
+        self.registry = registry
+        self.catalog: Catalog = registry.catalog
+        self.tol = affine_tol_mm
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        spec = self.registry[d["dataset"]]
+        if isinstance(d["image"], (str, Path)):
+            src = str(d["image"])
+            img, aff = read_nifti(d["image"], np.float32)
+        else:
+            src = d.get("case", "array")
+            img, aff = np.asarray(d["image"], np.float32), np.asarray(d["affine"], np.float64)
+        if img.ndim == 4 and img.shape[-1] == 1:
+            img = img[..., 0]
+        lab = d.get("label")
+        if lab is None or (isinstance(lab, (str, Path)) and str(lab) in ("", ".")):
+            classes = np.zeros(img.shape, np.uint8)
+        else:
+            if isinstance(lab, (str, Path)):
+                raw, laff = read_raw_label(lab, spec)
+            else:
+                raw, laff = np.asarray(lab).astype(np.int32), aff
+            if raw.shape != img.shape:
+                raise LabelError(f"{src}: label shape {raw.shape} != image shape {img.shape}")
+            if np.abs(laff - aff).max() > self.tol:
+                raise LabelError(f"{src}: label affine differs from the image affine")
+            classes = map_labels(raw, spec, self.catalog, aff, img)
+        parents = parent_map(classes, self.catalog, aff, img)
+        def meta() -> dict:
+            return {"filename_or_obj": src, "affine": torch.as_tensor(aff)}
+
+        d["image"] = MetaTensor(torch.from_numpy(np.ascontiguousarray(img[None])), meta=meta())
+        d["label"] = MetaTensor(torch.from_numpy(np.stack([classes, parents])), meta=meta())
+        d["annotated"] = torch.tensor(spec.annotated_vector(self.catalog), dtype=torch.bool)
+        d.pop("affine", None)
+        return d
+
+
+class CropIndicesd(MapTransform):
+    """Crop-centre candidates: organ voxels, annotated-tumour voxels, background voxels."""
+
+    def __init__(self, catalog: Catalog, seed: int = 0) -> None:
+        super().__init__(keys=["label"])
+        self.is_tumour = torch.tensor([False] + [e.is_tumor for e in catalog], dtype=torch.bool)
+        self.seed = seed
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        cls = torch.as_tensor(d["label"][0]).long().flatten()
+        ann = torch.cat([torch.zeros(1, dtype=torch.bool), torch.as_tensor(d["annotated"])])
+        fg = cls > 0
+        tum = self.is_tumour[cls] & ann[cls]
+        rng = np.random.default_rng(self.seed)
+        for key, m in (("organ_idx", fg), ("tumour_idx", tum), ("bg_idx", ~fg)):
+            idx = torch.nonzero(m).flatten().numpy()
+            if len(idx) > MAX_INDICES:
+                idx = np.sort(rng.choice(idx, MAX_INDICES, replace=False))
+            d[key] = idx.astype(np.int64)
+        return d
+
+
+class RandCropTumourOrOrgand(Randomizable, MapTransform):
+    """RandCropByPosNegLabel whose positive centres come from annotated tumour voxels with
+    probability tumour_prob (when the case has any), otherwise from organ voxels."""
+
+    def __init__(self, keys: Sequence[str], roi: Sequence[int], crop: CropConfig) -> None:
+        MapTransform.__init__(self, keys)
+        self.tumour_prob = crop.tumour_prob
+        common = dict(keys=keys, label_key="label", spatial_size=roi, pos=crop.pos, neg=crop.neg,
+                      num_samples=crop.samples_per_volume, bg_indices_key="bg_idx", allow_smaller=False)
+        self.organ = RandCropByPosNegLabeld(fg_indices_key="organ_idx", **common)
+        self.tumour = RandCropByPosNegLabeld(fg_indices_key="tumour_idx", **common)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        self.organ.set_random_state(int(self.R.randint(2**31)))
+        self.tumour.set_random_state(int(self.R.randint(2**31)))
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        self._use_tumour = self.R.rand() < self.tumour_prob
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict]:
+        d = dict(data)
+        self.randomize()
+        use_tumour = self._use_tumour and len(d["tumour_idx"]) > 0
+        if not len(d["organ_idx"]):
+            d["organ_idx"] = d["bg_idx"]  # an unlabelled scan: every crop is a negative
+        out = (self.tumour if use_tumour else self.organ)(d)
+        for o in out:
+            for k in ("organ_idx", "tumour_idx", "bg_idx"):
+                o.pop(k, None)
+        return out
+
+
+def preprocess_transforms(registry: Registry, cfg: PipelineConfig, for_training: bool = True) -> Compose:
+    """Deterministic part (what CacheDataset/PersistentDataset store)."""
+    keys = ["image", "label"]
+    t = [
+        LoadCased(registry),
+        Orientationd(keys=keys, axcodes=cfg.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        Spacingd(keys=keys, pixdim=cfg.spacing, mode=("bilinear", "nearest")),
+        ScaleIntensityRanged(keys="image", a_min=cfg.hu_window[0], a_max=cfg.hu_window[1], b_min=0.0, b_max=1.0, clip=True),
+        CropForegroundd(keys=keys, source_key="image", select_fn=body_foreground, margin=2, allow_smaller=True),
+        EnsureTyped(keys="label", dtype=torch.uint8),
+    ]
+    if for_training:
+        t += [SpatialPadd(keys=keys, spatial_size=cfg.roi), CropIndicesd(registry.catalog)]
+    return Compose(t)
+
+
+def augment_transforms(cfg: PipelineConfig) -> Compose:
+    """Random part, applied per sample after the cache with a per-sample seed."""
+    keys = ["image", "label"]
+    a = cfg.augment
+    rot = np.deg2rad(a.rotate_deg)
+    t = [RandCropTumourOrOrgand(keys, cfg.roi, cfg.crop)]
+    if a.prob_affine > 0:
+        t.append(RandAffined(keys=keys, prob=a.prob_affine, rotate_range=(rot, rot, rot),
+                             scale_range=(a.scale,) * 3, mode=("bilinear", "nearest"), padding_mode="zeros"))
+    if a.prob_elastic > 0:
+        t.append(Rand3DElasticd(keys=keys, prob=a.prob_elastic, sigma_range=a.elastic_sigma,
+                                magnitude_range=a.elastic_magnitude, mode=("bilinear", "nearest"), padding_mode="zeros"))
+    if a.prob_shift > 0:
+        t.append(RandShiftIntensityd(keys="image", offsets=a.shift, prob=a.prob_shift))
+    if a.prob_gamma > 0:
+        t.append(RandAdjustContrastd(keys="image", gamma=a.gamma, prob=a.prob_gamma))
+    t.append(EnsureTyped(keys=keys, track_meta=False))
+    return Compose(t)
