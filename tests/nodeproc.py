@@ -51,6 +51,10 @@ class NodeProcess:
         ]
         if database_url:
             lines += ["database:", f"  url: {json.dumps(database_url)}"]
+        if "inference:" not in extra_yaml:
+            # Tests of receiving/completeness/selection do not load a model: jobs fail fast with
+            # "checkpoint does not exist" instead of running the demo model for minutes.
+            lines += ["inference:", f"  checkpoint: {json.dumps(str(root / 'no-model.pt'))}"]
         self.config.write_text("\n".join(lines) + "\n" + extra_yaml)
         self.proc: subprocess.Popen | None = None
         self.runs = 0
@@ -131,14 +135,16 @@ class NodeProcess:
     def context(self):
         return build_context(load_settings(self.config, {"storage.data_dir": self.data_dir}), migrate=False)
 
-    def wait_for_state(self, study_uid: str, state: str, timeout: float = 30) -> Study:
+    def wait_for_state(self, study_uid: str, state: str | tuple[str, ...], timeout: float = 30) -> Study:
+        """Wait until the study is in ``state`` (or any of several states)."""
+        states = (state,) if isinstance(state, str) else state
         ctx = self.context()
         try:
             deadline = time.monotonic() + timeout
             while True:
                 with ctx.sessions() as s:
                     study = s.scalar(select(Study).where(Study.study_uid == study_uid))
-                if study is not None and study.state == state:
+                if study is not None and study.state in states:
                     return study
                 if time.monotonic() > deadline:
                     raise AssertionError(f"study {study_uid} is {study.state if study else 'unknown'}, not {state}")
