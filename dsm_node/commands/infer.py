@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..infer.overlays import write_overlays
-    from ..infer.segmenter import Segmenter
+    from ..infer.segmenter import segmenter_from_settings
     from ..results.options import ResultOptions
     from ..results.seg import write_seg
     from ..results.sr import write_sr
@@ -47,11 +47,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    inf = settings.inference
-    segmenter = Segmenter(
-        settings.checkpoint_path, device=inf.device, sw_batch_size=inf.sw_batch_size, overlap=inf.overlap,
-        amp=inf.amp, catalog_extra=inf.catalog_extra, clip_checkpoint=inf.clip_checkpoint,
-    )
+    segmenter = segmenter_from_settings(settings)
     print(f"model {segmenter.model_version} on {segmenter.device} ({time.perf_counter() - t0:.1f} s to load)", file=sys.stderr)
 
     volume = None

@@ -23,6 +23,15 @@ from . import grid
 from .postprocess import dilate, postprocess
 
 
+def segmenter_from_settings(settings: Any) -> "Segmenter":
+    """The segmenter a node's ``inference`` settings describe (the node and ``dsm-node infer``)."""
+    inf = settings.inference
+    return Segmenter(
+        settings.checkpoint_path, device=inf.device, sw_batch_size=inf.sw_batch_size, overlap=inf.overlap,
+        amp=inf.amp, catalog_extra=inf.catalog_extra, clip_checkpoint=inf.clip_checkpoint,
+    )
+
+
 def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

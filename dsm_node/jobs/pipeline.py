@@ -11,7 +11,7 @@ from ..context import NodeContext
 from ..db.engine import transaction
 from ..db.models import Job, Result
 from ..delivery.outbox import enqueue_results
-from ..infer.segmenter import Segmenter
+from ..infer.segmenter import Segmenter, segmenter_from_settings
 from ..results.options import ResultOptions
 from ..results.seg import write_seg
 from ..results.sr import write_sr
@@ -19,24 +19,11 @@ from ..volume import VolumeError, assemble_volume
 from .task import JobInputError
 
 
-def make_segmenter(ctx: NodeContext) -> Segmenter:
-    inf = ctx.settings.inference
-    return Segmenter(
-        ctx.settings.checkpoint_path,
-        device=inf.device,
-        sw_batch_size=inf.sw_batch_size,
-        overlap=inf.overlap,
-        amp=inf.amp,
-        catalog_extra=inf.catalog_extra,
-        clip_checkpoint=inf.clip_checkpoint,
-    )
-
-
 class DSMPipeline:
     """Holds the loaded model; ``process`` runs one job's stages and records their timings."""
 
     def __init__(self, ctx: NodeContext, segmenter: Segmenter | None = None) -> None:
-        self.segmenter = segmenter or make_segmenter(ctx)
+        self.segmenter = segmenter or segmenter_from_settings(ctx.settings)
         self.model_version = self.segmenter.model_version
 
     def process(self, ctx: NodeContext, job: Job, paths: list[Path], timings: dict[str, float]) -> dict[str, Any]:
