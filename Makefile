@@ -49,11 +49,13 @@ bench-e2e: venv
 demo: venv
 	$(PY) -m dsm_node.demo $(ARGS)
 
-# Reproduces weights/dsm-small-demo.pt (CPU: about an hour on 2 cores; see weights/MODEL_CARD.md).
+# Reproduces weights/dsm-small-demo.pt. The shipped file was trained on one GPU (see the model
+# card); on a CPU the same recipe takes hours. Loader workers and threads do not change the result:
+#   make demo-weights DEMO_SET="data.num_workers=12 run.threads=8"
 demo-weights: venv
-	$(VENV)/bin/dsm-train stage1 --config config/train_stage1_small.yaml --resume none
-	$(VENV)/bin/dsm-train stage2 --config config/train_stage2_small.yaml --init runs/demo_stage1/final.pt --resume none
-	$(VENV)/bin/dsm-train export --checkpoint runs/demo_stage2/final.pt --out weights/dsm-small-demo.pt --version dsm-small-demo-0.1
+	$(VENV)/bin/dsm-train stage1 --config config/train_stage1_small.yaml --resume none $(if $(DEMO_SET),--set $(DEMO_SET))
+	$(VENV)/bin/dsm-train stage2 --config config/train_stage2_small.yaml --init runs/demo_stage1/final.pt --resume none $(if $(DEMO_SET),--set $(DEMO_SET))
+	$(VENV)/bin/dsm-train export --checkpoint runs/demo_stage2/final.pt --out weights/dsm-small-demo.pt --version dsm-small-demo-0.2
 	$(VENV)/bin/dsm-train eval --checkpoint weights/dsm-small-demo.pt --data phantom:5000:8 --out runs/demo_eval
 
 # OHIF + Orthanc on 127.0.0.1 with the given DICOM files/folders (first run: scripts/install-viewer.sh).

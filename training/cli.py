@@ -3,7 +3,7 @@
   dsm-train phantoms --out DIR --n N --seed S [--dicom] [--spacing MM] [--tumours all|seen|unseen|none]
   dsm-train make-list --dataset KEY --root DIR --out LIST [--val-fraction F]
   dsm-train check-data --list LIST [--root DIR]
-  dsm-train stage1 --config YAML [--resume auto|PATH|none] [--stop-after STEPS] [--set key=value ...]
+  dsm-train stage1 --config YAML [--resume auto|PATH|none] [--stop-after STEPS] [--time-budget MIN] [--set key=value ...]
   dsm-train stage2 --config YAML --init STAGE1.pt [...]
   dsm-train eval [--checkpoint CKPT] --data LIST|phantom:SEED:N[:TUMOURS[:SPACING]] --out DIR
   dsm-train export --checkpoint FINAL.pt --out weights/dsm-small-demo.pt [--version V]
@@ -67,7 +67,8 @@ def cmd_train(a: argparse.Namespace, stage: int) -> int:
     if stage == 2 and not (init or cfg.init):
         raise SystemExit("stage2 needs --init STAGE1.pt (or 'init:' in the config)")
     resume: object = True if a.resume == "auto" else (False if a.resume == "none" else a.resume)
-    summary = train(cfg, init=init, resume=resume, stop_after=a.stop_after, device=a.device)
+    budget = a.time_budget * 60 if a.time_budget else None
+    summary = train(cfg, init=init, resume=resume, stop_after=a.stop_after, device=a.device, time_budget_s=budget)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -130,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--resume", default="auto", help="auto (out_dir/checkpoints/last.pt if present) | none | PATH")
         s.add_argument("--stop-after", type=int, default=None, help="save and exit after this optimizer step")
         s.add_argument("--device", default=None)
+        s.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                       help="time the first steps and train only as many as fit in MINUTES (schedule re-planned)")
         s.add_argument("--set", nargs="*", default=[], help="config overrides key=value (dotted keys)")
         s.set_defaults(func=lambda a, st=stage: cmd_train(a, st))
 

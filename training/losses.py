@@ -26,11 +26,15 @@ def multi_hot(label: Tensor, n_classes: int) -> Tensor:
     return out[:, 1:].reshape(b, n_classes, *spatial)
 
 
-def dice_bce_per_channel(logits: Tensor, target: Tensor, smooth: float = 1.0) -> tuple[Tensor, Tensor]:
+def dice_bce_per_channel(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> tuple[Tensor, Tensor]:
     """Soft Dice loss and mean BCE per (sample, channel), each (B, N).
 
     The Dice sums run over the whole volume of a sample (not per slice): one overlap ratio per
-    organ per scan, as the metric is defined.
+    organ per scan, as the metric is defined. Keep ``smooth`` tiny (MONAI's default 1e-5): on a
+    channel absent from the crop the Dice loss is 1 - smooth / (sum p + smooth), and with
+    smooth = 1 its gradient (~1 / (sum p + 1)^2 per voxel) outweighs BCE by orders of magnitude
+    once predictions are small, driving the class to saturated negatives from which it is slow
+    to recover when it is present (observed: classes never predicted after 1000 demo steps).
     """
     logits = logits.float()
     dims = tuple(range(2, logits.dim()))
@@ -48,12 +52,12 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
 
 
 def partial_mask_loss(logits: Tensor, target: Tensor, annotated: Tensor, dice_weight: float = 1.0,
-                      bce_weight: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+                      bce_weight: float = 1.0, smooth: float = 1e-5) -> tuple[Tensor, Tensor, Tensor]:
     """(loss, dice, bce) averaged over annotated (sample, channel) pairs.
 
     logits (B, N, ...), target (B, N, ...) on the same grid, annotated (B, N) bool.
     """
-    dice, bce = dice_bce_per_channel(logits, target)
+    dice, bce = dice_bce_per_channel(logits, target, smooth)
     d = masked_mean(dice, annotated)
     b = masked_mean(bce, annotated)
     return dice_weight * d + bce_weight * b, d, b
@@ -90,6 +94,7 @@ class LossWeights:
     bce: float = 1.0
     cls: float = 1.0
     deep: float = 1.0  # weight of each kMMM layer's deep-supervision term
+    dice_smooth: float = 1e-5  # see dice_bce_per_channel
 
 
 def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage: int,
@@ -104,7 +109,7 @@ def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage:
     masks = out["mask_logits"]
     n = masks.shape[1]
     tgt, ann = target[:, :n], annotated[:, :n]
-    loss, dice, bce = partial_mask_loss(masks, tgt, ann, w.dice, w.bce)
+    loss, dice, bce = partial_mask_loss(masks, tgt, ann, w.dice, w.bce, w.dice_smooth)
     parts = {"dice": dice.item(), "bce": bce.item()}
     pres = presence(tgt)
     if stage == 1:
@@ -117,7 +122,7 @@ def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage:
     for r in out.get("layer_logits", []):
         no = r.shape[1]
         up = F.interpolate(r.float(), size=masks.shape[2:], mode="trilinear", align_corners=False)
-        l, _, _ = partial_mask_loss(up, target[:, :no], annotated[:, :no], w.dice, w.bce)
+        l, _, _ = partial_mask_loss(up, target[:, :no], annotated[:, :no], w.dice, w.bce, w.dice_smooth)
         deep_total = deep_total + l
     loss = loss + w.deep * deep_total
     parts["deep"] = deep_total.item()

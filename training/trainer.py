@@ -86,8 +86,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, init: str | Path | None = None, resume: str | Path | bool = True,
-                 stop_after: int | None = None, device: str | None = None, progress: bool = True) -> None:
+                 stop_after: int | None = None, device: str | None = None, progress: bool = True,
+                 time_budget_s: float | None = None) -> None:
         self.cfg = cfg
+        self.time_budget_s = time_budget_s
+        self.t_created = time.time()
         self.rank, self.world, self.local_rank = _dist_env()
         if self.world > 1 and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -184,6 +187,7 @@ class Trainer:
             warm = int(round(o.warmup_epochs * self.steps_per_epoch))
         else:
             warm = 0
+        self.warmup = warm
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.total_steps, warm, o.min_lr_ratio))
         self.amp_dtype = _amp_dtype(o.amp, self.device)
@@ -221,6 +225,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
             "step": self.step, "epoch": self.epoch, "mb_in_epoch": self.mb_in_epoch,
+            "total_steps": self.total_steps,
             "config": self.cfg.to_dict(), "model_config": self.model_cfg.to_dict(),
             "history": self.history,
         }
@@ -246,8 +251,40 @@ class Trainer:
         self.scaler.load_state_dict(payload["scaler"])
         set_rng_state(payload["rng"])
         self.step, self.epoch, self.mb_in_epoch = payload["step"], payload["epoch"], payload["mb_in_epoch"]
+        if payload.get("total_steps", self.total_steps) != self.total_steps:
+            # A run shortened by --time-budget keeps its schedule when resumed.
+            self._set_total_steps(int(payload["total_steps"]))
         self.history = list(payload.get("history", []))
         self._log(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.mb_in_epoch})")
+
+    def _set_total_steps(self, total: int) -> None:
+        """Shorten (or restore) the run: the cosine schedule is re-planned to end at `total`."""
+        self.total_steps = total
+        f = lr_lambda(total, self.warmup, self.cfg.optim.min_lr_ratio)
+        self.scheduler.lr_lambdas = [f] * len(self.optimizer.param_groups)
+        # The next step's rate was computed with the old plan: recompute it.
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * f(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    def _fit_budget(self, steps_done: int, seconds: float) -> None:
+        """After a few timed steps, cut total_steps so the run ends within time_budget_s.
+
+        Measured from the Trainer's creation (data generation and caching count); 10 % of the
+        remaining time is kept for validation passes and the final checkpoint. Every rank
+        takes rank 0's figure, so DDP ranks stop together.
+        """
+        per_step = seconds / max(steps_done, 1)
+        left = self.time_budget_s - (time.time() - self.t_created)
+        fit = self.step + max(int(0.9 * left / per_step), 1)
+        if self.world > 1:
+            t = torch.tensor([fit], device=self.device if self.device.type == "cuda" else "cpu")
+            dist.broadcast(t, 0)
+            fit = int(t.item())
+        if fit < self.total_steps:
+            self._log(f"time budget {self.time_budget_s:.0f} s: {per_step:.3f} s/step measured, "
+                      f"training {fit} of {self.total_steps} steps")
+            self._set_total_steps(fit)
 
     def _resume_path(self) -> Path | None:
         if self.resume is False or self.resume is None:
@@ -311,6 +348,8 @@ class Trainer:
         accum = 0
         acc_parts: dict[str, float] = {}
         t0 = time.time()
+        budget_probe = (self.step + 3, self.step + 13) if self.time_budget_s else None
+        t_probe = t0
         stop = self.step >= self.total_steps or (self.stop_after is not None and self.step >= self.stop_after)
         while not stop:
             plan = epoch_plan(n, cfg.run.seed, self.epoch, self.rank, self.world)
@@ -338,6 +377,13 @@ class Trainer:
                 self.scheduler.step()
                 self.step += 1
                 accum = 0
+                if budget_probe is not None and self.step == budget_probe[0]:
+                    t_probe = time.time()  # the first steps include CUDA/cuDNN warm-up
+                elif budget_probe is not None and self.step == budget_probe[1]:
+                    self._fit_budget(budget_probe[1] - budget_probe[0], time.time() - t_probe)
+                    budget_probe = None
+                    if bar is not None:
+                        bar.total = self.total_steps
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{acc_parts.get('loss', 0):.3f}")

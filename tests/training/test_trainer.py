@@ -71,6 +71,21 @@ def test_stage1_then_stage2_resume_exactly(tiny, tmp_path):
     assert 0.7 < float(ck2.state_dict["tumor_queries"].std()) < 1.3
 
 
+def test_time_budget_shortens_the_schedule_and_survives_resume(tiny, tmp_path):
+    # A budget already spent when the first steps have been timed (steps 3..13): training stops
+    # one step later, with the cosine schedule re-planned to end there.
+    cfg = load_train_config(tiny(1, "budget", 500, **{"optim.grad_accum": 1, "run.val_every": 1000}))
+    out = Trainer(cfg, resume=False, time_budget_s=0.001).run()
+    assert out["finished"] and out["steps"] == 14 and out["total_steps"] == 14
+    state = torch.load(tmp_path / "budget" / "checkpoints" / "last.pt", weights_only=False)
+    assert state["total_steps"] == 14
+    rows = _rows(tmp_path / "budget" / "metrics.csv")
+    assert float(rows[-1]["lr"]) == pytest.approx(1e-3 * lr_lambda(14, 1, cfg.optim.min_lr_ratio)(13))
+    # Resuming the shortened run keeps its 14-step schedule instead of the config's 500.
+    again = Trainer(cfg, resume=True).run()
+    assert again["finished"] and again["total_steps"] == 14
+
+
 def test_mamba_parameters_learn_through_deep_supervision():
     cfg = load_model_config("small").replace(**TINY_MODEL).with_stage(1)
     torch.manual_seed(0)
