@@ -107,7 +107,7 @@ def evaluate(checkpoint: Path, data: str, out: Path, root: str | None = None, de
         target = multi_hot(torch.as_tensor(s["label"]).unsqueeze(0), len(catalog))[0] > 0.5
         ann = torch.as_tensor(s["annotated"]).bool()
         rec: dict[str, Any] = {"case": s.get("case", item.get("case")), "dataset": s["dataset"], "dsc": {}, "auroc": {},
-                               "fpr95": {}, "tumour_voxels": {}}
+                               "fpr95": {}, "auroc_pc": {}, "tumour_voxels": {}}
         for c, name in enumerate(names[: len(catalog)]):
             if not ann[c] or not target[c].any():
                 continue
@@ -124,6 +124,10 @@ def evaluate(checkpoint: Path, data: str, out: Path, root: str | None = None, de
                 labels = target[c].numpy()[region]
                 rec["auroc"][name] = auroc(scores, labels)
                 rec["fpr95"][name] = fpr_at_tpr(scores, labels, 0.95)
+                # Second score, same region: the class's own probability P_c (for an unseen class
+                # it comes from text alignment alone). Reported beside the anomaly score because
+                # tumour voxels count for their parent organ, so the organ queries claim them.
+                rec["auroc_pc"][name] = auroc(probs[c].numpy()[region], labels)
         per_case.append(rec)
         if ci < overlays:
             _overlay(s, masks, probs, anomaly, catalog, out / f"overlay_{ci:02d}_{rec['case']}.png")
@@ -136,6 +140,7 @@ def evaluate(checkpoint: Path, data: str, out: Path, root: str | None = None, de
         "masks": "class probability > catalog threshold (0.5), no post-processing",
         "ood_region": f"ground-truth parent organ(s) incl. tumour voxels, dilated by {dilation_mm:g} mm",
         "ood_score": "anomaly channel of the Predictor: 1 - max over organ queries of sigmoid(M_q)",
+        "pc_score": "the tumour class's own probability P_c (text alignment only for unseen classes), same region",
         "seen_tumour_classes": sorted(seen),
     })
     (out / "per_case.json").write_text(json.dumps(per_case, indent=2))
@@ -145,12 +150,13 @@ def evaluate(checkpoint: Path, data: str, out: Path, root: str | None = None, de
 
 
 def _per_class(per_case: list[dict], key: str) -> dict[str, float | None]:
-    names = sorted({n for r in per_case for n in r[key]})
-    return {n: nanmean([r[key][n] for r in per_case if n in r[key]]) for n in names}
+    names = sorted({n for r in per_case for n in r.get(key, {})})
+    return {n: nanmean([r[key][n] for r in per_case if n in r.get(key, {})]) for n in names}
 
 
 def _summarise(per_case: list[dict], catalog: Catalog, seen: set[str]) -> dict[str, Any]:
     dsc, au, fp = _per_class(per_case, "dsc"), _per_class(per_case, "auroc"), _per_class(per_case, "fpr95")
+    au_pc = _per_class(per_case, "auroc_pc")
     counts = {n: sum(1 for r in per_case if n in r["dsc"]) for n in dsc}
     organs = [n for n in catalog.names if catalog.by_name(n).is_organ and n in dsc]
     tumours = [n for n in catalog.names if catalog.by_name(n).is_tumor and n in dsc]
@@ -163,8 +169,11 @@ def _summarise(per_case: list[dict], catalog: Catalog, seen: set[str]) -> dict[s
         "seen_tumor_auroc_mean": nanmean([au[n] for n in seen_t if n in au]),
         "unseen_tumor_auroc_mean": nanmean([au[n] for n in unseen_t if n in au]),
         "unseen_tumor_fpr95_mean": nanmean([fp[n] for n in unseen_t if n in fp]),
+        "seen_tumor_auroc_pc_mean": nanmean([au_pc[n] for n in seen_t if n in au_pc]),
+        "unseen_tumor_auroc_pc_mean": nanmean([au_pc[n] for n in unseen_t if n in au_pc]),
         "per_class": {n: {"kind": catalog.by_name(n).kind, "seen": (n in seen) if n in tumours else None,
-                          "dsc": dsc[n], "auroc": au.get(n), "fpr95": fp.get(n), "cases": counts[n]}
+                          "dsc": dsc[n], "auroc": au.get(n), "fpr95": fp.get(n), "auroc_pc": au_pc.get(n),
+                          "cases": counts[n]}
                       for n in organs + tumours},
     }
 
@@ -185,7 +194,8 @@ def markdown_report(s: dict[str, Any]) -> str:
         f"- data: `{s['data']}` ({s['n_cases']} cases)",
         f"- checkpoint sha256: `{s['checkpoint_sha256']}`",
         f"- grid: {s['grid']}", f"- masks: {s['masks']}",
-        f"- OOD region: {s['ood_region']}; score: {s['ood_score']}", "",
+        f"- OOD region: {s['ood_region']}; score: {s['ood_score']}",
+        f"- second score (column AUROC P_c): {s.get('pc_score', '-')}", "",
         "## Table 2 layout: organ segmentation, DSC (%)", "",
     ]
     if organs:
@@ -196,15 +206,16 @@ def markdown_report(s: dict[str, Any]) -> str:
     else:
         lines += ["(no organ ground truth in these cases)", ""]
     lines += ["## Table 3 layout: tumours (seen = trained with labels, unseen = zero-shot)", "",
-              "| Tumour | Setting | DSC (%) | AUROC (%) | FPR95 (%) | Cases |", "|---|---|---|---|---|---|"]
+              "| Tumour | Setting | DSC (%) | AUROC (%) | FPR95 (%) | AUROC P_c (%) | Cases |", "|---|---|---|---|---|---|---|"]
     for n in tumours:
         v = pc[n]
         lines.append(f"| {n} | {'seen' if v['seen'] else 'unseen'} | {_fmt(v['dsc'])} | {_fmt(v['auroc'])} | "
-                     f"{_fmt(v['fpr95'])} | {v['cases']} |")
+                     f"{_fmt(v['fpr95'])} | {_fmt(v.get('auroc_pc'))} | {v['cases']} |")
     lines += ["", "| Summary | value |", "|---|---|"]
     for k in ("organ_dsc_mean", "seen_tumor_dsc_mean", "unseen_tumor_dsc_mean", "seen_tumor_auroc_mean",
-              "unseen_tumor_auroc_mean", "unseen_tumor_fpr95_mean"):
-        lines.append(f"| {k} | {_fmt(s[k], pct=False)} |")
+              "unseen_tumor_auroc_mean", "unseen_tumor_fpr95_mean", "seen_tumor_auroc_pc_mean",
+              "unseen_tumor_auroc_pc_mean"):
+        lines.append(f"| {k} | {_fmt(s.get(k), pct=False)} |")
     return "\n".join(lines) + "\n"
 
 

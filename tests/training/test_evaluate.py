@@ -26,7 +26,8 @@ def test_summary_aggregation_known_values():
     per_case = [
         {"dsc": {"Liver": 0.9, "Spleen": 0.7, "Liver Tumor": 0.5, "Pancreas Tumor": 0.1},
          "auroc": {"Liver Tumor": 0.8, "Pancreas Tumor": 0.9}, "fpr95": {"Liver Tumor": 0.4, "Pancreas Tumor": 0.2}},
-        {"dsc": {"Liver": 0.7, "Colon Tumor": 0.3}, "auroc": {"Colon Tumor": 0.7}, "fpr95": {"Colon Tumor": 0.6}},
+        {"dsc": {"Liver": 0.7, "Colon Tumor": 0.3}, "auroc": {"Colon Tumor": 0.7}, "fpr95": {"Colon Tumor": 0.6},
+         "auroc_pc": {"Colon Tumor": 0.65}},
     ]
     s = _summarise(per_case, CAT, seen={"Liver Tumor"})
     assert s["organ_dsc_mean"] == pytest.approx((0.8 + 0.7) / 2)  # class means first, then over classes
@@ -35,6 +36,8 @@ def test_summary_aggregation_known_values():
     assert s["unseen_tumor_auroc_mean"] == pytest.approx(0.8)
     assert s["unseen_tumor_fpr95_mean"] == pytest.approx(0.4)
     assert s["per_class"]["Liver"]["cases"] == 2 and s["per_class"]["Pancreas Tumor"]["seen"] is False
+    # The P_c score is averaged over the cases that have it (only case 2 here).
+    assert s["unseen_tumor_auroc_pc_mean"] == pytest.approx(0.65) and s["seen_tumor_auroc_pc_mean"] is None
     none = _summarise([{"dsc": {"Liver": 1.0}, "auroc": {}, "fpr95": {}}], CAT, set())
     assert none["unseen_tumor_auroc_mean"] is None and none["seen_tumor_dsc_mean"] is None
 
@@ -59,6 +62,8 @@ def test_eval_cli_on_phantoms(tmp_path):
         assert s[k] is None or 0.0 <= s[k] <= 1.0
     per_case = json.loads((out / "per_case.json").read_text())
     assert per_case[0]["dsc"] and "Liver" in per_case[0]["dsc"]
+    # Both tumour scores are measured in the same regions.
+    assert per_case[0]["auroc"] and per_case[0]["auroc_pc"].keys() == per_case[0]["auroc"].keys()
     report = (out / "report.md").read_text()
     assert "Table 2" in report and "Table 3" in report and "Liver" in report.split("Table 3")[0]
     assert len(list(out.glob("overlay_*.png"))) == 1
