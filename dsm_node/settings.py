@@ -169,6 +169,11 @@ class Inference(_Section):
         None, description="YAML of site classes (classes.yaml format, with coding) added as zero-shot outputs"
     )
     clip_checkpoint: Path | None = Field(None, description="Local open_clip checkpoint to embed new class names")
+    cpu_threads: int | None = Field(
+        None, ge=1,
+        description="torch CPU threads of the process (empty = torch's default, all cores); fewer help when "
+                    "other heavy processes share the CPU",
+    )
 
 
 class Results(_Section):
