@@ -55,8 +55,9 @@ def main() -> int:
     rows = []
     for name, study in cases:
         print(f"running: {name} ...", flush=True)
-        r = run_once(study, work / name.split(",")[0].replace(" ", "_"), 2.0, args.checkpoint)
-        wall, seg = offline_peer(study, work / (name.split(",")[0].replace(" ", "_") + "_infer"), args.checkpoint)
+        slug = name.split(",")[0].replace(" ", "_")
+        r = run_once(study, work / slug, 2.0, args.checkpoint)
+        wall, seg = offline_peer(study, work / f"{slug}_infer", args.checkpoint)
         r["peer_infer_wall_s"], r["peer_segmentation_s"] = round(wall, 1), round(seg, 1)
         rows.append((name, r))
         print(json.dumps({k: v for k, v in r.items() if k not in ("segments", "received")}, indent=1))

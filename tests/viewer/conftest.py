@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from tools import IN_CI, REPO, SHARED, find_tool  # noqa: E402
+from tools import REPO, SHARED, find_tool, missing  # noqa: E402
 
 import broken_segs  # noqa: E402
 import ohif_checks as checks  # noqa: E402
@@ -53,12 +53,6 @@ DEMO_MIN_SCREEN_PX = 50
 _RUN_INFO: dict = {}
 
 
-def _missing(msg: str):
-    if IN_CI:
-        pytest.fail(msg)
-    pytest.skip(msg)
-
-
 def require_viewer_stack() -> None:
     """Fail under CI, skip elsewhere, unless everything the viewer session needs is here."""
     from dsm_node.viewer.netns import netns_available
@@ -67,18 +61,18 @@ def require_viewer_stack() -> None:
     from dsm_node.viewer.session import find_chromium
 
     if find_orthanc() is None:
-        _missing("Orthanc is not installed (Debian: orthanc orthanc-dicomweb)")
+        missing("Orthanc is not installed (Debian: orthanc orthanc-dicomweb)")
     if find_dicomweb_plugin() is None:
-        _missing("the Orthanc DICOMweb plugin is not installed (Debian: orthanc-dicomweb)")
+        missing("the Orthanc DICOMweb plugin is not installed (Debian: orthanc-dicomweb)")
     if find_chromium() is None:
-        _missing("chromium is not installed (Debian: chromium)")
+        missing("chromium is not installed (Debian: chromium)")
     if find_tool("node") is None:
-        _missing("node is not installed")
+        missing("node is not installed")
     if ohif_dist(required=False) is None or node_modules(required=False) is None:
-        _missing("OHIF / playwright-core not installed: run scripts/install-viewer.sh")
+        missing("OHIF / playwright-core not installed: run scripts/install-viewer.sh")
     ok, why = netns_available()
     if not ok:
-        _missing(f"cannot run the viewer in a private network namespace: {why}")
+        missing(f"cannot run the viewer in a private network namespace: {why}")
 
 
 @dataclass
