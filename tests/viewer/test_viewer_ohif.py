@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from broken_segs import PLAN as BROKEN
+from tools import missing
 
 DEMO = "demo_loop"  # conftest.DEMO: the case made by the node's whole loop
 
@@ -51,7 +52,7 @@ def test_our_sr_loads_in_ohif(viewer_run):
 
 def test_reference_seg_shows_correctly(viewer_run):
     if "reference_dcmqi_liver" not in viewer_run.results:
-        pytest.skip("../shared/data/03 (dcmqi reference SEG) not present")
+        missing("../shared/data/03 (dcmqi reference SEG) not present")
     _assert_checks(viewer_run, "reference_dcmqi_liver",
                    ["panel", "colours", "seg_file", "labelmap", "segment_views"])
 
