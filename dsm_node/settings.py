@@ -185,7 +185,17 @@ class Results(_Section):
     sr_series_number: int = 9902
     manufacturer: str = "dsm-node"
     institution_name: str | None = None
-    secondary_capture: bool = Field(False, description="Also send overlay images for viewers without SEG support")
+    organs_include_tumours: bool = Field(
+        True, description="BINARY SEG: an organ that is a tumour's parent is encoded as its tissue plus its tumours, "
+                          "enclosed holes filled (the tumour stays a segment of its own); SR organ volumes measure that")
+    lesion_min_volume_ml: float = Field(
+        0.5, ge=0, description="Tumour components (lesions) smaller than this get no lesion measurement group "
+                               "(0.5 ml ~ a 10 mm sphere, RECIST's smallest measurable lesion)")
+    secondary_capture: bool = Field(
+        True, description="Also send key images (Secondary Capture, burnt-in outlines and axes) for viewers without SEG support")
+    key_images_max_lesions: int = Field(6, ge=0, description="Key images: at most this many lesion images (largest first)")
+    sc_series_description: str = "DSM key images - NOT FOR DIAGNOSTIC USE"
+    sc_series_number: int = 9903
 
     @field_validator("uid_root")
     @classmethod

@@ -1,7 +1,8 @@
 """``dsm-node infer INPUT --out DIR``: run DSM on a DICOM series folder or a NIfTI file, offline.
 
 Writes ``labels.nii.gz`` (catalog indices on the input grid), ``anomaly.nii.gz``, overlay
-PNGs and, for DICOM input, the same DICOM-SEG + TID 1500 SR the node would send.
+PNGs (radiological orientation whatever the input's) and, for DICOM input, the same objects
+the node would send (DICOM-SEG, TID 1500 SR, key images; dsm_node.results.outputs).
 """
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..infer.overlays import write_overlays
     from ..infer.segmenter import segmenter_from_settings
+    from ..results.display import radiological
     from ..results.options import ResultOptions
-    from ..results.seg import write_seg
-    from ..results.sr import write_sr
+    from ..results.outputs import write_results
     from ..volume import VolumeError, assemble_volume, files_of, ras_to_lps
 
     settings = settings_from_args(
@@ -85,11 +86,12 @@ def run(args: argparse.Namespace) -> int:
     written = ["labels.nii.gz", "anomaly.nii.gz"]
     if volume is not None:
         options = ResultOptions.from_settings(settings, model_version=args.model_version or segmenter.model_version)
-        seg = write_seg(volume, result.labels, result.catalog, options, out)
-        sr = write_sr(volume, result.labels, result.catalog, options, seg, out)
-        written += [p.name for p in (seg.path if seg else None, sr.path) if p is not None]
+        written += [path.name for _kind, _ds, path in write_results(volume, result.labels, result.catalog, options, out).files()]
     if not args.no_overlays:
-        pngs = write_overlays(hu, result.labels, spacing, result.catalog, out / "overlays", title=source.name)
+        # The overlay writer shows array rows/columns as they are: hand it radiological order.
+        display_hu, display_spacing = radiological(hu, affine_lps)
+        display_labels, _ = radiological(result.labels, affine_lps)
+        pngs = write_overlays(display_hu, display_labels, display_spacing, result.catalog, out / "overlays", title=source.name)
         written += [f"overlays/{p.name}" for p in pngs]
     voxel_ml = float(np.prod(spacing)) / 1000.0
     summary = {

@@ -1,4 +1,4 @@
-"""What one job does between "running" and "encoded": volume -> DSM -> SEG + SR -> outbox."""
+"""What one job does between "running" and "encoded": volume -> DSM -> SEG + SR + key images -> outbox."""
 from __future__ import annotations
 
 import time
@@ -13,8 +13,7 @@ from ..db.models import Job, Result
 from ..delivery.outbox import enqueue_results
 from ..infer.segmenter import Segmenter, segmenter_from_settings
 from ..results.options import ResultOptions
-from ..results.seg import write_seg
-from ..results.sr import write_sr
+from ..results.outputs import earlier_lesions, write_results
 from ..volume import VolumeError, assemble_volume
 from .task import JobInputError
 
@@ -40,14 +39,15 @@ class DSMPipeline:
 
         t = time.perf_counter()
         options = ResultOptions.from_settings(ctx.settings, model_version=self.model_version, revision=job.revision)
-        out_dir = ctx.results_dir / job.study.study_uid / f"r{job.revision}"
-        seg = write_seg(volume, seg_out.labels, seg_out.catalog, options, out_dir)
-        sr = write_sr(volume, seg_out.labels, seg_out.catalog, options, seg, out_dir)
+        study_dir = ctx.results_dir / job.study.study_uid
+        out_dir = study_dir / f"r{job.revision}"
+        # Lesions reported for earlier revisions keep their tracking numbers and UIDs.
+        known = earlier_lesions(study_dir, job.revision, volume)
+        results = write_results(volume, seg_out.labels, seg_out.catalog, options, out_dir, known=known)
+        seg, sr = results.seg, results.sr
         timings["encoding"] = time.perf_counter() - t
 
-        files = [("SR", sr.dataset, sr.path)]
-        if seg is not None:  # no class found: no SEG, the SR says "no findings"
-            files.insert(0, ("SEG", seg.dataset, seg.path))
+        files = results.files()  # no class found: no SEG and no key images, the SR says "no findings"
         with transaction(ctx.sessions) as s:
             db_job = s.get(Job, job.id)
             results = [self._record(s, db_job, kind, ds, path, ctx) for kind, ds, path in files]
@@ -61,6 +61,12 @@ class DSMPipeline:
             ],
             "seg_sop_instance_uid": seg.dataset.SOPInstanceUID if seg is not None else None,
             "sr_sop_instance_uid": sr.dataset.SOPInstanceUID,
+            "lesions": [
+                {"id": les.tracking_identifier, "long_axis_mm": round(les.long_axis.length_mm, 1),
+                 "short_axis_mm": round(les.short_axis.length_mm, 1), "volume_ml": round(les.volume_cm3, 2)}
+                for les in sr.lesions
+            ],
+            "key_images": len(results.key_images.datasets) if results.key_images else 0,
             "stage_detail": seg_out.timings,
         }
 

@@ -37,8 +37,15 @@ LEFT = CodedConcept.from_code(codes.SCT.Left)  # 7771000
 RIGHT = CodedConcept.from_code(codes.SCT.Right)  # 24028007
 ANATOMICAL_STRUCTURE = CodedConcept.from_code(codes.SCT.AnatomicalStructure)  # 91723000
 MORPHOLOGICALLY_ABNORMAL = CodedConcept.from_code(codes.SCT.MorphologicallyAbnormalStructure)  # 49755003
+LONG_AXIS = CodedConcept.from_code(codes.SCT.LongAxis)  # 103339001
+SHORT_AXIS = CodedConcept.from_code(codes.SCT.ShortAxis)  # 103340004
 #: Local coding scheme for site-added classes without a ``coding:`` block (99 = private).
 LOCAL_SCHEME = "99DSMNODE"
+#: Measurement Method of a volumetric group: what the referenced segment holds (no standard
+#: code says "organ including its tumours"; local codes, explained in docs/results.md).
+METHOD_ORGAN_WITH_TUMOURS = CodedConcept("ORGAN-INCL-TUM", LOCAL_SCHEME,
+                                         "Organ incl. its tumours, enclosed holes filled")
+METHOD_CLASS_VOXELS = CodedConcept("CLASS-VOXELS", LOCAL_SCHEME, "Voxels labelled with this class only")
 
 CID_CATEGORY = 7150  # Segmentation Property Categories
 CID_TYPE = 7151  # Segmentation Property Types

@@ -1,4 +1,5 @@
-"""``dsm-node export``: encode a label map as DICOM-SEG + TID 1500 SR, offline.
+"""``dsm-node export``: encode a label map as the node's results (DICOM-SEG, TID 1500 SR, key
+images), offline.
 
     dsm-node export --source DICOM_DIR --labels LABELS.nii.gz --out DIR
                     [--seg-type BINARY|LABELMAP] [--model-version V] [--series-uid UID]
@@ -14,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -22,7 +24,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="folder (searched recursively) or file list of the CT series")
     parser.add_argument("--labels", required=True, metavar="LABELS.nii.gz",
                         help="label map on the CT grid, values = catalog class indices")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder for SEG_*.dcm and SR_*.dcm")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder for SEG_*.dcm, SR_*.dcm and the key images SC_*.dcm")
     parser.add_argument("--seg-type", choices=("BINARY", "LABELMAP"), default=None,
                         help="SEG encoding (default: results.seg_type, BINARY)")
     parser.add_argument("--model-version", default=None,
@@ -31,6 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--series-uid", default=None, help="pick this series when DICOM_DIR holds several")
     parser.add_argument("--revision", type=int, default=0, help="study revision (new revision -> new UIDs)")
     parser.add_argument("--catalog", default=None, help="class catalog YAML (default: config/classes.yaml)")
+    parser.add_argument("--no-key-images", action="store_true",
+                        help="no Secondary Capture key images (default: results.secondary_capture)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -41,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..volume import VolumeError, assemble_volume, find_series, load_labels
     from .options import ResultOptions
-    from .seg import ResultError, write_seg
-    from .sr import write_sr
+    from .outputs import write_results
+    from .seg import ResultError
 
     def fail(msg: str) -> int:
         print(f"dsm-node export: {msg}", file=sys.stderr)
@@ -81,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         opts = ResultOptions.from_settings(settings, model_version=args.model_version or __version__,
                                            model_name=args.model_name, revision=args.revision)
+        if args.no_key_images:
+            opts = replace(opts, key_images=False)
         volume = assemble_volume(files)
         labels = load_labels(labels_path, volume)
     except VolumeError as exc:
@@ -90,10 +97,10 @@ def run(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     out = Path(args.out)
     try:
-        seg = write_seg(volume, labels, catalog, opts, out, seg_type=args.seg_type)
-        sr = write_sr(volume, labels, catalog, opts, seg, out)
+        results = write_results(volume, labels, catalog, opts, out, seg_type=args.seg_type)
     except ResultError as exc:
         return fail(str(exc))
+    seg, sr, key = results.seg, results.sr, results.key_images
     t2 = time.perf_counter()
     summary = {
         "series_instance_uid": volume.series_instance_uid,
@@ -103,15 +110,24 @@ def run(args: argparse.Namespace) -> int:
         "seg_frames": int(seg.dataset.NumberOfFrames) if seg else 0,
         "sr": str(sr.path),
         "no_findings": sr.no_findings,
+        "key_images": [str(p) for p in key.paths] if key else [],
         "segments": [
-            {"number": s.number, "class": s.entry.name, "label": s.label,
+            {"number": s.number, "class": s.entry.name, "label": s.label, "content": s.method,
+             "includes": list(s.included_tumours),
              "volume_cm3": round(sr.measurements[s.label].volume_cm3, 3),
-             "mean_hu": None if sr.measurements[s.label].mean_hu is None else round(sr.measurements[s.label].mean_hu, 1),
-             "max_diameter_mm": None if sr.measurements[s.label].max_diameter_mm is None
-             else round(sr.measurements[s.label].max_diameter_mm, 1)}
+             "mean_hu": None if sr.measurements[s.label].mean_hu is None else round(sr.measurements[s.label].mean_hu, 1)}
             for s in (seg.segments if seg else [])
         ],
-        "seconds": {"read": round(t1 - t0, 2), "encode_and_write": round(t2 - t1, 2)},
+        "lesions": [
+            {"tracking_identifier": les.tracking_identifier, "tracking_uid": les.tracking_uid,
+             "volume_cm3": round(les.volume_cm3, 3), "long_axis_mm": round(les.long_axis.length_mm, 1),
+             "short_axis_mm": round(les.short_axis.length_mm, 1),
+             "max_diameter_mm": None if les.max_diameter_mm is None else round(les.max_diameter_mm, 1),
+             "slice": les.slice_index}
+            for les in sr.lesions
+        ],
+        "seconds": {"read": round(t1 - t0, 2), "encode_and_write": round(t2 - t1, 2),
+                    **{k: round(v, 2) for k, v in results.timings.items()}},
     }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -123,7 +139,12 @@ def run(args: argparse.Namespace) -> int:
         print("SEG  none (no catalog class found)")
     print(f"SR   {summary['sr']}" + ("  (no findings)" if sr.no_findings else ""))
     for s in summary["segments"]:
-        extra = f"  longest diameter {s['max_diameter_mm']} mm" if s["max_diameter_mm"] is not None else ""
+        extra = f"  (incl. {', '.join(s['includes'])})" if s["includes"] else ""
         print(f"  {s['number']:>2}  {s['class']:<28} {s['volume_cm3']:>10.2f} cm3  mean {s['mean_hu']} HU{extra}")
+    for les in summary["lesions"]:
+        print(f"  lesion {les['tracking_identifier']:<28} {les['volume_cm3']:>8.2f} cm3  long {les['long_axis_mm']} mm"
+              f"  short {les['short_axis_mm']} mm  (slice {les['slice'] + 1})")
+    if summary["key_images"]:
+        print(f"SC   {len(summary['key_images'])} key images in {out}")
     print(f"read {summary['seconds']['read']} s, encode+write {summary['seconds']['encode_and_write']} s")
     return 0

@@ -41,6 +41,12 @@ class ResultOptions:
     revision: int = 0  # study revision (a late instance re-runs the study as revision + 1)
     omit_empty_frames: bool | None = None
     content_label: str = "DSM"
+    organs_include_tumours: bool = True  # BINARY: organ segment = tissue + its tumours, hole-filled
+    lesion_min_volume_ml: float = 0.5  # smaller tumour components get no lesion measurement group
+    key_images: bool = True  # Secondary Capture key images beside the SEG and SR
+    key_images_max_lesions: int = 6
+    sc_series_description: str = "DSM key images - NOT FOR DIAGNOSTIC USE"
+    sc_series_number: int = 9903
 
     def __post_init__(self) -> None:
         if self.seg_type not in SEG_TYPES:
@@ -65,6 +71,12 @@ class ResultOptions:
             manufacturer=r.manufacturer,
             institution_name=r.institution_name,
             revision=revision,
+            organs_include_tumours=r.organs_include_tumours,
+            lesion_min_volume_ml=r.lesion_min_volume_ml,
+            key_images=r.secondary_capture,
+            key_images_max_lesions=r.key_images_max_lesions,
+            sc_series_description=r.sc_series_description,
+            sc_series_number=r.sc_series_number,
         )
         return replace(opts, **overrides) if overrides else opts
 

@@ -2,7 +2,8 @@
 
 * BINARY by default (Segmentation Storage), LABELMAP optional (Label Map Segmentation Storage);
 * one segment per catalog class present in the label map, segment numbers 1..S in catalog
-  order; SegmentAlgorithmType AUTOMATIC; AlgorithmIdentification family DCM 123110
+  order; an organ that is a tumour's parent holds its tumours too, hole-filled (BINARY, default
+  ``organs_include_tumours``; see :mod:`.segments`); SegmentAlgorithmType AUTOMATIC; AlgorithmIdentification family DCM 123110
   "Artificial Intelligence", name, version = model version; catalog coding (category, type,
   type modifier for laterality, anatomic region for tumours) and display colour;
 * IHE AIR Contributing Equipment item, deterministic UIDs (see :mod:`.uids`);
@@ -28,10 +29,11 @@ from pathlib import Path
 import numpy as np
 from highdicom.color import CIELabColor
 from highdicom.content import AlgorithmIdentificationSequence
-from highdicom.seg import Segmentation, SegmentAlgorithmTypeValues, SegmentDescription
+from highdicom.seg import Segmentation, SegmentAlgorithmTypeValues, SegmentDescription, SegmentsOverlapValues
 
 from . import coding
 from .options import ResultOptions
+from .segments import TISSUE, WITH_TUMOURS, SegmentPlan, plan_segments
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,10 @@ class SegmentInfo:
 
     number: int
     entry: object  # model.catalog.ClassEntry
-    voxel_count: int
+    voxel_count: int  # voxels of the segment as encoded (organ: tissue + tumours + filled holes)
     tracking_uid: str
+    method: str = TISSUE  # segments.TISSUE | segments.WITH_TUMOURS
+    included_tumours: tuple[str, ...] = ()
 
     @property
     def label(self) -> int:
@@ -57,6 +61,7 @@ class SegResult:
     seg_type: str
     timings: dict[str, float] = field(default_factory=dict)
     path: Path | None = None
+    plan: SegmentPlan | None = None
 
 
 class ResultError(ValueError):
@@ -130,7 +135,17 @@ def present_classes(labels: np.ndarray, catalog) -> dict[int, int]:
     return present
 
 
-def segment_description(entry, number: int, options: ResultOptions, tracking_uid: str) -> SegmentDescription:
+def segment_text(method: str, included_tumours: tuple[str, ...]) -> str | None:
+    """SegmentDescription of an organ segment that holds more than its own label."""
+    if method != WITH_TUMOURS:
+        return None
+    if included_tumours:
+        return f"incl. {', '.join(included_tumours)}; enclosed holes filled"[:64]
+    return "incl. its tumours (none found); enclosed holes filled"
+
+
+def segment_description(entry, number: int, options: ResultOptions, tracking_uid: str,
+                        text: str | None = None) -> SegmentDescription:
     c = coding.resolve(entry)
     algorithm = AlgorithmIdentificationSequence(
         name=options.model_name, family=coding.ALGORITHM_FAMILY, version=str(options.model_version))
@@ -149,6 +164,8 @@ def segment_description(entry, number: int, options: ResultOptions, tracking_uid
     if c.modifier is not None:
         desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
             coding.code_item(c.modifier)]
+    if text:
+        desc.SegmentDescription = text
     return desc
 
 
@@ -167,33 +184,61 @@ def build_seg(volume, labels: np.ndarray, catalog, options: ResultOptions, *,
     if not present:
         return None
     uids = options.uids(volume.series_instance_uid)
-    classes = sorted(present)
-    # Consecutive segment numbers (required for BINARY; lets highdicom check the label map with
-    # one max() instead of a unique() over the whole volume).
-    lut = np.zeros(max(int(labels.max()), len(catalog)) + 1, dtype=np.uint8 if len(classes) < 256 else np.uint16)
+    # Overlap (organ incl. its tumours) exists only in BINARY; a label map has one value per pixel.
+    plan = plan_segments(labels, catalog, present,
+                         organs_include_tumours=options.organs_include_tumours and seg_type == "BINARY")
     segments: list[SegmentInfo] = []
     descriptions = []
-    for number, cls in enumerate(classes, start=1):
-        entry = catalog[cls - 1]
-        lut[cls] = number
-        tracking = uids.tracking(entry.name)
-        segments.append(SegmentInfo(number, entry, present[cls], tracking))
-        descriptions.append(segment_description(entry, number, options, tracking))
-    pixel = lut[labels]
+    for p in plan.segments:
+        tracking = uids.tracking(p.entry.name)
+        segments.append(SegmentInfo(p.number, p.entry, p.voxel_count, tracking, p.method, p.included_tumours))
+        descriptions.append(segment_description(p.entry, p.number, options, tracking,
+                                                segment_text(p.method, p.included_tumours)))
+    # Consecutive segment numbers (required for BINARY) let highdicom check a plain label map
+    # with one max(); overlapping segments go through the partition (see segments.py).
+    pixel = plan.partition
     if volume.is_multiframe:  # highdicom pairs pixel planes with the source frames in frame order
         pixel = pixel[volume.source_frame_order()]
     t1 = time.perf_counter()
     with quiet_source_warnings():
-        seg = _segmentation(volume, pixel, seg_type, descriptions, uids, options)
+        cls = _partition_segmentation(plan.members) if plan.overlapping else Segmentation
+        seg = _segmentation(cls, volume, pixel, seg_type, descriptions, uids, options)
     t2 = time.perf_counter()
     _finish(seg, options, uids)
     t3 = time.perf_counter()
     return SegResult(seg, segments, seg_type,
-                     timings={"prepare_s": t1 - t0, "highdicom_s": t2 - t1, "finish_s": t3 - t2})
+                     timings={"prepare_s": t1 - t0, "highdicom_s": t2 - t1, "finish_s": t3 - t2}, plan=plan)
 
 
-def _segmentation(volume, pixel, seg_type, descriptions, uids, options: ResultOptions) -> Segmentation:
-    return Segmentation(
+def _partition_segmentation(members: np.ndarray) -> type[Segmentation]:
+    """A highdicom Segmentation that takes the partition volume of a :class:`SegmentPlan`.
+
+    highdicom accepts overlapping segments only as a (z, y, x, segments) stack; this subclass
+    takes the (z, y, x) partition instead and cuts each frame's segment out with the membership
+    table, through the two hooks highdicom itself uses for that (pixel check, per-frame segment
+    extraction). Everything else (frames, functional groups, omission of empty frames, bit
+    packing) is highdicom's own code. Pinned highdicom version: see constraints.txt; the
+    round-trip tests read every segment back with highdicom and dcmqi.
+    """
+
+    class PartitionSegmentation(Segmentation):
+        @classmethod
+        def _check_and_cast_pixel_array(cls, pixel_array, segment_numbers, segmentation_type, dtype):
+            if pixel_array.ndim != 3 or len(segment_numbers) != members.shape[0] - 1:
+                raise ValueError("the partition must be (frames, rows, columns) with one table row per segment")
+            if int(pixel_array.max()) >= members.shape[1]:
+                raise ValueError("partition values outside the membership table")
+            return pixel_array, SegmentsOverlapValues.YES
+
+        def _get_segment_pixel_array(self, pixel_array, segment_number, described_segment_numbers,
+                                     segmentation_type, max_fractional_value, dtype):
+            return members[segment_number][pixel_array].astype(dtype)
+
+    return PartitionSegmentation
+
+
+def _segmentation(cls, volume, pixel, seg_type, descriptions, uids, options: ResultOptions) -> Segmentation:
+    return cls(
         source_images=volume.headers,
         pixel_array=pixel,
         segmentation_type=seg_type,

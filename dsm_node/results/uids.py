@@ -16,7 +16,8 @@ DEFAULT_UID_ROOT = "1.2.826.0.1.3680043.8.498."
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 #: Output kinds (each gets its own UID); part of the entropy, so never rename them.
-KINDS = ("seg-series", "seg-instance", "sr-series", "sr-instance", "seg-dimension-organization")
+KINDS = ("seg-series", "seg-instance", "sr-series", "sr-instance", "seg-dimension-organization",
+         "sc-series", "sc-instance")
 
 
 def is_valid_uid(uid: str) -> bool:
@@ -82,12 +83,32 @@ class ResultUIDs:
         return self._get("sr-instance")
 
     @property
+    def sc_series(self) -> str:
+        return self._get("sc-series")
+
+    def sc_instance(self, name: str) -> str:
+        """One key image (``name``: "overview", "<class> lesion <n>")."""
+        return self._get("sc-instance", name)
+
+    @property
     def dimension_organization(self) -> str:
         return self._get("seg-dimension-organization")
 
     def tracking(self, class_name: str) -> str:
         """Tracking UID of one segment / measurement group (same in the SEG and the SR)."""
         return self._get("tracking", class_name)
+
+
+def lesion_tracking_uid(uid_root: str | None, study_uid: str, key: str) -> str:
+    """Tracking UID of a lesion: study + a key of its class and position, without revision or
+    model version, so the same lesion found again in a later revision keeps its UID."""
+    root = uid_root or DEFAULT_UID_ROOT
+    if not root.endswith("."):
+        root += "."
+    if not study_uid:
+        raise ValueError("the StudyInstanceUID is empty: cannot derive lesion tracking UIDs")
+    parts = ["dsm-node-lesion-uid/v1", root, study_uid, key]
+    return str(generate_uid(prefix=root, entropy_srcs=[f"{len(p)}:{p}|" for p in parts]))
 
 
 def device_uid(uid_root: str | None, manufacturer: str, model_name: str) -> str:

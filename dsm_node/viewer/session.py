@@ -144,6 +144,7 @@ def _main(spec_path: str) -> int:
                 "probes": c.get("probes", {}),
                 "maxSegments": c.get("maxSegments"),
                 "hiddenShots": c.get("hiddenShots", False),
+                **c.get("driverOptions", {}),  # case-specific steps of the driver (e.g. lesions)
             } for c in spec["cases"]],
         }
         dspec = out / "driver_spec.json"

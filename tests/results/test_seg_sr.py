@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from resulttools import dciodvfy, dcmqi_masks
+from resulttools import dciodvfy, dcmqi_masks, expected_segment_masks
 from ctsynth import KIDNEY_CYST, LEFT_KIDNEY, LIVER, LIVER_TUMOR, phantom, repair_uids, write_enhanced, write_series
 from dsm_node.results import export
 from dsm_node.results.options import ResultOptions
@@ -40,8 +40,24 @@ def _seg_numbers(seg_result, labels):
     return lut[labels]
 
 
-def _check_sr(sr_path, seg_result, vol, labels, catalog):
+def _check_segments_read_back(seg_result, vol, labels, catalog, tmp_path, organs_include_tumours=True):
+    """dcmqi and highdicom see every segment as expected_segment_masks says it must be."""
+    expected = expected_segment_masks(labels, catalog, organs_include_tumours)
+    masks = dcmqi_masks(seg_result.path, tmp_path / "dcmqi", vol)
+    assert sorted(masks) == [s.number for s in seg_result.segments]
+    ds = hd.seg.segread(seg_result.path)
+    numbers = [s.number for s in seg_result.segments]
+    back = ds.get_pixels_by_source_instance([f.sop_instance_uid for f in vol.frames], segment_numbers=numbers)
+    for j, s in enumerate(seg_result.segments):
+        np.testing.assert_array_equal(masks[s.number], expected[s.label], err_msg=f"dcmqi: {s.entry.name}")
+        np.testing.assert_array_equal(back[..., j] > 0, expected[s.label], err_msg=f"highdicom: {s.entry.name}")
+        assert s.voxel_count == int(expected[s.label].sum())
+    return expected
+
+
+def _check_sr(sr_path, seg_result, vol, labels, catalog, organs_include_tumours=True):
     sr = hd.sr.srread(sr_path)
+    expected = expected_segment_masks(labels, catalog, organs_include_tumours)
     groups = sr.content.get_volumetric_roi_measurement_groups()
     assert len(groups) == len(seg_result.segments)
     by_number = {s.number: s for s in seg_result.segments}
@@ -52,16 +68,21 @@ def _check_sr(sr_path, seg_result, vol, labels, catalog):
         assert ref[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg_result.dataset.SOPInstanceUID
         assert g.tracking_uid == seg_info.tracking_uid
         entry = seg_info.entry
-        count = int(np.count_nonzero(labels == entry.index))
+        mask = expected[entry.index]  # the volume is the segment's, as the SEG encodes it
         ms = {m.name.value: m for m in g.get_measurements()}
-        assert float(ms["118565006"].value) == pytest.approx(count * vol.voxel_volume_mm3 / 1000, abs=1e-4)
+        assert float(ms["118565006"].value) == pytest.approx(mask.sum() * vol.voxel_volume_mm3 / 1000, abs=1e-4)
         assert ms["118565006"].unit.value == "cm3"
         att = ms["112031"]
         assert att.derivation.value == "373098007" and att.unit.value == "[hnsf'U]"
-        assert float(att.value) == pytest.approx(float(vol.hu[labels == entry.index].mean()), abs=0.01)
-        assert ("81827009" in ms) == (entry.kind == "tumor")
+        assert float(att.value) == pytest.approx(float(vol.hu[mask].mean()), abs=0.01)
+        assert "81827009" not in ms  # diameters belong to lesions, not to a class of fragments
+        includes = seg_info.method == "with_tumours"
+        assert includes == (organs_include_tumours and entry.kind == "organ"
+                            and any(entry.name in t.parents for t in catalog if t.kind == "tumor"))
+        method = next(i for i in g[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "370129005")
+        assert method.ConceptCodeSequence[0].CodeValue == ("ORGAN-INCL-TUM" if includes else "CLASS-VOXELS")
+        assert ("incl. tumours" in g.tracking_identifier) == includes
         if entry.kind == "tumor":
-            assert ms["81827009"].derivation.value == "56851009" and float(ms["81827009"].value) > 0
             assert g.finding_sites[0].value.value == entry.coding.anatomic_region.value
         else:
             assert g.finding_sites[0].value.value == entry.coding.type.value
@@ -90,16 +111,14 @@ def test_binary_seg_and_sr_synthetic(tmp_path, synth, catalog):
     for path in (seg.path, sr.path):
         errors, warnings = dciodvfy(path)
         assert errors == [] and warnings == [], (path.name, errors, warnings)
-    # -- independent reader: dcmqi puts every mask exactly where we did ----------------------------
-    masks = dcmqi_masks(seg.path, tmp_path / "dcmqi", vol)
-    assert sorted(masks) == [s.number for s in seg.segments]
-    for s in seg.segments:
-        np.testing.assert_array_equal(masks[s.number], labels == s.label, err_msg=s.entry.name)
-    # -- highdicom reads it back by source instance --------------------------------------------------
+    # -- independent readers: dcmqi and highdicom see every segment where we put it ------------------
+    expected = _check_segments_read_back(seg, vol, labels, catalog, tmp_path)
+    liver = next(s for s in seg.segments if s.label == LIVER)
+    assert liver.method == "with_tumours" and liver.included_tumours == ("Liver Tumor",)
+    assert expected[LIVER].sum() == np.isin(labels, (LIVER, LIVER_TUMOR)).sum()  # the tumour lies inside
     ds = hd.seg.segread(seg.path)
     assert ds.SegmentationType == "BINARY" and ds.SeriesDescription.endswith("not for diagnostic use")
-    back = ds.get_pixels_by_source_instance([f.sop_instance_uid for f in vol.frames], combine_segments=True)
-    np.testing.assert_array_equal(back, _seg_numbers(seg, labels))
+    assert ds.SegmentsOverlap == "YES"
     for item, s in zip(ds.SegmentSequence, seg.segments):
         assert item.SegmentAlgorithmType == "AUTOMATIC"
         algo = item.SegmentationAlgorithmIdentificationSequence[0]
@@ -126,8 +145,8 @@ def test_binary_seg_and_sr_synthetic(tmp_path, synth, catalog):
     observer = sr_ds.content.get_observer_contexts()[0]
     assert observer.observer_type.value == "121007"  # Device
     assert observer.observer_identifying_attributes.uid == opts.algorithm_device_uid
-    tumour = sr.measurements[LIVER_TUMOR]
-    assert tumour.max_diameter_mm is not None and sr.measurements[LIVER].max_diameter_mm is None
+    assert [les.tracking_identifier for les in sr.lesions] == ["Liver Tumor lesion 1", "Kidney Cyst lesion 1"] or \
+        all(les.entry.kind == "tumor" for les in sr.lesions)
 
 
 def test_uids_are_deterministic(tmp_path, synth, catalog):
@@ -149,8 +168,10 @@ def test_uids_are_deterministic(tmp_path, synth, catalog):
 
 
 def test_labelmap_seg(tmp_path, synth, catalog):
+    """A label map has one value per pixel: organs are their own voxels there (no overlap)."""
     vol, labels = synth
     seg = write_seg(vol, labels, catalog, _opts(seg_type="LABELMAP"), tmp_path)
+    assert {s.method for s in seg.segments} == {"tissue"}
     ds = hd.seg.segread(seg.path)
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7" and ds.SegmentationType == "LABELMAP"
     assert int(ds.NumberOfFrames) == vol.shape[0]  # every slice kept
@@ -178,12 +199,14 @@ def test_enhanced_ct_source(tmp_path, catalog):
         assert errors == [] and warnings == [], (path.name, errors, warnings)
     ds = hd.seg.segread(seg.path)
     frames = [f.frame_number for f in vol.frames]
-    back = ds.get_pixels_by_source_frame(vol.frames[0].sop_instance_uid, frames, combine_segments=True,
+    numbers = [s.number for s in seg.segments]
+    back = ds.get_pixels_by_source_frame(vol.frames[0].sop_instance_uid, frames, segment_numbers=numbers,
                                          assert_missing_frames_are_empty=True)
-    np.testing.assert_array_equal(back, _seg_numbers(seg, labels))
+    expected = expected_segment_masks(labels, catalog)
     masks = dcmqi_masks(seg.path, tmp_path / "dcmqi", vol)
-    for s in seg.segments:
-        np.testing.assert_array_equal(masks[s.number], labels == s.label)
+    for j, s in enumerate(seg.segments):
+        np.testing.assert_array_equal(back[..., j] > 0, expected[s.label])
+        np.testing.assert_array_equal(masks[s.number], expected[s.label])
 
 
 def test_empty_result_gives_no_seg_and_a_no_findings_sr(tmp_path, synth, catalog):
@@ -257,9 +280,11 @@ def test_export_command(tmp_path, synth, catalog, capsys):
     assert _export(["--source", str(ct_dir), "--labels", str(nii), "--out", str(out), "--model-version", "9"]) == 0
     assert sorted(p.name for p in out.iterdir()) == first  # same UIDs -> same files, replaced
     kidney = next(s for s in summary["segments"] if s["label"] == LEFT_KIDNEY)
-    assert kidney["volume_cm3"] == pytest.approx(np.count_nonzero(labels == LEFT_KIDNEY) * ct.voxel_volume_mm3 / 1000,
-                                                 abs=1e-3)
-    assert next(s for s in summary["segments"] if s["label"] == KIDNEY_CYST)["max_diameter_mm"] is not None
+    kidney_voxels = expected_segment_masks(labels, catalog)[LEFT_KIDNEY].sum()  # kidney incl. its cyst
+    assert kidney["volume_cm3"] == pytest.approx(kidney_voxels * ct.voxel_volume_mm3 / 1000, abs=1e-3)
+    assert next(s for s in summary["segments"] if s["label"] == LEFT_KIDNEY)["includes"] == ["Kidney Cyst"]
+    assert all(les["long_axis_mm"] >= les["short_axis_mm"] > 0 for les in summary["lesions"])
+    assert len(summary["key_images"]) == 1 + len(summary["lesions"])
     # a label map on another grid is refused with the reason
     off = tmp_path / "off.nii.gz"
     nib.save(nib.Nifti1Image(labels.transpose(2, 1, 0), ct.affine_ras @ np.diag([2.0, 1, 1, 1])), off)
@@ -279,12 +304,8 @@ def test_real_ct_labels_dsm45(tmp_path, catalog):
     for path in (seg.path, sr.path):
         errors, warnings = dciodvfy(path)
         assert errors == [] and warnings == [], (path.name, errors, warnings)
-    masks = dcmqi_masks(seg.path, tmp_path / "dcmqi", vol)
-    for s in seg.segments:
-        np.testing.assert_array_equal(masks[s.number], labels == s.label, err_msg=s.entry.name)
-    ds = hd.seg.segread(seg.path)
-    back = ds.get_pixels_by_source_instance([f.sop_instance_uid for f in vol.frames], combine_segments=True)
-    np.testing.assert_array_equal(back, _seg_numbers(seg, labels))
+    _check_segments_read_back(seg, vol, labels, catalog, tmp_path)
+    masks = dcmqi_masks(seg.path, tmp_path / "dcmqi2", vol)
     _check_sr(sr.path, seg, vol, labels, catalog)
     # anatomy sanity: the right lung is on the patient's right (low x in LPS)
     right = next(s for s in seg.segments if s.entry.name == "Right Lung")
