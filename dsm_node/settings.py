@@ -205,14 +205,96 @@ class Results(_Section):
         return v
 
 
-class Destination(_Section):
-    name: str
-    ae_title: str
-    host: str
-    port: int = Field(ge=1, le=65535)
-    tls: TLS = Field(default_factory=TLS)
+class WebTLS(_Section):
+    """TLS of an https:// DICOMweb or webhook endpoint."""
 
-    _ae = field_validator("ae_title")(lambda cls, v: _check_ae(v))
+    verify: bool = Field(True, description="Verify the server certificate and host name (keep on outside tests)")
+    ca_file: Path | None = Field(None, description="CA bundle for the server certificate; empty = system CAs")
+    cert_file: Path | None = Field(None, description="Client certificate (PEM), for servers that require one")
+    key_file: Path | None = Field(None, description="Client private key (PEM)")
+
+
+class WebAuth(_Section):
+    """HTTP authentication: none, basic (username + password) or bearer (token)."""
+
+    type: Literal["none", "basic", "bearer"] = "none"
+    username: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = Field(None, description="Bearer token (sent as 'Authorization: Bearer ...')")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "WebAuth":
+        if self.type == "basic" and (not self.username or self.password is None):
+            raise ValueError("basic auth needs username and password")
+        if self.type == "bearer" and (self.token is None or not self.token.get_secret_value()):
+            raise ValueError("bearer auth needs a token")
+        return self
+
+
+def _check_http_url(v: str | None) -> str | None:
+    if v is None:
+        return v
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
+        raise ValueError("an http:// or https:// URL is required")
+    if re.match(r"^https?://[^/@]*@", v):
+        raise ValueError("put credentials in auth, not in the URL (the URL is logged and audited)")
+    return v.rstrip("/")
+
+
+class Destination(_Section):
+    """Where results are sent: a DICOM peer by C-STORE (kind dimse) or a DICOMweb service by
+    STOW-RS (kind stow)."""
+
+    name: str
+    kind: Literal["dimse", "stow"] = Field("dimse", description="dimse: C-STORE to ae_title@host:port; stow: STOW-RS to url")
+    ae_title: str | None = Field(None, description="dimse: the PACS's AE title")
+    host: str | None = Field(None, description="dimse: the PACS's host name or address")
+    port: int | None = Field(None, ge=1, le=65535, description="dimse: the PACS's DICOM port")
+    tls: TLS = Field(default_factory=TLS)
+    url: str | None = Field(None, description="stow: DICOMweb service root, e.g. https://pacs/dicom-web (POST url/studies)")
+    auth: WebAuth = Field(default_factory=WebAuth)
+    web_tls: WebTLS = Field(default_factory=WebTLS)
+
+    _url = field_validator("url")(lambda cls, v: _check_http_url(v))
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, v: str | None) -> str | None:
+        return None if v is None else _check_ae(v)
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "Destination":
+        if self.kind == "dimse":
+            missing = [k for k in ("ae_title", "host", "port") if getattr(self, k) in (None, "")]
+            if missing:
+                raise ValueError(f"a dimse destination needs {', '.join(missing)}")
+        elif self.url is None:
+            raise ValueError("a stow destination needs url")
+        return self
+
+
+class Webhook(_Section):
+    """A JSON POST sent when a job ends (delivered, failed / dead letter)."""
+
+    name: str
+    url: str
+    events: list[Literal["delivered", "failed"]] = Field(
+        default_factory=lambda: ["delivered", "failed"], description="Job outcomes that trigger it")
+    auth: WebAuth = Field(default_factory=WebAuth)
+    web_tls: WebTLS = Field(default_factory=WebTLS)
+
+    _url = field_validator("url")(lambda cls, v: _check_http_url(v))
+
+
+class Notifications(_Section):
+    webhooks: list[Webhook] = Field(default_factory=list)
+    max_attempts: int = Field(8, ge=1, description="Attempts per notification before it is given up (audited)")
+    backoff_initial_s: float = Field(5, gt=0)
+    backoff_max_s: float = Field(600, gt=0)
+    timeout_s: float = Field(10, gt=0)
+    lookback_h: float = Field(
+        24, gt=0, description="At start-up, job outcomes this recent without a recorded notification are sent")
+    poll_interval_s: float = Field(2, gt=0)
 
 
 class Delivery(_Section):
@@ -283,6 +365,7 @@ class Settings(BaseSettings):
     inference: Inference = Field(default_factory=Inference)
     results: Results = Field(default_factory=Results)
     delivery: Delivery = Field(default_factory=Delivery)
+    notifications: Notifications = Field(default_factory=Notifications)
     executor: Executor = Field(default_factory=Executor)
     http: Http = Field(default_factory=Http)
     logging: Logging = Field(default_factory=Logging)
@@ -374,7 +457,11 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
         if isinstance(obj, list):
             return [mask(v, key) for v in obj]
         if isinstance(obj, SecretStr):
-            return _URL_CRED.sub(r"\1***\3", obj.get_secret_value()) if obj.get_secret_value() else ""
+            if not obj.get_secret_value():
+                return ""
+            if _SECRET_KEY.search(key):  # a password or token itself
+                return "***"
+            return _URL_CRED.sub(r"\1***\3", obj.get_secret_value())
         if isinstance(obj, Path):
             return str(obj)
         if isinstance(obj, str) and (_SECRET_KEY.search(key)):

@@ -263,3 +263,68 @@ def make_certificates(folder: Path, openssl: str) -> dict[str, Path]:
         "server_cert": folder / "server.pem", "server_key": folder / "server.key",
         "client_cert": folder / "client.pem", "client_key": folder / "client.key",
     }
+
+
+class OrthancWeb:
+    """Orthanc with its DICOMweb plugin as a STOW-RS peer (DICOM listener off), optionally with
+    HTTP basic auth and HTTPS; started inside the test network."""
+
+    def __init__(self, net: LoopbackNet, root: Path, port: int, *, users: dict[str, str] | None = None,
+                 certificate: Path | None = None) -> None:
+        import json
+        import shutil
+
+        self._net, self.root, self.port = net, root, port
+        self._orthanc = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+        root.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "dsm-test-stow", "HttpPort": port, "DicomServerEnabled": False,
+            "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": bool(users), "RegisteredUsers": users or {},
+            "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }
+        if certificate is not None:
+            config.update(SslEnabled=True, SslCertificate=str(certificate))
+        (root / "orthanc.json").write_text(json.dumps(config, indent=1))
+        self.users = users or {}
+        self.scheme = "https" if certificate is not None else "http"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}/dicom-web"
+
+    def start(self) -> OrthancWeb:
+        log = (self.root / "orthanc.log").open("ab")
+        self._proc = self._net.popen([self._orthanc, str(self.root / "orthanc.json")], stdout=log, stderr=log)
+        self._net.wait_listening(self.port, timeout_s=60)
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            self._proc.wait(30)
+
+    def _get(self, path: str):
+        import base64
+        import json
+        import ssl
+        import urllib.request
+
+        req = urllib.request.Request(f"{self.scheme}://127.0.0.1:{self.port}{path}")
+        if self.users:
+            user, password = next(iter(self.users.items()))
+            req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+        context = ssl._create_unverified_context() if self.scheme == "https" else None  # the test's own server
+        with urllib.request.urlopen(req, timeout=30, context=context) as r:
+            body = r.read()
+        return json.loads(body) if path != "/file" and not path.endswith("/file") else body
+
+    def instances(self) -> dict[str, bytes]:
+        """SOP Instance UID -> the stored file, as Orthanc keeps it."""
+        out = {}
+        for orthanc_id in self._net.call(self._get, "/instances"):
+            tags = self._net.call(self._get, f"/instances/{orthanc_id}/simplified-tags")
+            out[tags["SOPInstanceUID"]] = self._net.call(self._get, f"/instances/{orthanc_id}/file")
+        return out

@@ -54,7 +54,7 @@ class Outcome:
 
     @property
     def warning(self) -> bool:
-        return self.delivered and self.status != "0x0000"
+        return self.delivered and self.status not in ("0x0000", "HTTP 200")  # C-STORE or STOW-RS success
 
 
 def send_batch(

@@ -25,6 +25,7 @@ from ..db.models import Delivery, DeliveryState, Job, Result, Study, utcnow
 from ..metrics import DELIVERY_ATTEMPTS
 from . import outbox
 from .outbox import Claim
+from . import stow
 from .scu import Outcome, Outgoing, send_batch
 from .targets import Target, target_for_row
 
@@ -152,7 +153,8 @@ class DeliveryService:
         if not items:
             return attempted
         calling_ae = self._ctx.settings.delivery.calling_ae_title or self._ctx.settings.dicom.ae_title
-        batch = send_batch(target, items, calling_ae=calling_ae, timeout_s=self._ctx.settings.delivery.timeout_s)
+        sender = stow.send_batch if target.kind == "stow" else send_batch
+        batch = sender(target, items, calling_ae=calling_ae, timeout_s=self._ctx.settings.delivery.timeout_s)
         with contextlib.closing(batch):  # leaving early releases the association
             for item, outcome in batch:
                 settle(by_id[item.delivery_id], outcome)
@@ -194,7 +196,7 @@ class DeliveryService:
         else:
             code = SERIOUS_FAILURE
         common = dict(
-            session=session, actor_ae=target.ae_title, actor_address=target.host or None,
+            session=session, actor_ae=target.ae_title or None, actor_address=target.host or None,
             study_uid=row.study_uid, series_uid=row.series_uid, delivery_id=row.claim.id, destination=target.name,
             port=target.port, tls=target.tls is not None, status=outcome.status, error=outcome.error,
             attempt=row.claim.attempt, sop_instance_uid=row.sop_instance_uid, kind=row.kind,

@@ -12,7 +12,8 @@ import ipaddress
 from dataclasses import dataclass
 
 from ..db.models import Study
-from ..settings import TLS, Settings
+from ..settings import TLS, Destination, Settings
+from .web import split_url
 
 CALLER_PREFIX = "caller:"
 UNKNOWN_AE = "UNKNOWN"
@@ -22,22 +23,30 @@ _NO_CALLER = "reply_to_caller: the study has no calling AE title or peer address
 @dataclass(frozen=True)
 class Target:
     name: str
-    ae_title: str
+    ae_title: str  # "" for a STOW-RS destination
     host: str
     port: int
     tls: TLS | None = None  # None: plain TCP
     problem: str | None = None  # set when the target cannot be used; the row is dead-lettered
+    kind: str = "dimse"  # dimse (C-STORE) | stow (DICOMweb STOW-RS)
+    web: Destination | None = None  # the STOW-RS destination's configuration (URL, auth, TLS)
 
     @property
     def address(self) -> str:
+        if self.kind == "stow" and self.web is not None:
+            return str(self.web.url)
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+def _configured(d: Destination) -> Target:
+    if d.kind == "stow":
+        _scheme, host, port, _path = split_url(str(d.url))
+        return Target(d.name, "", host, port, kind="stow", web=d)
+    return Target(d.name, str(d.ae_title), str(d.host), int(d.port or 0), d.tls if d.tls.enabled else None)
+
+
 def configured_targets(settings: Settings) -> list[Target]:
-    return [
-        Target(d.name, d.ae_title, d.host, d.port, d.tls if d.tls.enabled else None)
-        for d in settings.delivery.destinations
-    ]
+    return [_configured(d) for d in settings.delivery.destinations]
 
 
 def resolve_destinations(settings: Settings, study: Study | None) -> list[Target]:
