@@ -63,6 +63,7 @@ EVENTS: dict[str, EventKind] = {
     "delivery_attempt": EventKind(*INSTANCES_TRANSFERRED, "R"),
     "delivery_dead_letter": EventKind(*INSTANCES_TRANSFERRED, "R"),
     "delivery_resend": EventKind(*INSTANCES_TRANSFERRED, "U"),
+    "webhook_attempt": EventKind(*APPLICATION_ACTIVITY, "E"),  # a job-outcome notification (no patient data)
     "retention_deleted": EventKind(*STUDY_DELETED, "D"),
     "security_alert": EventKind(*SECURITY_ALERT, "E", "110129"),
 }

@@ -47,6 +47,7 @@ def build_services(ctx: NodeContext) -> list[tuple[str, Service]]:
     """
     from ..delivery import DeliveryService
     from ..http import HttpService
+    from ..notify import Notifier
     from ..jobs.dispatch import JobDispatcher
     from ..jobs.executors import make_executor
     from ..receive.scp import StorageSCP
@@ -65,6 +66,7 @@ def build_services(ctx: NodeContext) -> list[tuple[str, Service]]:
         ("completeness/selection", StudyService(ctx)),
         (f"jobs ({ctx.settings.executor.kind} executor)", JobDispatcher(ctx, make_executor(ctx))),
         ("delivery", DeliveryService(ctx)),
+        ("notifications", Notifier(ctx)),
         ("retention", RetentionService(ctx)),
         (f"DICOM SCP on {dicom.host}:{dicom.port}", scp),
     ]
@@ -166,6 +168,7 @@ def _listening(scp: StorageSCP) -> bool:
 
 def _announce(ctx: NodeContext, services: list[Service]) -> None:
     from ..http import HttpService
+    from ..notify import Notifier
     from ..receive.scp import StorageSCP
 
     dicom = ctx.settings.dicom
