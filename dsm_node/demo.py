@@ -194,7 +194,9 @@ def run_once(study: Path, work: Path, quiet_period_s: float, checkpoint: Path | 
             job = node.job()
             if job.get("state") == "failed":
                 raise RuntimeError(f"job failed: {job['reason']}")
-            if "SR" in got and ("SEG" in got or (job.get("summary") and not job["summary"].get("segments"))):
+            summary = job.get("summary") or {}
+            # The results are queued (and may arrive) a moment before the job records its summary.
+            if "SR" in got and "model_version" in summary and ("SEG" in got or not summary.get("segments")):
                 break
             time.sleep(0.2)
         else:

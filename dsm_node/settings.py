@@ -186,8 +186,9 @@ class Results(_Section):
     manufacturer: str = "dsm-node"
     institution_name: str | None = None
     organs_include_tumours: bool = Field(
-        True, description="BINARY SEG: an organ that is a tumour's parent is encoded as its tissue plus its tumours, "
-                          "enclosed holes filled (the tumour stays a segment of its own); SR organ volumes measure that")
+        False, description="BINARY SEG: encode an organ that is a tumour's parent as its tissue plus its tumours, enclosed "
+                           "holes filled, overlapping the tumour's own segment. Off by default because OHIF 3.13 drops "
+                           "overlays of overlapping SEGs (docs/results.md); the SR reports both volumes either way")
     lesion_min_volume_ml: float = Field(
         0.5, ge=0, description="Tumour components (lesions) smaller than this get no lesion measurement group "
                                "(0.5 ml ~ a 10 mm sphere, RECIST's smallest measurable lesion)")

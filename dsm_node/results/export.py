@@ -115,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
             {"number": s.number, "class": s.entry.name, "label": s.label, "content": s.method,
              "includes": list(s.included_tumours),
              "volume_cm3": round(sr.measurements[s.label].volume_cm3, 3),
+             "volume_incl_tumours_cm3": round(sr.with_tumours[s.label].volume_cm3, 3) if s.label in sr.with_tumours
+             else None,
              "mean_hu": None if sr.measurements[s.label].mean_hu is None else round(sr.measurements[s.label].mean_hu, 1)}
             for s in (seg.segments if seg else [])
         ],
@@ -140,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"SR   {summary['sr']}" + ("  (no findings)" if sr.no_findings else ""))
     for s in summary["segments"]:
         extra = f"  (incl. {', '.join(s['includes'])})" if s["includes"] else ""
+        if s["volume_incl_tumours_cm3"] is not None and s["volume_incl_tumours_cm3"] != s["volume_cm3"]:
+            extra += f"  (with its tumours {s['volume_incl_tumours_cm3']:.2f} cm3)"
         print(f"  {s['number']:>2}  {s['class']:<28} {s['volume_cm3']:>10.2f} cm3  mean {s['mean_hu']} HU{extra}")
     for les in summary["lesions"]:
         print(f"  lesion {les['tracking_identifier']:<28} {les['volume_cm3']:>8.2f} cm3  long {les['long_axis_mm']} mm"

@@ -41,7 +41,7 @@ class ResultOptions:
     revision: int = 0  # study revision (a late instance re-runs the study as revision + 1)
     omit_empty_frames: bool | None = None
     content_label: str = "DSM"
-    organs_include_tumours: bool = True  # BINARY: organ segment = tissue + its tumours, hole-filled
+    organs_include_tumours: bool = False  # BINARY: organ segment = tissue + its tumours, hole-filled (overlap)
     lesion_min_volume_ml: float = 0.5  # smaller tumour components get no lesion measurement group
     key_images: bool = True  # Secondary Capture key images beside the SEG and SR
     key_images_max_lesions: int = 6

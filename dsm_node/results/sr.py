@@ -7,7 +7,9 @@
   for tumours the parent organ), algorithm identification, Measurement Method saying what the
   segment holds (organ incl. its tumours, hole-filled, or the class's own voxels), and
   measurements: volume (SCT 118565006, cm3) and mean attenuation (DCM 112031 "Attenuation
-  Coefficient" with derivation SCT 373098007 Mean, [hnsf'U]) of the segment as encoded;
+  Coefficient" with derivation SCT 373098007 Mean, [hnsf'U]) of the segment as encoded; for an
+  organ encoded as its tissue only that is a tumour's parent, a second Volume with its own
+  Measurement Method "Organ incl. its tumours, enclosed holes filled";
 * per segment also a TID 1410 planar ROI group with the same tracking identifier and UID (the
   same finding): the segment's outline (closed SCOORD POLYLINE, :mod:`.outlines`) on the image
   where it is largest. It locates the finding on an image; it also keeps OHIF (3.13) working:
@@ -66,7 +68,7 @@ from .measurements import LabelMeasurement, mean_hu, measure_labels
 from .options import ResultOptions
 from .outlines import largest_slice, outline
 from .seg import ResultError, SegResult, character_set, check_source, quiet_source_warnings, save
-from .segments import WITH_TUMOURS, SegmentPlan
+from .segments import TISSUE, WITH_TUMOURS, SegmentPlan, plan_segments
 from .uids import lesion_tracking_uid
 
 QUALITATIVE_EVALUATIONS = coding.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
@@ -81,6 +83,9 @@ class SRResult:
     timings: dict[str, float] = field(default_factory=dict)
     path: Path | None = None
     lesions: list[Lesion] = field(default_factory=list)
+    # Organs whose segment is their tissue only: volume/HU of the organ incl. its tumours,
+    # holes filled (reported beside the segment's own volume), by catalog index.
+    with_tumours: dict[int, LabelMeasurement] = field(default_factory=dict)
 
 
 def measure(volume, labels: np.ndarray, catalog, plan: SegmentPlan | None = None) -> dict[int, LabelMeasurement]:
@@ -97,6 +102,29 @@ def measure(volume, labels: np.ndarray, catalog, plan: SegmentPlan | None = None
             count = int(np.count_nonzero(mask))
             out[p.label] = LabelMeasurement(p.label, count, count * vvol / 1000.0,
                                             mean_hu(volume.hu[box], mask), None, box)
+    return out
+
+
+def organs_with_tumours(volume, labels: np.ndarray, catalog, seg: SegResult) -> dict[int, LabelMeasurement]:
+    """For organ segments encoded as their tissue only, the organ incl. its tumours (holes
+    filled), measured with the same rule the overlapping encoding uses (:mod:`.segments`)."""
+    if seg.plan is None:
+        return {}
+    tissue_only = {p.label for p in seg.plan.segments if p.method == TISSUE}
+    present = {p.label: p.tissue_count for p in seg.plan.segments}
+    full = plan_segments(labels, catalog, present, organs_include_tumours=True)
+    # Only where the whole organ differs from the tissue (a tumour or a filled hole in it).
+    wanted = [p for p in full.segments if p.method == WITH_TUMOURS and p.label in tissue_only
+              and p.voxel_count != p.tissue_count]
+    if not wanted:
+        return {}
+    vvol = float(volume.voxel_volume_mm3)
+    out = {}
+    for p in wanted:
+        box = full.boxes[p.number]
+        mask = full.mask(p.number, box)
+        count = int(np.count_nonzero(mask))
+        out[p.label] = LabelMeasurement(p.label, count, count * vvol / 1000.0, mean_hu(volume.hu[box], mask), None, box)
     return out
 
 
@@ -143,7 +171,8 @@ def segment_identifier(segment, options: ResultOptions) -> str:
     return f"{what} ({options.model_name})"[:64]
 
 
-def _group(seg: SegResult, segment, m: LabelMeasurement, options: ResultOptions, source_series: str):
+def _group(seg: SegResult, segment, m: LabelMeasurement, options: ResultOptions, source_series: str,
+           with_tumours: LabelMeasurement | None = None):
     entry = segment.entry
     c = coding.resolve(entry)
     algo = _algorithm(options)
@@ -151,6 +180,9 @@ def _group(seg: SegResult, segment, m: LabelMeasurement, options: ResultOptions,
     if m.mean_hu is not None:
         measurements.append(Measurement(name=coding.ATTENUATION, value=round(m.mean_hu, 2), unit=coding.HU,
                                         derivation=coding.MEAN, algorithm_id=algo))
+    if with_tumours is not None:  # the segment is the tissue only: also the whole organ, said so
+        measurements.append(Measurement(name=coding.VOLUME, value=round(with_tumours.volume_cm3, 4), unit=coding.CM3,
+                                        method=coding.METHOD_ORGAN_WITH_TUMOURS, algorithm_id=algo))
     method = coding.METHOD_ORGAN_WITH_TUMOURS if segment.method == WITH_TUMOURS else coding.METHOD_CLASS_VOXELS
     return VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=segment.tracking_uid, identifier=segment_identifier(segment, options)),
@@ -288,13 +320,14 @@ def build_sr(volume, labels: np.ndarray | None, catalog, options: ResultOptions,
             measurements = measure(volume, labels, catalog, seg.plan)
         if lesions is None:
             lesions = lesions_of(volume, labels, catalog, options, known)
+        whole = organs_with_tumours(volume, labels, catalog, seg) if labels is not None else {}
         t_measured = time.perf_counter()
         groups = []
         for segment in seg.segments:
             m = measurements.get(segment.label)
             if m is None:
                 raise ResultError(f"no measurement for segment {segment.number} ({segment.entry.name})")
-            groups.append(_group(seg, segment, m, options, volume.series_instance_uid))
+            groups.append(_group(seg, segment, m, options, volume.series_instance_uid, whole.get(segment.label)))
             companion = _outline_group(volume, seg, segment, options)
             if companion is not None:
                 groups.append(companion)
@@ -307,7 +340,7 @@ def build_sr(volume, labels: np.ndarray | None, catalog, options: ResultOptions,
         )
         evidence = [*volume.headers, _reference_stub(seg.dataset)]
     else:
-        measurements, lesions = {}, []
+        measurements, lesions, whole = {}, [], {}
         t_measured = time.perf_counter()
         report = _no_findings_report(options, len(catalog))
         evidence = list(volume.headers)
@@ -322,7 +355,7 @@ def build_sr(volume, labels: np.ndarray | None, catalog, options: ResultOptions,
     t2 = time.perf_counter()
     return SRResult(sr, measurements, no_findings,
                     timings={"measure_s": t_measured - t0, "content_s": t1 - t_measured, "highdicom_s": t2 - t1},
-                    lesions=list(lesions))
+                    lesions=list(lesions), with_tumours=whole)
 
 
 def _sr_dataset(volume, evidence, report, uids, options: ResultOptions) -> Comprehensive3DSR:

@@ -144,6 +144,8 @@ def _main(spec_path: str) -> int:
                 "probes": c.get("probes", {}),
                 "maxSegments": c.get("maxSegments"),
                 "hiddenShots": c.get("hiddenShots", False),
+                **({"srViewPath": viewer_path(c["study"], c["srView"]), "srViewSeriesUID": c["srView"]}
+                   if c.get("srView") else {}),
                 **c.get("driverOptions", {}),  # case-specific steps of the driver (e.g. lesions)
             } for c in spec["cases"]],
         }

@@ -118,18 +118,23 @@ def test_cstore_status_codes_match_the_code():
 
 
 def test_scu_sop_classes_match_the_result_writers():
+    import inspect
+
     from highdicom.seg import Segmentation
     from highdicom.sr import Comprehensive3DSR
 
+    import dsm_node.results.keyimages as sc_module
     import dsm_node.results.seg as seg_module
     import dsm_node.results.sr as sr_module
 
     assert seg_module.Segmentation is Segmentation and sr_module.Comprehensive3DSR is Comprehensive3DSR
+    assert "SCImage" in inspect.getsource(sc_module.build_key_images)  # highdicom: Secondary Capture Image
     documented = set(_uids(_table("scu-sop-classes")))
     expected = {
         UID("1.2.840.10008.5.1.4.1.1.66.4"),  # Segmentation Storage (BINARY)
         UID("1.2.840.10008.5.1.4.1.1.66.7"),  # Label Map Segmentation Storage (LABELMAP)
         UID("1.2.840.10008.5.1.4.1.1.88.34"),  # Comprehensive 3D SR Storage
+        UID("1.2.840.10008.5.1.4.1.1.7"),  # Secondary Capture Image Storage (key images)
     }
     assert documented == expected
     # Results are written uncompressed (highdicom's default) and offered as Explicit/Implicit LE.

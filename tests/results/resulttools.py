@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segment_truth import expected_segment_masks  # noqa: F401 (re-exported for the result tests)
 from tools import require_extra_tool, require_tool
 
 # dciodvfy warnings that are expected on our SEG/SR and why (docs/results.md):
@@ -58,35 +59,3 @@ def dcmqi_masks(seg_path, out_dir, volume, *, raw: bool = False) -> dict[int, np
         masks[number] = arr if raw else arr > 0
     return masks
 
-
-def expected_segment_masks(labels: np.ndarray, catalog, organs_include_tumours: bool = True) -> dict[int, np.ndarray]:
-    """{catalog index: mask} of what each segment must hold (docs/results.md), computed here
-    on the whole volume: an organ that is a tumour class's parent = its voxels + the 26-connected
-    tumour components whose one-voxel shell touches it most among their parents, with enclosed
-    cavities filled; every other class = its own voxels."""
-    from scipy import ndimage
-
-    present = [int(v) for v in np.unique(labels) if v]
-    out = {v: labels == v for v in present}
-    if not organs_include_tumours:
-        return out
-    by_name = {e.name: e.index for e in catalog}
-    parent_of_some = {by_name[p] for e in catalog if e.kind == "tumor" for p in e.parents}
-    full26 = np.ones((3, 3, 3), bool)
-    extra = {v: np.zeros(labels.shape, bool) for v in present}
-    for e in catalog:
-        if e.kind != "tumor" or e.index not in present:
-            continue
-        parents = [by_name[p] for p in e.parents if by_name[p] in present]
-        comps, n = ndimage.label(labels == e.index, structure=full26)
-        for k in range(1, n + 1):
-            comp = comps == k
-            shell = ndimage.binary_dilation(comp, structure=full26) & ~comp
-            contact = {p: int((labels[shell] == p).sum()) for p in parents}
-            if contact and max(contact.values()) > 0:
-                best = max(parents, key=lambda p: (contact[p], -p))
-                extra[best] |= comp
-    for v in present:
-        if v in parent_of_some:
-            out[v] = ndimage.binary_fill_holes(out[v] | extra[v])
-    return out

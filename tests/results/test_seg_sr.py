@@ -69,13 +69,24 @@ def _check_sr(sr_path, seg_result, vol, labels, catalog, organs_include_tumours=
         assert g.tracking_uid == seg_info.tracking_uid
         entry = seg_info.entry
         mask = expected[entry.index]  # the volume is the segment's, as the SEG encodes it
-        ms = {m.name.value: m for m in g.get_measurements()}
+        ms: dict = {}
+        for m in g.get_measurements():  # the first Volume is the segment's own
+            ms.setdefault(m.name.value, m)
         assert float(ms["118565006"].value) == pytest.approx(mask.sum() * vol.voxel_volume_mm3 / 1000, abs=1e-4)
         assert ms["118565006"].unit.value == "cm3"
         att = ms["112031"]
         assert att.derivation.value == "373098007" and att.unit.value == "[hnsf'U]"
         assert float(att.value) == pytest.approx(float(vol.hu[mask].mean()), abs=0.01)
         assert "81827009" not in ms  # diameters belong to lesions, not to a class of fragments
+        volumes = [m for m in g.get_measurements() if m.name.value == "118565006"]
+        whole = expected_segment_masks(labels, catalog, True)[entry.index]
+        if not organs_include_tumours and not np.array_equal(whole, mask):  # tissue only: the whole organ too
+            assert len(volumes) == 2
+            extra = volumes[1]
+            assert float(extra.value) == pytest.approx(whole.sum() * vol.voxel_volume_mm3 / 1000, abs=1e-4)
+            assert extra.method.value == "ORGAN-INCL-TUM"
+        else:
+            assert len(volumes) == 1
         includes = seg_info.method == "with_tumours"
         assert includes == (organs_include_tumours and entry.kind == "organ"
                             and any(entry.name in t.parents for t in catalog if t.kind == "tumor"))
@@ -101,9 +112,10 @@ def _check_air(ds, opts):
     assert item.DeviceUID == opts.algorithm_device_uid
 
 
-def test_binary_seg_and_sr_synthetic(tmp_path, synth, catalog):
+@pytest.mark.parametrize("include", [False, True], ids=["tissue", "organs_with_tumours"])
+def test_binary_seg_and_sr_synthetic(tmp_path, synth, catalog, include):
     vol, labels = synth
-    opts = _opts()
+    opts = _opts(organs_include_tumours=include)
     seg = write_seg(vol, labels, catalog, opts, tmp_path)
     sr = write_sr(vol, labels, catalog, opts, seg, tmp_path)
     assert [s.label for s in seg.segments] == sorted(int(v) for v in np.unique(labels) if v)
@@ -112,13 +124,17 @@ def test_binary_seg_and_sr_synthetic(tmp_path, synth, catalog):
         errors, warnings = dciodvfy(path)
         assert errors == [] and warnings == [], (path.name, errors, warnings)
     # -- independent readers: dcmqi and highdicom see every segment where we put it ------------------
-    expected = _check_segments_read_back(seg, vol, labels, catalog, tmp_path)
+    expected = _check_segments_read_back(seg, vol, labels, catalog, tmp_path, include)
     liver = next(s for s in seg.segments if s.label == LIVER)
-    assert liver.method == "with_tumours" and liver.included_tumours == ("Liver Tumor",)
-    assert expected[LIVER].sum() == np.isin(labels, (LIVER, LIVER_TUMOR)).sum()  # the tumour lies inside
     ds = hd.seg.segread(seg.path)
     assert ds.SegmentationType == "BINARY" and ds.SeriesDescription.endswith("not for diagnostic use")
-    assert ds.SegmentsOverlap == "YES"
+    if include:
+        assert liver.method == "with_tumours" and liver.included_tumours == ("Liver Tumor",)
+        assert expected[LIVER].sum() == np.isin(labels, (LIVER, LIVER_TUMOR)).sum()  # the tumour lies inside
+        assert ds.SegmentsOverlap == "YES"
+    else:
+        assert liver.method == "tissue" and ds.SegmentsOverlap == "NO"
+        assert sr.with_tumours[LIVER].voxel_count == np.isin(labels, (LIVER, LIVER_TUMOR)).sum()
     for item, s in zip(ds.SegmentSequence, seg.segments):
         assert item.SegmentAlgorithmType == "AUTOMATIC"
         algo = item.SegmentationAlgorithmIdentificationSequence[0]
@@ -138,7 +154,7 @@ def test_binary_seg_and_sr_synthetic(tmp_path, synth, catalog):
             assert item.AnatomicRegionSequence[0].CodeValue == s.entry.coding.anatomic_region.value
     _check_air(ds, opts)
     # -- SR ----------------------------------------------------------------------------------------
-    sr_ds = _check_sr(sr.path, seg, vol, labels, catalog)
+    sr_ds = _check_sr(sr.path, seg, vol, labels, catalog, include)
     _check_air(sr_ds, opts)
     assert sr_ds.StudyInstanceUID == vol.study_instance_uid == ds.StudyInstanceUID
     assert len({sr_ds.SeriesInstanceUID, ds.SeriesInstanceUID, vol.series_instance_uid}) == 3
@@ -202,7 +218,7 @@ def test_enhanced_ct_source(tmp_path, catalog):
     numbers = [s.number for s in seg.segments]
     back = ds.get_pixels_by_source_frame(vol.frames[0].sop_instance_uid, frames, segment_numbers=numbers,
                                          assert_missing_frames_are_empty=True)
-    expected = expected_segment_masks(labels, catalog)
+    expected = expected_segment_masks(labels, catalog, opts.organs_include_tumours)
     masks = dcmqi_masks(seg.path, tmp_path / "dcmqi", vol)
     for j, s in enumerate(seg.segments):
         np.testing.assert_array_equal(back[..., j] > 0, expected[s.label])
@@ -280,9 +296,10 @@ def test_export_command(tmp_path, synth, catalog, capsys):
     assert _export(["--source", str(ct_dir), "--labels", str(nii), "--out", str(out), "--model-version", "9"]) == 0
     assert sorted(p.name for p in out.iterdir()) == first  # same UIDs -> same files, replaced
     kidney = next(s for s in summary["segments"] if s["label"] == LEFT_KIDNEY)
-    kidney_voxels = expected_segment_masks(labels, catalog)[LEFT_KIDNEY].sum()  # kidney incl. its cyst
-    assert kidney["volume_cm3"] == pytest.approx(kidney_voxels * ct.voxel_volume_mm3 / 1000, abs=1e-3)
-    assert next(s for s in summary["segments"] if s["label"] == LEFT_KIDNEY)["includes"] == ["Kidney Cyst"]
+    assert kidney["volume_cm3"] == pytest.approx((labels == LEFT_KIDNEY).sum() * ct.voxel_volume_mm3 / 1000, abs=1e-3)
+    kidney_voxels = expected_segment_masks(labels, catalog, True)[LEFT_KIDNEY].sum()  # kidney incl. its cyst
+    assert kidney["volume_incl_tumours_cm3"] == pytest.approx(kidney_voxels * ct.voxel_volume_mm3 / 1000, abs=1e-3)
+    assert next(s for s in summary["segments"] if s["label"] == LEFT_KIDNEY)["includes"] == []  # default: tissue
     assert all(les["long_axis_mm"] >= les["short_axis_mm"] > 0 for les in summary["lesions"])
     assert len(summary["key_images"]) == 1 + len(summary["lesions"])
     # a label map on another grid is refused with the reason
@@ -304,9 +321,9 @@ def test_real_ct_labels_dsm45(tmp_path, catalog):
     for path in (seg.path, sr.path):
         errors, warnings = dciodvfy(path)
         assert errors == [] and warnings == [], (path.name, errors, warnings)
-    _check_segments_read_back(seg, vol, labels, catalog, tmp_path)
+    _check_segments_read_back(seg, vol, labels, catalog, tmp_path, False)
     masks = dcmqi_masks(seg.path, tmp_path / "dcmqi2", vol)
-    _check_sr(sr.path, seg, vol, labels, catalog)
+    _check_sr(sr.path, seg, vol, labels, catalog, False)
     # anatomy sanity: the right lung is on the patient's right (low x in LPS)
     right = next(s for s in seg.segments if s.entry.name == "Right Lung")
     left = next(s for s in seg.segments if s.entry.name == "Left Lung")

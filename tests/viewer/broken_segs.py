@@ -163,3 +163,31 @@ def make_variant(seg_path, variant: str, out_dir, ct=None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(out, enforce_file_format=True)
     return out
+
+
+def shifted_lesion_sr(sr_path, out_dir, dx: float = 40.0) -> Path:
+    """A copy of our SR whose lesion lines (the SCOORDs of Long/Short axis) are moved ``dx``
+    pixels to the right on the same image: values and references unchanged, so only a check
+    of where the lines are drawn can see it."""
+    ds = pydicom.dcmread(sr_path)
+
+    def walk(items):
+        for it in items:
+            name = it.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in it else ""
+            if it.ValueType == "NUM" and name in ("Long axis", "Short axis"):
+                for sub in it.get("ContentSequence", []):
+                    if sub.ValueType == "SCOORD":
+                        data = [float(v) for v in sub.GraphicData]
+                        sub.GraphicData = [v + dx if i % 2 == 0 else v for i, v in enumerate(data)]
+            if "ContentSequence" in it:
+                walk(it.ContentSequence)
+
+    walk(ds.ContentSequence)
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesDescription = f"BROKEN lesion lines shifted {dx:g} px"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "sr_lesion_lines_shifted.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
@@ -28,7 +29,9 @@ sys.path.insert(0, str(HERE.parent))
 from tools import REPO, SHARED, find_tool, missing  # noqa: E402
 
 import broken_segs  # noqa: E402
+import handmade  # noqa: E402
 import ohif_checks as checks  # noqa: E402
+from segment_truth import expected_segment_masks  # noqa: E402
 
 ARTIFACTS = Path(os.environ.get("DSM_TEST_ARTIFACTS") or REPO / "tests" / "artifacts") / "viewer"
 DRIVER = HERE / "ohif_driver.cjs"
@@ -38,6 +41,9 @@ DCMQI = SHARED / "data" / "03_dcmqi_liver_seg_sr_reference"
 
 BROKEN = broken_segs.PLAN
 DEMO = "demo_loop"
+LESIONS = "lesions"  # hand-made tumours inside their organs: lesion lines, tumour over organ
+BROKEN_LESION_SR = "broken_lesion_lines_shifted"
+LESION_MIN_ML = 0.5  # results.lesion_min_volume_ml (default), as dsm-node export uses it
 # Segments of a model output can be tiny (an island of a few voxels on the slice OHIF jumps
 # to). Overlay coverage and inside-organ fraction must be >= 0.85: for a blob of side s px,
 # one boundary row or column of pixels rounded the other way at a half-pixel tie is 1/s of
@@ -83,7 +89,24 @@ class Study:
     truth: checks.Truth
     seg: Path
     sr: Path | None = None
-    extra_files: list[Path] = field(default_factory=list)
+    extra_files: list[Path] = field(default_factory=list)  # e.g. the key images
+    lesions: list = field(default_factory=list)  # checks.LesionTruth
+    tumour_values: dict = field(default_factory=dict)  # label value -> tumour class name
+
+
+def _catalog():
+    from model.catalog import load_catalog
+
+    return load_catalog(CATALOG)
+
+
+def with_segment_overrides(truth: checks.Truth, organs_include_tumours: bool = False) -> checks.Truth:
+    """What each segment holds as the SEG encodes it (results.organs_include_tumours, default
+    off: each class's own voxels; on: organs hold their tumours, holes filled), computed by
+    tests/segment_truth.py on the label volume, not by the node."""
+    expected = expected_segment_masks(truth.labels, _catalog(), organs_include_tumours)
+    truth.overrides = {v: m for v, m in expected.items() if not np.array_equal(m, truth.labels == v)}
+    return truth
 
 
 def _phantom_inputs(work: Path) -> tuple[Path, Path]:
@@ -99,10 +122,10 @@ def _phantom_inputs(work: Path) -> tuple[Path, Path]:
     return ct_dir, labels
 
 
-def export_ours(ct_dir: Path, labels: Path, out: Path) -> tuple[Path, Path]:
-    """Our SEG + SR, made by the node's own command line (dsm-node export)."""
+def export_ours(ct_dir: Path, labels: Path, out: Path, model_version: str | None = None) -> tuple[Path, Path]:
+    """Our SEG + SR (+ key images SC_*.dcm), made by the node's own command line (dsm-node export)."""
     cmd = [sys.executable, "-m", "dsm_node", "export", "--source", str(ct_dir), "--labels",
-           str(labels), "--out", str(out)]
+           str(labels), "--out", str(out), *(["--model-version", model_version] if model_version else [])]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     if proc.returncode != 0:
         raise RuntimeError(f"dsm-node export failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -121,8 +144,37 @@ def our_study(work: Path) -> Study:
         source = "phantom"
     seg, sr = export_ours(ct_dir, labels, work / "ours")
     ct = checks.read_ct(sorted(p for p in ct_dir.iterdir() if p.is_file()))
-    truth = checks.truth_from_catalog(ct, labels, CATALOG)
+    truth = with_segment_overrides(checks.truth_from_catalog(ct, labels, CATALOG))
     return Study("ours", source, ct, truth, seg, sr)
+
+
+def lesion_study(ours: Study, labels_path: Path, work: Path) -> Study:
+    """The same CT with hand-made tumours inside two organs (tests/handmade.py): two lesions of
+    one class and one of another, plus a fragment below the lesion minimum; exported with
+    dsm-node export under another model version (its own UIDs in the same study)."""
+    catalog = _catalog()
+    labels = work / "lesion_labels.nii.gz"
+    handmade.write_with_tumours(labels_path, labels, catalog)
+    out = work / "lesions"
+    seg, sr = export_ours(ours.ct.paths[0].parent, labels, out, model_version="viewer-lesions")
+    truth = with_segment_overrides(checks.truth_from_catalog(ours.ct, labels, CATALOG))
+    tumours = {e.index: e.name for e in catalog if e.kind == "tumor"}
+    present = {s.value for s in truth.segments}
+    tumour_values = {v: n for v, n in tumours.items() if v in present}
+    lesions = checks.lesion_truth(truth, tumour_values, LESION_MIN_ML)
+    return Study(LESIONS, f"{ours.source} + hand-made tumours", ours.ct, truth, seg, sr,
+                 extra_files=sorted(out.glob("SC_*.dcm")), lesions=lesions, tumour_values=tumour_values)
+
+
+def lesion_centres(study: Study) -> list[list[float]]:
+    """World position (LPS) of the middle of each lesion, for the views with every segment shown."""
+    ct = study.ct
+    out = []
+    for les in study.lesions:
+        k, r, c = np.argwhere(les.mask).mean(axis=0)
+        k = int(round(k))
+        out.append((ct.ipp[k] + c * ct.spacing[1] * ct.iop[:3] + r * ct.spacing[0] * ct.iop[3:]).tolist())
+    return out
 
 
 def reference_study() -> Study | None:
@@ -224,6 +276,20 @@ def viewer_run(tmp_path_factory) -> ViewerRun:
             files += demo.ct.paths
         cases.append({"name": DEMO, "study": demo.ct.study_uid, "series": _series(demo.seg),
                       "srSeries": _series(demo.sr), "probes": demo.truth.probe_positions()})
+    labels_path = TCIA / "labels_dsm45.nii.gz" if ours.source == "tcia-01" else work / "phantom_labels.nii.gz"
+    les = lesion_study(ours, labels_path, work)
+    studies[LESIONS] = les
+    seg_paths[LESIONS] = les.seg
+    files += [les.seg, les.sr, *les.extra_files]
+    cases.append({"name": LESIONS, "study": les.ct.study_uid, "series": _series(les.seg),
+                  "srSeries": _series(les.sr), "srView": _series(les.sr),
+                  "probes": les.truth.probe_positions(),
+                  "driverOptions": {"overlapProbes": lesion_centres(les),
+                                    "scSeriesUID": _series(les.extra_files[0]) if les.extra_files else None}})
+    shifted = broken_segs.shifted_lesion_sr(les.sr, work / "broken")
+    files.append(shifted)
+    cases.append({"name": BROKEN_LESION_SR, "study": les.ct.study_uid, "series": None,
+                  "srView": _series(shifted), "driverOptions": {"skipSeg": True}})
     for variant, plan in BROKEN.items():
         path = broken_segs.make_variant(ours.seg, variant, work / "broken", ours.ct)
         name = f"broken_{variant}"
@@ -242,12 +308,23 @@ def viewer_run(tmp_path_factory) -> ViewerRun:
     results = {}
     for c in cases:
         name = c["name"]
-        study = studies["ours"] if name.startswith("broken_") or name == "ours" else studies[name]
+        if name == BROKEN_LESION_SR:
+            study = studies[LESIONS]
+        else:
+            study = studies["ours"] if name.startswith("broken_") or name == "ours" else studies[name]
         obs = observations.get(name)
         if obs is None:
             r = checks.CaseResult(name, {"driver": [f"no observations (driver rc "
                                                     f"{session.get('returncode')}): "
                                                     f"{session.get('log', '')[-1500:]}"]})
+        elif name == BROKEN_LESION_SR:
+            r = checks.check_case(obs, study.truth, ARTIFACTS, sr_path=shifted, session=session,
+                                  lesions=study.lesions, only_sr_view=True)
+        elif name == LESIONS:
+            r = checks.check_case(obs, study.truth, ARTIFACTS, seg_path=study.seg, sr_path=study.sr,
+                                  session=session, lesions=study.lesions,
+                                  tumour_values=set(study.tumour_values),
+                                  key_image_files=len(study.extra_files))
         else:
             r = checks.check_case(obs, study.truth, ARTIFACTS, seg_path=seg_paths[name],
                                   sr_path=study.sr if name in ("ours", DEMO) else None,

@@ -29,13 +29,10 @@ KNOWN_HARMLESS_CONSOLE_ERRORS: list[tuple[str, str]] = [
     (r"Automatic fallback to software WebGL has been deprecated", "SwiftShader notice"),
     (r"GPU stall due to ReadPixels", "SwiftShader performance notice"),
 ]
-# OHIF 3.13.2 cannot attach TID 1500 measurement groups that carry no SCOORD/SCOORD3D (our
-# volume / mean-HU groups reference a segment instead) to an image: its SR loader
-# (_checkIfCanAddMeasurementsToDisplaySet) dereferences measurement.coords[0] and throws, after
-# having parsed the measurements. That is an OHIF limitation, not a defect of our SR; the SR
-# check accepts exactly this error and only when no parsed measurement has coordinates.
-OHIF_SR_NONGEOMETRIC_LIMITATION = re.compile(
-    r"Cannot read properties of undefined \(reading 'ReferencedSOPSequence'\)")
+# Since issue 14 every finding of our SR has spatial coordinates (a planar outline beside each
+# volumetric group, lines for each lesion), so OHIF's SR loader must load it without error.
+# (Before, OHIF 3.13.2 threw "Cannot read properties of undefined (reading
+# 'ReferencedSOPSequence')" on any group without SCOORD/SCOORD3D, and the check accepted that.)
 OHIF_SR_SKIPPED_NUM_WARNING = "ContentSequence array contains no SCOORD or SCOORD3D entry"
 
 
@@ -211,8 +208,13 @@ class Truth:
     # to show the SEG's own colours (reference data that has no catalog).
     colour_source: str = "catalog"
     _masks: dict = field(default_factory=dict, repr=False)
+    # Segments that are not just their label value (an organ holding its tumours, holes
+    # filled): label value -> mask on the CT grid (segment_truth.expected_segment_masks).
+    overrides: dict = field(default_factory=dict, repr=False)
 
     def mask(self, seg: ExpectedSegment) -> np.ndarray:
+        if seg.value in self.overrides:
+            return self.overrides[seg.value]
         m = self._masks.get(seg.value)
         if m is None:
             m = self._masks[seg.value] = self.labels == seg.value
@@ -272,8 +274,8 @@ def truth_from_seg(ct: CtSeries, seg_path, catalog_path) -> Truth:
     ImagePositionPatient) stays an independent cross-check of the SEG's geometry. The expected
     segment list is the SEG's segment labels; their order (catalog order, numbered 1..n) and
     colours come from the catalog, so the panel and colour checks still test the writer.
-    Overlapping segments (impossible for a label map the node encodes) raise ValueError, since
-    a single-valued truth could not represent them.
+    Segments may overlap (an organ holding its tumour): each segment's own mask is kept as an
+    override; the single-valued label volume has the later (catalog order) segment on top.
     """
     import highdicom as hd
 
@@ -295,17 +297,16 @@ def truth_from_seg(ct: CtSeries, seg_path, catalog_path) -> Truth:
     unknown = [n for n in names if n not in catalog]
     if unknown:
         raise ValueError(f"SEG segment labels not in the catalog: {unknown}")
-    overlap = int(((stack > 0).sum(axis=-1) > 1).sum())
-    if overlap:
-        raise ValueError(f"{overlap} voxels belong to more than one segment of the SEG")
     labels = np.zeros(stack.shape[:3], dtype=np.int32)
-    for j, name in enumerate(names):
-        labels[stack[..., j] > 0] = catalog[name][0]
+    overrides = {}
+    for j in sorted(range(len(names)), key=lambda j: order[names[j]]):
+        labels[stack[..., j] > 0] = catalog[names[j]][0]
+        overrides[catalog[names[j]][0]] = stack[..., j] > 0
     segs = []
     for name in sorted(names, key=order.__getitem__):
         index, rgb = catalog[name]
         segs.append(ExpectedSegment(len(segs) + 1, name, rgb, index))
-    return Truth(ct, labels, segs, "catalog")
+    return Truth(ct, labels, segs, "catalog", overrides=overrides)
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,10 +351,10 @@ def read_sr_groups(sr_path) -> list[dict]:
                         g["nums"].append({"name": meaning(sub), "value": float(mv.NumericValue),
                                           "text": str(mv.NumericValue),
                                           "unit": mv.MeasurementUnitsCodeSequence[0].CodeValue})
-                    elif sub.ValueType == "IMAGE" and "ReferencedSOPSequence" in sub:
-                        ref = sub.ReferencedSOPSequence[0]
-                        g["segment"] = (str(ref.ReferencedSOPInstanceUID),
-                                        int(ref.get("ReferencedSegmentNumber", 0)))
+                    elif sub.ValueType == "IMAGE" and "ReferencedSOPSequence" in sub \
+                            and "ReferencedSegmentNumber" in sub.ReferencedSOPSequence[0]:
+                        ref = sub.ReferencedSOPSequence[0]  # a Referenced Segment (not a source image)
+                        g["segment"] = (str(ref.ReferencedSOPInstanceUID), int(ref.ReferencedSegmentNumber))
                 groups.append(g)
             elif "ContentSequence" in it:
                 walk(it.ContentSequence)
@@ -769,10 +770,20 @@ def check_segment_views(obs: dict, truth: Truth, shots: Path, min_recall: float 
     return f, details
 
 
+def _merge_by_uid(groups: list[dict]) -> dict[str, dict]:
+    """SR measurement groups merged by Tracking UID, as OHIF merges them (one finding)."""
+    out: dict[str, dict] = {}
+    for g in groups:
+        m = out.setdefault(g["trackingUID"], {**g, "nums": []})
+        m["nums"] += g["nums"]
+        m["segment"] = m["segment"] or g["segment"]
+    return out
+
+
 def check_sr(obs: dict, truth: Truth, sr_path, seg_path=None) -> list[str]:
-    """OHIF's SR handler parses our TID 1500 report: one measurement per segment with our
-    tracking identifiers/UIDs; the only error allowed is OHIF's non-geometric limitation; the
-    measurement values are visible in OHIF's DICOM tag browser."""
+    """OHIF's SR handler loads our TID 1500 report without error: one measurement per finding
+    (segments and lesions) with our tracking identifiers/UIDs and values; the measurement
+    values are visible in OHIF's DICOM tag browser."""
     f = []
     sr = obs.get("sr") or {}
     if not sr.get("found"):
@@ -784,19 +795,24 @@ def check_sr(obs: dict, truth: Truth, sr_path, seg_path=None) -> list[str]:
     err = sr.get("loadError")
     ms = sr.get("measurements", [])
     if err:
-        known = OHIF_SR_NONGEOMETRIC_LIMITATION.search(err) and all(m["nCoords"] == 0 for m in ms)
-        if not known:
-            f.append(f"OHIF's SR loader failed: {err.splitlines()[0]}")
+        f.append(f"OHIF's SR loader failed: {err.splitlines()[0]}")
     for e in sr.get("pageErrorsDuringLoad", []):
         f.append(f"page error while loading the SR: {e.splitlines()[0]}")
     for c in sr.get("consoleDuringLoad", []):
         if c["type"] == "error" and not _known_console(c["text"]):
             f.append(f"console error while loading the SR: {c['text'][:200]}")
     groups = read_sr_groups(sr_path)
-    if len(groups) != len(truth.segments):
-        f.append(f"our SR has {len(groups)} measurement groups for {len(truth.segments)} segments")
+    findings = _merge_by_uid(groups)
+    segment_findings = [g for g in findings.values() if g["segment"]]
+    if len(segment_findings) != len(truth.segments):
+        f.append(f"our SR has {len(segment_findings)} segment findings for {len(truth.segments)} segments")
+    if len(ms) != len(findings):
+        f.append(f"OHIF parsed {len(ms)} measurements, our SR has {len(findings)} findings")
+    no_coords = [m["trackingIdentifier"] for m in ms if m["nCoords"] == 0]
+    if no_coords:
+        f.append(f"OHIF found no coordinates for {no_coords[:4]}: it cannot show them")
     by_uid = {m["trackingUID"]: m for m in ms}
-    for g in groups:
+    for g in findings.values():
         m = by_uid.get(g["trackingUID"])
         if m is None:
             f.append(f"OHIF did not parse measurement group {g['trackingIdentifier']!r}")
@@ -818,8 +834,14 @@ def check_sr(obs: dict, truth: Truth, sr_path, seg_path=None) -> list[str]:
     # What a reader can see of the SR in OHIF: its DICOM tag browser, filtered on
     # "NumericValue" (every measured value) and "TextValue" (every tracking identifier).
     tb = sr.get("tagBrowser") or {}
+
+    def shown(n) -> bool:  # "28.0" may be shown as "28"
+        text = tb.get("NumericValue", "")
+        alt = str(int(n["value"])) if float(n["value"]).is_integer() else n["text"]
+        return n["text"] in text or re.search(rf"(?<![\d.]){re.escape(alt)}(?![\d.])", text) is not None
+
     missing = [f"{g['trackingIdentifier']}: {n['name']} {n['text']}" for g in groups
-               for n in g["nums"] if n["text"] not in tb.get("NumericValue", "")]
+               for n in g["nums"] if not shown(n)]
     if missing:
         f.append(f"OHIF's DICOM tag browser does not show {len(missing)} SR value(s): "
                  f"{missing[:4]}")
@@ -829,8 +851,8 @@ def check_sr(obs: dict, truth: Truth, sr_path, seg_path=None) -> list[str]:
         f.append(f"OHIF's DICOM tag browser does not show the tracking identifiers {missing}")
     if seg_path is not None:
         seg_uid = str(pydicom.dcmread(seg_path, stop_before_pixels=True).SOPInstanceUID)
-        for g in groups:
-            if not g["segment"] or g["segment"][0] != seg_uid:
+        for g in segment_findings:
+            if g["segment"][0] != seg_uid:
                 f.append(f"SR group {g['trackingIdentifier']} does not reference our SEG")
     return f
 
@@ -876,6 +898,261 @@ def check_network(obs: dict, session: dict | None = None) -> list[str]:
     return f
 
 
+# --------------------------------------------------------------------------------------------
+# lesions, overlapping segments, key images (issue 14)
+
+
+@dataclass
+class LesionTruth:
+    """One tumour component of the label volume on the CT grid (independent of the SR)."""
+
+    name: str  # tumour class
+    value: int
+    mask: np.ndarray  # (n, rows, cols) bool
+
+
+def lesion_truth(truth: Truth, tumour_values: dict[int, str], min_volume_ml: float) -> list[LesionTruth]:
+    """26-connected components of the tumour classes of at least ``min_volume_ml``."""
+    from scipy import ndimage
+
+    ct = truth.ct
+    voxel_ml = ct.spacing[0] * ct.spacing[1] * abs(ct.slice_spacing) / 1000.0
+    out = []
+    for value, name in tumour_values.items():
+        comps, n = ndimage.label(truth.labels == value, structure=np.ones((3, 3, 3), bool))
+        for k in range(1, n + 1):
+            m = comps == k
+            if m.sum() * voxel_ml >= min_volume_ml:
+                out.append(LesionTruth(name, value, m))
+    return out
+
+
+def _world_to_voxel(ct: CtSeries, p) -> tuple[float, float, float]:
+    """(slice, row, column) index of a world point (LPS mm) on the CT's grid."""
+    d = np.asarray(p, float) - ct.ipp[0]
+    col = d @ ct.iop[:3] / ct.spacing[1]
+    row = d @ ct.iop[3:] / ct.spacing[0]
+    k = d @ ct.normal / ct.slice_spacing
+    return float(k), float(row), float(col)
+
+
+def check_sr_view(obs: dict, truth: Truth, sr_path, lesions: list[LesionTruth],
+                  min_inside: float = 0.9) -> tuple[list[str], list[dict]]:
+    """Our SR opened in OHIF's SR viewport: every lesion is one of the measurements OHIF steps
+    through, with our long/short axis values in its list and in the text drawn on the image;
+    its two lines are drawn on the CT image the SR references, lie on that lesion (checked
+    against the label volume) and measure what the SR says; the lines are really on screen."""
+    f: list[str] = []
+    details: list[dict] = []
+    view = obs.get("srView")
+    if not view:
+        return ["the SR viewport was not opened"], details
+    parsed = view.get("parsed", [])
+    groups = _merge_by_uid(read_sr_groups(sr_path))
+    lesion_groups = [g for g in groups.values() if " lesion " in (g["trackingIdentifier"] or "")]
+    if len(lesion_groups) != len(lesions):
+        f.append(f"our SR reports {len(lesion_groups)} lesions, the labels hold {len(lesions)}")
+    index = {m["trackingUID"]: i for i, m in enumerate(parsed)}
+    matched: dict[int, str] = {}
+    shots = Path(obs.get("_shots", "."))
+    for g in lesion_groups:
+        name = g["trackingIdentifier"]
+        d = {"lesion": name}
+        details.append(d)
+        i = index.get(g["trackingUID"])
+        if i is None:
+            f.append(f"{name}: not among OHIF's SR measurements")
+            continue
+        labels = {lb.get("label"): str(lb.get("value")) for lb in parsed[i].get("labels", [])}
+        values = {n["name"]: n["value"] for n in g["nums"]}
+        for axis in ("Long axis", "Short axis"):
+            shown = labels.get(axis, "")
+            try:
+                ok = abs(float(shown.split()[0]) - values[axis]) <= 0.006
+            except (ValueError, IndexError, KeyError):
+                ok = False
+            if not ok:
+                f.append(f"{name}: OHIF lists {axis} = {shown!r}, the SR says {values.get(axis)}")
+        if i >= len(view.get("views", [])):
+            f.append(f"{name}: the SR viewport never showed it")
+            continue
+        v = view["views"][i]
+        text = " ".join(v.get("texts", []))
+        for axis in ("Long axis", "Short axis"):
+            if f"{axis}: {values.get(axis, 0):.2f} mm" not in text:
+                f.append(f"{name}: the viewport does not write '{axis}: {values.get(axis, 0):.2f} mm' "
+                         f"beside the lesion (text drawn: {text[:200]!r})")
+        k, sf = _state_slice(v["state"], truth)
+        f += [f"{name}: {m}" for m in sf]
+        if k is None:
+            continue
+        refs = {c["ref"] for c in parsed[i].get("coords", []) if c.get("ref")}
+        if refs != {truth.ct.sop_uids[k]}:
+            f.append(f"{name}: the viewport shows CT slice {k}, the SR's lines are on {refs}")
+        # OHIF adds an SR's annotations once per display set it checks them against: the copies
+        # are identical; what is drawn is one of them.
+        anns = [a for a in v.get("annotations", []) if a["uid"] == g["trackingUID"]]
+        lines = anns[0]["lines"] if anns else []
+        d.update(slice=k, lines=len(lines), annotation_copies=len(anns))
+        if len(lines) != 2:
+            f.append(f"{name}: {len(lines)} lines drawn on slice {k}, expected long and short axis")
+            continue
+        hits: dict[int, int] = {}
+        samples = 0
+        lengths = []
+        for line in lines:
+            a, b = (np.array(p["world"], float) for p in line[:2])
+            lengths.append(float(np.linalg.norm(b - a)))
+            for t in np.linspace(0, 1, 21):
+                kk, r, c = _world_to_voxel(truth.ct, a + t * (b - a))
+                samples += 1
+                if abs(kk - k) > 0.25:
+                    continue
+                for j, les in enumerate(lesions):
+                    if _near_mask(les.mask[k], r, c):
+                        hits[j] = hits.get(j, 0) + 1
+        best = max(hits, key=hits.get) if hits else None
+        inside = hits.get(best, 0) / samples if samples else 0.0
+        d.update(inside_fraction=round(inside, 3), drawn_mm=[round(x, 2) for x in sorted(lengths, reverse=True)])
+        if best is None or inside < min_inside:
+            f.append(f"{name}: the lines drawn on slice {k} are not on a lesion "
+                     f"({inside:.0%} of their points on one)")
+        else:
+            if best in matched:
+                f.append(f"{name}: drawn on the same lesion as {matched[best]}")
+            matched[best] = name
+            if lesions[best].name not in name:
+                f.append(f"{name}: drawn on a {lesions[best].name}")
+        want = sorted([values.get("Long axis", 0.0), values.get("Short axis", 0.0)], reverse=True)
+        if any(abs(x - y) > 0.6 for x, y in zip(sorted(lengths, reverse=True), want)):
+            f.append(f"{name}: the lines OHIF draws measure {[round(x, 1) for x in lengths]} mm, "
+                     f"the SR says {want}")
+        # On screen: the page screenshot shows a coloured (non-grey) line along both lines.
+        if v.get("screenshotFull"):
+            img = _png(shots / v["screenshotFull"])
+            x0, y0 = v["state"]["canvasRect"][:2]
+            coloured = total = 0
+            for line in lines:
+                p, q = (np.array(pt["canvas"], float) for pt in line[:2])
+                for t in np.linspace(0.05, 0.95, 19):
+                    x, y = (p + t * (q - p)) + (x0, y0)
+                    patch = img[int(y) - 1:int(y) + 2, int(x) - 1:int(x) + 2]
+                    total += 1
+                    coloured += bool(patch.size and (np.ptp(patch, axis=-1) > 60).any())
+            d["line_pixels_coloured"] = round(coloured / max(total, 1), 3)
+            if coloured < 0.6 * total:
+                f.append(f"{name}: the lines are not visible on screen ({coloured}/{total} points coloured)")
+    missed = [les.name for j, les in enumerate(lesions) if j not in matched]
+    if missed and not f:
+        f.append(f"lesions without a drawn measurement: {missed}")
+    return f, details
+
+
+def _near_mask(mask2d: np.ndarray, r: float, c: float, tol: float = 0.75) -> bool:
+    """The point lies on the mask (within ``tol`` pixels of a mask pixel's square)."""
+    r0, r1 = int(np.floor(r - tol + 0.5)), int(np.floor(r + tol + 0.5))
+    c0, c1 = int(np.floor(c - tol + 0.5)), int(np.floor(c + tol + 0.5))
+    sub = mask2d[max(r0, 0):r1 + 1, max(c0, 0):c1 + 1]
+    return bool(sub.size and sub.any())
+
+
+def check_overlap(obs: dict, truth: Truth, shots: Path, tumour_values: set[int],
+                  min_fit: float = 0.8) -> tuple[list[str], list[dict]]:
+    """With every segment shown, at each probe slice: the pixels of each tumour show the
+    tumour's colour rather than its organ's, and the organ around it is displayed in its own
+    colour (both segments on screen, the tumour not hidden).
+
+    A pixel is explained by the candidate overlay that reproduces it best from the view with
+    the segmentation hidden: organ fill, tumour fill, or tumour fill over organ fill (the case
+    of overlapping segments), all with OHIF's fill opacity, measured on the organ pixels."""
+    f: list[str] = []
+    details: list[dict] = []
+    probes = obs.get("overlap") or []
+    if not probes:
+        return ["no view with every segment shown was taken"], details
+    segs = truth.segments
+    for p in probes:
+        k, sf = _state_slice(p["state"], truth)
+        f += sf
+        if k is None:
+            continue
+        shown, hidden = _png(shots / p["screenshotAll"]), _png(shots / p["screenshotNone"])
+        h, w = min(shown.shape[0], hidden.shape[0]), min(shown.shape[1], hidden.shape[1])
+        shown, hidden = shown[:h, :w], hidden[:h, :w]
+        for t in segs:
+            if t.value not in tumour_values or not truth.mask(t)[k].any():
+                continue
+            T = screen_mask(p["state"], truth.mask(t)[k], (h, w))
+            inner = _erode(T, 3)
+            d = {"slice": k, "tumour": t.label, "tumour_px": int(inner.sum())}
+            details.append(d)
+            if inner.sum() < 20:
+                d["too_small"] = True
+                continue
+            # the organ displayed around the tumour: the non-tumour segment most present there
+            around = _dilate(T, 10) & ~_dilate(T, 3)
+            best, best_n, organ_screen = None, 0, None
+            for o in segs:
+                if o.value in tumour_values or not truth.mask(o)[k].any():
+                    continue
+                om = screen_mask(p["state"], truth.mask(o)[k], (h, w))
+                n = int((om & around).sum())
+                if n > best_n:
+                    best, best_n, organ_screen = o, n, om
+            if best is None:
+                f.append(f"slice {k}: no organ segment around the {t.label}")
+                continue
+            ring = _erode(organ_screen, 2) & around
+            alpha = _fill_alpha(shown[ring], hidden[ring], best.rgb)
+            d.update(organ=best.label, fill_alpha=round(alpha, 3), ring_px=int(ring.sum()))
+            O, Tc = np.asarray(best.rgb, np.float32), np.asarray(t.rgb, np.float32)
+
+            def classify(mask):
+                bg = hidden[mask]
+                organ = alpha * O + (1 - alpha) * bg
+                cands = {"organ": organ, "tumour": alpha * Tc + (1 - alpha) * bg,
+                         "tumour_over_organ": alpha * Tc + (1 - alpha) * organ, "none": bg}
+                dist = {name: np.linalg.norm(shown[mask] - c, axis=-1) for name, c in cands.items()}
+                names = list(dist)
+                winner = np.argmin(np.stack([dist[n] for n in names]), axis=0)
+                return {n: float((winner == i).mean()) for i, n in enumerate(names)}
+
+            at_tumour, at_ring = classify(inner), classify(ring)
+            tumour_fit = at_tumour["tumour"] + at_tumour["tumour_over_organ"]
+            d.update(tumour_colour_fit=round(tumour_fit, 3), organ_ring_colour_fit=round(at_ring["organ"], 3),
+                     at_tumour={k2: round(v, 3) for k2, v in at_tumour.items()})
+            if tumour_fit < min_fit:
+                f.append(f"slice {k}: only {tumour_fit:.0%} of the {t.label} pixels show its colour {t.rgb} "
+                         f"with every segment displayed ({at_tumour['organ']:.0%} show the {best.label}'s)")
+            if at_ring["organ"] < min_fit:
+                f.append(f"slice {k}: around the {t.label} only {at_ring['organ']:.0%} of the {best.label} shows "
+                         f"its colour {best.rgb}: the organ is not displayed with it")
+    return f, details
+
+
+def _fill_alpha(shown: np.ndarray, hidden: np.ndarray, rgb) -> float:
+    """Median opacity of a fill of colour ``rgb`` (shown = a * rgb + (1 - a) * hidden)."""
+    if len(shown) == 0:
+        return 0.5
+    K = np.asarray(rgb, np.float32)[None, :] - hidden
+    a = (np.clip(((shown - hidden) * K).sum(-1) / np.maximum((K * K).sum(-1), 1e-3), 0, 1))
+    return float(np.median(a)) if a.size else 0.5
+
+
+def check_key_images(obs: dict, n_files: int) -> list[str]:
+    """The key-image series is one of OHIF's display sets, with every image, and it shows."""
+    k = (obs.get("srView") or {}).get("keyImages")
+    if not k or not k.get("found"):
+        return ["the key-image series is not among OHIF's display sets"]
+    f = []
+    if k.get("images") != n_files:
+        f.append(f"OHIF's key-image display set has {k.get('images')} images, we sent {n_files}")
+    shown = k.get("shown") or {}
+    if shown.get("sopClassUID") != "1.2.840.10008.5.1.4.1.1.7":
+        f.append(f"the viewport does not show a Secondary Capture image: {shown}")
+    return f
+
+
 @dataclass
 class CaseResult:
     name: str
@@ -895,11 +1172,24 @@ class CaseResult:
 
 
 def check_case(obs: dict, truth: Truth, shots: Path, seg_path=None, sr_path=None,
-               session: dict | None = None, min_screen_px: int = 0) -> CaseResult:
+               session: dict | None = None, min_screen_px: int = 0, lesions: list | None = None,
+               tumour_values: set[int] | None = None, key_image_files: int | None = None,
+               only_sr_view: bool = False) -> CaseResult:
     r = CaseResult(obs.get("name", "?"))
     if obs.get("driverError"):
         r.failures["driver"] = [f"the viewer run failed: {obs['driverError'].splitlines()[0]}"]
         return r
+    obs = {**obs, "_shots": str(shots)}
+    if lesions is not None:
+        r.failures["sr_view"], r.details["sr_view"] = check_sr_view(obs, truth, sr_path, lesions)
+    if only_sr_view:  # an SR-only case: the SR viewport is all it opens
+        r.failures["console"] = check_console(obs)
+        r.failures["network"] = check_network(obs, session)
+        return r
+    if tumour_values is not None:
+        r.failures["overlap"], r.details["overlap"] = check_overlap(obs, truth, shots, tumour_values)
+    if key_image_files is not None:
+        r.failures["key_images"] = check_key_images(obs, key_image_files)
     r.failures["panel"] = check_panel(obs, truth)
     r.failures["colours"] = check_colours(obs, truth, seg_path)
     if seg_path is not None:

@@ -5,7 +5,13 @@
 //
 // SPEC: {baseUrl, chromium, outDir, width, height, loadTimeoutMs, cases: [{name, viewerPath,
 //        srSeriesUID?, srSearchTerms?, maxSegments?, hiddenShots?,
-//        probes: {<segmentNumber>: [worldPositionOfSlice, ...]}}]}
+//        probes: {<segmentNumber>: [worldPositionOfSlice, ...]},
+//        skipSeg?, overlapProbes?: [worldPosition, ...], srViewPath?, srViewSeriesUID?,
+//        scSeriesUID?}]}
+// skipSeg: no SEG steps (a case that only opens its SR); overlapProbes: views with every
+// segment shown at these positions (a tumour over its organ); srViewPath: the study opened
+// with the SR as the initial series, each of OHIF's SR measurements stepped through with the
+// viewport's arrows (what is drawn, where, with which text); scSeriesUID: the key images.
 // (dsm_node/viewer/session.py writes it.) All cases run in one persistent browser context
 // (fresh profile directory, so OHIF's scripts come from the disk cache after the first case).
 // Writes OUTDIR/observations.json and PNG screenshots. Everything the Python checks need
@@ -237,6 +243,11 @@ async function runCase(context, c) {
   };
 
   let t = Date.now();
+  if (c.skipSeg) {
+    await page.close();
+    await srView(context, c, obs);
+    return obs;
+  }
   await page.goto(obs.url, { waitUntil: 'domcontentloaded' });
   // SEG loaded, its labelmap shown in the active viewport, and the image rendered.
   await page.waitForFunction(() => {
@@ -326,6 +337,24 @@ async function runCase(context, c) {
   }
   obs.timings.segments = (Date.now() - t) / 1000;
 
+  // Overlapping segments (an organ holding its tumour): every segment shown, as the
+  // radiologist sees it, at each probe position; plus the same view with the segmentation
+  // hidden (exact background for the colour analysis).
+  obs.overlap = [];
+  for (let p = 0; p < (c.overlapProbes || []).length; p++) {
+    await page.evaluate(() => window.__dsm.showOnly(null));
+    const moved = await page.evaluate(pos => window.__dsm.goToPosition(pos), c.overlapProbes[p]);
+    await settle(page, 300);
+    const rec = { requested: c.overlapProbes[p], moved, state: await page.evaluate(() => window.__dsm.state()) };
+    rec.screenshotAll = path.basename(await canvasShot(`overlap${p}_all`));
+    rec.screenshotFull = path.basename(await shot(`overlap${p}_page`));
+    await page.evaluate(() => window.__dsm.showOnly(false));
+    await settle(page);
+    rec.screenshotNone = path.basename(await canvasShot(`overlap${p}_none`));
+    await page.evaluate(() => window.__dsm.showOnly(null));
+    obs.overlap.push(rec);
+  }
+
   // The SR: load it through OHIF's own SR SOP-class handler (what its SR viewport does),
   // record what OHIF parsed, and show its content in OHIF's DICOM Tag Browser.
   if (c.srSeriesUID) {
@@ -389,7 +418,99 @@ async function runCase(context, c) {
   t = Date.now();
   await page.close();
   obs.timings.close = (Date.now() - t) / 1000;
+  if (c.srViewPath) await srView(context, c, obs);
   return obs;
+}
+
+// The study opened with our SR as the initial series: OHIF's SR viewport shows one measurement
+// at a time on its image; the viewport's arrows step through them. For each: the image shown,
+// the annotation lines of that image (world and canvas points), the SVG text drawn next to
+// them, a full-page screenshot. Then the key images, if any, in the same viewport.
+async function srView(context, c, obs) {
+  const page = currentPage = await context.newPage();
+  page.on('console', m => {
+    if (m.type() === 'error' || m.type() === 'warning') {
+      obs.console.push({ type: m.type(), text: m.text().slice(0, 2000), url: (m.location() || {}).url || '' });
+    }
+  });
+  page.on('pageerror', e => obs.pageErrors.push(String(e && e.stack || e).slice(0, 2000)));
+  const shot = async (key) => {
+    const file = path.join(OUT, `${c.name}__${key}.png`);
+    await page.screenshot({ path: file, caret: 'hide' });
+    obs.screenshots[key] = path.basename(file);
+    return path.basename(file);
+  };
+  const t = Date.now();
+  const view = obs.srView = { url: spec.baseUrl + c.srViewPath, views: [] };
+  await page.goto(view.url, { waitUntil: 'domcontentloaded' });
+  await page.waitForFunction((uid) => {
+    const S = window.services;
+    if (!S || !S.displaySetService || !window.cornerstone) return false;
+    const ds = S.displaySetService.getActiveDisplaySets().find(d => d.SeriesInstanceUID === uid);
+    if (!ds || !ds.isLoaded || !ds.measurements) return false;
+    const { activeViewportId } = S.viewportGridService.getState();
+    const vp = S.cornerstoneViewportService.getCornerstoneViewport(activeViewportId);
+    return !!(vp && vp.getCurrentImageId && vp.getCurrentImageId());
+  }, c.srViewSeriesUID, { timeout: spec.loadTimeoutMs || 120000, polling: 250 });
+  await page.evaluate(PAGE_HELPERS);
+  await settle(page, 800);
+  view.parsed = await page.evaluate((uid) => {
+    const ds = window.services.displaySetService.getActiveDisplaySets().find(d => d.SeriesInstanceUID === uid);
+    return ds.measurements.map(m => ({
+      trackingIdentifier: m.TrackingIdentifier, trackingUID: m.TrackingUniqueIdentifier,
+      labels: m.labels, loaded: m.loaded, imageId: m.imageId || null,
+      coords: (m.coords || []).map(k => ({ valueType: k.ValueType, graphicType: k.GraphicType,
+        data: Array.from(k.GraphicData || []),
+        ref: k.ReferencedSOPSequence ? k.ReferencedSOPSequence.ReferencedSOPInstanceUID : null })),
+    }));
+  }, c.srViewSeriesUID);
+  for (let i = 0; i < view.parsed.length; i++) {
+    const rec = await page.evaluate(() => {
+      const H = window.__dsm;
+      const vp = H.viewport();
+      const imageId = vp.getCurrentImageId();
+      const anns = window.cornerstoneTools.annotation.state.getAllAnnotations()
+        .filter(a => a.metadata && a.metadata.referencedImageId === imageId)
+        .map(a => ({ uid: a.annotationUID, tool: a.metadata.toolName,
+          lines: ((a.data.renderableData || {}).POLYLINE || []).map(line => line.map(p => ({
+            world: Array.from(p), canvas: Array.from(vp.worldToCanvas(p)) }))) }));
+      const el = vp.element || vp.canvas.parentElement;
+      const texts = [...(el ? el.querySelectorAll('svg text') : [])].map(x => x.textContent);
+      return { state: H.state(), annotations: anns, texts };
+    });
+    rec.screenshotFull = await shot(`sr_m${i}`);
+    view.views.push(rec);
+    const arrow = page.locator('[data-cy="viewport-action-arrows-right"]').first();
+    if (i + 1 < view.parsed.length) {
+      await arrow.click();
+      await page.waitForTimeout(500);
+      await settle(page, 200);
+    }
+  }
+  if (c.scSeriesUID) {
+    view.keyImages = await page.evaluate(async (uid) => {
+      const S = window.services;
+      const ds = S.displaySetService.getActiveDisplaySets().find(d => d.SeriesInstanceUID === uid);
+      if (!ds) return { found: false };
+      const { activeViewportId } = S.viewportGridService.getState();
+      S.viewportGridService.setDisplaySetsForViewport({ viewportId: activeViewportId,
+        displaySetInstanceUIDs: [ds.displaySetInstanceUID] });
+      return { found: true, modality: ds.Modality, sopClassUids: ds.sopClassUids || null,
+               images: (ds.images || ds.instances || []).length, description: ds.SeriesDescription };
+    }, c.scSeriesUID);
+    if (view.keyImages.found) {
+      await page.waitForTimeout(2500);
+      await settle(page, 300);
+      view.keyImages.screenshot = await shot('key_images');
+      view.keyImages.shown = await page.evaluate(() => {
+        const vp = window.__dsm.viewport();
+        const inst = vp && vp.getCurrentImageId ? window.cornerstone.metaData.get('instance', vp.getCurrentImageId()) : null;
+        return inst ? { sopClassUID: inst.SOPClassUID, rows: inst.Rows, columns: inst.Columns } : null;
+      });
+    }
+  }
+  view.seconds = (Date.now() - t) / 1000;
+  await page.close();
 }
 
 (async () => {

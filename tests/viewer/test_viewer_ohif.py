@@ -11,6 +11,7 @@ from broken_segs import PLAN as BROKEN
 from tools import missing
 
 DEMO = "demo_loop"  # conftest.DEMO: the case made by the node's whole loop
+LESIONS = "lesions"  # conftest.LESIONS: hand-made tumours inside their organs
 
 # The first test pays for the shared viewer session (fixture viewer_run).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -141,3 +142,39 @@ def test_broken_seg_is_reported(viewer_run, variant):
     missed = [c for c in BROKEN[variant]["expect"] if not r.failures.get(c)]
     assert not missed, (f"broken SEG ({variant}) not reported by {missed}; "
                         f"reported: {r.summary()}")
+
+
+# ---- issue 14: lesions, tumours over their organs, key images ---------------------------------
+def test_lesion_measurements_are_listed_and_drawn_on_the_lesion(viewer_run):
+    """Every lesion is a measurement of OHIF's SR viewport with our long/short axis values,
+    written beside two lines drawn on the right CT image, on that lesion (label volume)."""
+    _assert_checks(viewer_run, LESIONS, ["sr_view"])
+    details = viewer_run.results[LESIONS].details["sr_view"]
+    assert len(details) == len(viewer_run.studies[LESIONS].lesions) >= 2
+    assert all(d["inside_fraction"] >= 0.9 and d["lines"] == 2 for d in details)
+
+
+def test_shifted_lesion_line_is_reported(viewer_run):
+    """Negative: the same SR with its lesion lines moved 40 px fails the line check."""
+    r = viewer_run.results["broken_lesion_lines_shifted"]
+    assert not r.failures.get("driver"), r.failures["driver"]
+    assert r.failures.get("sr_view"), "an SR with lesion lines off the lesion passed"
+    assert any("not on a lesion" in m for m in r.failures["sr_view"]), r.failures["sr_view"]
+
+
+def test_tumour_is_visible_over_its_organ(viewer_run):
+    """With every segment shown, the tumour's own colour is on screen at the tumour's pixels and
+    the organ (which holds the tumour) is displayed around it."""
+    _assert_checks(viewer_run, LESIONS, ["overlap"])
+    details = [d for d in viewer_run.results[LESIONS].details["overlap"] if "tumour_colour_fit" in d]
+    assert details and all(any(k.endswith("_ring_colour_fit") for k in d) for d in details)
+
+
+def test_overlapping_segments_pass_the_segment_checks(viewer_run):
+    """Organ segments that hold their tumours (overlap) are listed, coloured, placed and drawn
+    like any other segment; the SR with lesion groups loads in OHIF without error."""
+    _assert_checks(viewer_run, LESIONS, ["panel", "colours", "seg_file", "labelmap", "segment_views", "sr"])
+
+
+def test_key_images_show_in_ohif(viewer_run):
+    _assert_checks(viewer_run, LESIONS, ["key_images"])
