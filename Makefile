@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip install -q -c constraints.txt
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv serve test bench bench-ingest bench-model bench-results bench-e2e demo demo-weights view check-config docs clean
+.PHONY: venv serve test bench bench-ingest bench-model bench-results bench-keyimages bench-e2e demo demo-weights view check-config docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ bench-model: venv
 
 bench-results: venv
 	$(PY) bench/results.py $(ARGS)
+
+bench-keyimages: venv
+	$(PY) bench/keyimages.py $(ARGS)
 
 bench-e2e: venv
 	$(PY) bench/e2e.py $(ARGS)

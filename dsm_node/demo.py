@@ -104,12 +104,13 @@ class NodeRun:
              "--port", str(self.port), "--http-port", str(self.http_port)],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
         )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if b"dsm-node listening on" in (self.root / "node.log").read_bytes():
-                break
+        # Loading torch and the model takes minutes on a busy 2-core machine: wait for the line.
+        deadline = time.monotonic() + 600
+        while b"dsm-node listening on" not in (self.root / "node.log").read_bytes():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the node exited: {(self.root / 'node.log').read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the node did not start listening within 600 s")
             time.sleep(0.2)
         threading.Thread(target=self._watch_rss, daemon=True).start()
 

@@ -820,15 +820,18 @@ def check_sr(obs: dict, truth: Truth, sr_path, seg_path=None) -> list[str]:
         if m["trackingIdentifier"] != g["trackingIdentifier"]:
             f.append(f"OHIF reads tracking identifier {m['trackingIdentifier']!r}, "
                      f"SR has {g['trackingIdentifier']!r}")
-        labels = {lb.get("label"): lb.get("value") for lb in m.get("labels", [])}
+        labels: dict[str, list[str]] = {}
+        for lb in m.get("labels", []):  # a name can repeat (two Volumes: tissue, whole organ)
+            labels.setdefault(lb.get("label"), []).append(str(lb.get("value")))
         for num in g["nums"]:
-            if num["name"] in labels:  # OHIF shows it: the value must be ours
-                got = str(labels[num["name"]]).split()
-                try:
-                    ok = abs(float(got[0]) - num["value"]) <= 0.006 + 1e-6 * abs(num["value"])
-                except (ValueError, IndexError):
-                    ok = False
-                if not ok:
+            if num["name"] in labels:  # OHIF shows it: our value must be among its values of that name
+                def close(text, value=num["value"]):
+                    try:
+                        return abs(float(text.split()[0]) - value) <= 0.006 + 1e-6 * abs(value)
+                    except (ValueError, IndexError):
+                        return False
+
+                if not any(close(v) for v in labels[num["name"]]):
                     f.append(f"OHIF shows {num['name']} = {labels[num['name']]} for "
                              f"{g['trackingIdentifier']}, SR has {num['value']}")
     # What a reader can see of the SR in OHIF: its DICOM tag browser, filtered on
