@@ -43,11 +43,11 @@ class DSMPipeline:
         out_dir = study_dir / f"r{job.revision}"
         # Lesions reported for earlier revisions keep their tracking numbers and UIDs.
         known = earlier_lesions(study_dir, job.revision, volume)
-        results = write_results(volume, seg_out.labels, seg_out.catalog, options, out_dir, known=known)
-        seg, sr = results.seg, results.sr
+        written = write_results(volume, seg_out.labels, seg_out.catalog, options, out_dir, known=known)
+        seg, sr = written.seg, written.sr
         timings["encoding"] = time.perf_counter() - t
 
-        files = results.files()  # no class found: no SEG and no key images, the SR says "no findings"
+        files = written.files()  # no class found: no SEG and no key images, the SR says "no findings"
         with transaction(ctx.sessions) as s:
             db_job = s.get(Job, job.id)
             results = [self._record(s, db_job, kind, ds, path, ctx) for kind, ds, path in files]
@@ -66,7 +66,7 @@ class DSMPipeline:
                  "short_axis_mm": round(les.short_axis.length_mm, 1), "volume_ml": round(les.volume_cm3, 2)}
                 for les in sr.lesions
             ],
-            "key_images": len(results.key_images.datasets) if results.key_images else 0,
+            "key_images": len(written.key_images.datasets) if written.key_images else 0,
             "stage_detail": seg_out.timings,
         }
 

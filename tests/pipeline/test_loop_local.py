@@ -46,7 +46,10 @@ def test_study_comes_back_as_seg_and_sr(tmp_path, tiny_checkpoint, phantom_study
         assert {s.SegmentLabel for s in seg.SegmentSequence} == {s["name"] for s in job.summary["segments"]}
     else:
         assert SEG not in by_class and job.summary["seg_sop_instance_uid"] is None
-    assert len(received) == (2 if job.summary["segments"] else 1)
+    # SEG + SR + key images (an overview and one image per lesion), or the "no findings" SR alone
+    key_images = [d for d in received.values() if d.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"]
+    assert len(key_images) == job.summary["key_images"] == ((1 + len(job.summary["lesions"])) if job.summary["segments"] else 0)
+    assert len(received) == (2 + len(key_images) if job.summary["segments"] else 1)
     assert set(job.timings) >= {"assembly", "inference", "encoding", "total"}
     assert job.model_version == "test-tiny-0"
     assert job_transitions(node, job.id) == [
