@@ -5,7 +5,7 @@
   dsm-train check-data --list LIST [--root DIR]
   dsm-train stage1 --config YAML [--resume auto|PATH|none] [--stop-after STEPS] [--time-budget MIN] [--set key=value ...]
   dsm-train stage2 --config YAML --init STAGE1.pt [...]
-  dsm-train eval [--checkpoint CKPT] --data LIST|phantom:SEED:N[:TUMOURS[:SPACING]] --out DIR
+  dsm-train eval [--checkpoint CKPT] --data LIST|phantom:SEED:N[:TUMOURS[:SPACING]]|real --out DIR
   dsm-train export --checkpoint FINAL.pt --out weights/dsm-small-demo.pt [--version V]
 """
 from __future__ import annotations
@@ -79,9 +79,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
     summary = evaluate(Path(a.checkpoint) if a.checkpoint else DEFAULT_WEIGHTS, a.data, Path(a.out),
                        root=a.root, device=a.device, overlays=a.overlays, dilation_mm=a.dilation_mm,
                        max_cases=a.max_cases)
-    print(json.dumps({k: summary[k] for k in ("organ_dsc_mean", "seen_tumor_dsc_mean", "unseen_tumor_dsc_mean",
-                                              "unseen_tumor_auroc_mean", "unseen_tumor_fpr95_mean",
-                                              "checkpoint_sha256")}, indent=2))
+    keys = ("organ_dsc_mean", "seen_tumor_dsc_mean", "unseen_tumor_dsc_mean", "unseen_tumor_auroc_mean",
+            "unseen_tumor_fpr95_mean", "unseen_tumor_auroc_dilated_mean", "abdominal_above_diaphragm_ml_max",
+            "checkpoint_sha256")
+    print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
     return 0
 
 
@@ -138,12 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help="evaluate a checkpoint (DSC, AUROC, FPR95) and write reports")
     s.add_argument("--checkpoint", default=None, help="default: weights/dsm-small-demo.pt")
-    s.add_argument("--data", required=True, help="dataset list CSV or phantom:SEED:N[:TUMOURS[:SPACING]]")
+    s.add_argument("--data", required=True, help="dataset list CSV, phantom:SEED:N[:TUMOURS[:SPACING]], or 'real' "
+                   "(the real CTs of ../shared/data or $DSM_SHARED_DATA; --root overrides; evaluation only)")
     s.add_argument("--root", default=None)
     s.add_argument("--out", required=True)
     s.add_argument("--device", default=None)
     s.add_argument("--overlays", type=int, default=3, help="number of overlay PNGs")
-    s.add_argument("--dilation-mm", type=float, default=10.0, help="parent-organ dilation for the OOD region")
+    s.add_argument("--dilation-mm", type=float, default=10.0,
+                   help="dilation of the parent envelope for the secondary OOD region")
     s.add_argument("--max-cases", type=int, default=None)
     s.set_defaults(func=cmd_eval)
 

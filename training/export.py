@@ -24,5 +24,5 @@ def export_weights(src: Path, dst: Path, version: str | None = None, half: bool 
     training["exported_from"] = str(src)
     training["weights_dtype"] = "float16" if half else "float32"
     path = save_checkpoint(dst, model, names, ckpt.embeddings, version or ckpt.version, training,
-                           prompt_names=ckpt.prompt_names)
+                           prompt_names=ckpt.prompt_names, calibration=ckpt.calibration)
     return path

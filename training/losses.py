@@ -14,35 +14,68 @@ from torch import Tensor
 
 
 def multi_hot(label: Tensor, n_classes: int) -> Tensor:
-    """(B, 2, ...) class map + parent map -> (B, n_classes, ...) float multi-hot target.
+    """(B, 2, ...) class map + parent map -> (B, n_classes, ...) float target, organ *tissue*.
 
-    Channel c-1 is on for voxels of class c and, for tumour voxels, for their parent organ.
+    Channel c-1 is on for voxels of class c only: a tumour voxel is a positive for its own
+    tumour class and a negative for its parent organ (the parent map is not used), so organ
+    queries learn organ tissue and the anomaly map (1 - max organ) can light up inside organs.
     """
     b, spatial = label.shape[0], label.shape[2:]
-    idx = label.reshape(b, 2, -1).long()
+    idx = label[:, :1].reshape(b, 1, -1).long()
     out = torch.zeros(b, n_classes + 1, idx.shape[-1], device=label.device)
-    out.scatter_(1, idx[:, :1], 1.0)
-    out.scatter_(1, idx[:, 1:], 1.0)
+    out.scatter_(1, idx, 1.0)
     return out[:, 1:].reshape(b, n_classes, *spatial)
 
 
-def dice_bce_per_channel(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> tuple[Tensor, Tensor]:
+def synthetic_lesions(label: Tensor) -> Tensor:
+    """(B, 2, ...) -> (B, 1, ...) bool: voxels of synthetic exposure lesions.
+
+    Encoding (training/exposure.py): class map 0 (no class is positive there) and parent map =
+    the host organ's index (the parent map is otherwise non-zero only on tumour voxels).
+    """
+    return (label[:, :1] == 0) & (label[:, 1:2] > 0)
+
+
+def voxel_weights(label: Tensor, is_tumour: Tensor, synthetic_weight: float) -> Tensor | None:
+    """(B, N, ...) per-voxel weights of the mask losses, or None without synthetic lesions.
+
+    On synthetic-lesion voxels organ channels weigh ``synthetic_weight`` (they must learn that
+    tissue unlike the organ is not the organ, against the pull of the organ's shape) and tumour
+    channels 0 (a synthetic lesion is never a positive for a tumour class, nor a negative: it is
+    not a labelled tumour type). is_tumour: (N,) bool per channel.
+    """
+    syn = synthetic_lesions(label)
+    if not bool(syn.any()):
+        return None
+    n = is_tumour.shape[0]
+    w_syn = torch.where(is_tumour, 0.0, float(synthetic_weight)).to(label.device)
+    shape = (1, n) + (1,) * (label.dim() - 2)
+    return torch.where(syn, w_syn.view(shape), torch.ones((), device=label.device))
+
+
+def dice_bce_per_channel(logits: Tensor, target: Tensor, smooth: float = 1e-5,
+                         weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Soft Dice loss and mean BCE per (sample, channel), each (B, N).
 
     The Dice sums run over the whole volume of a sample (not per slice): one overlap ratio per
-    organ per scan, as the metric is defined. Keep ``smooth`` tiny (MONAI's default 1e-5): on a
-    channel absent from the crop the Dice loss is 1 - smooth / (sum p + smooth), and with
-    smooth = 1 its gradient (~1 / (sum p + 1)^2 per voxel) outweighs BCE by orders of magnitude
-    once predictions are small, driving the class to saturated negatives from which it is slow
-    to recover when it is present (observed: classes never predicted after 1000 demo steps).
+    organ per scan, as the metric is defined. Keep ``smooth`` tiny (MONAI's default 1e-5).
+    ``weights`` (B, N, ...) or None: per-voxel weights; a weight of 0 takes a voxel out of both
+    terms, BCE is weighted and divided by the voxel count (so heavier voxels add loss).
     """
     logits = logits.float()
     dims = tuple(range(2, logits.dim()))
     p = logits.sigmoid()
-    inter = (p * target).sum(dims)
-    denom = p.sum(dims) + target.sum(dims)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if weights is not None:
+        keep = (weights > 0).to(p.dtype)
+        inter = (p * target * keep).sum(dims)
+        denom = (p * keep).sum(dims) + (target * keep).sum(dims)
+        bce = (bce * weights).mean(dims)
+    else:
+        inter = (p * target).sum(dims)
+        denom = p.sum(dims) + target.sum(dims)
+        bce = bce.mean(dims)
     dice = 1.0 - (2.0 * inter + smooth) / (denom + smooth)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dims)
     return dice, bce
 
 
@@ -52,13 +85,18 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
 
 
 def partial_mask_loss(logits: Tensor, target: Tensor, annotated: Tensor, dice_weight: float = 1.0,
-                      bce_weight: float = 1.0, smooth: float = 1e-5) -> tuple[Tensor, Tensor, Tensor]:
-    """(loss, dice, bce) averaged over annotated (sample, channel) pairs.
+                      bce_weight: float = 1.0, smooth: float = 1e-5,
+                      weights: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, dice, bce) over annotated (sample, channel) pairs.
 
-    logits (B, N, ...), target (B, N, ...) on the same grid, annotated (B, N) bool.
+    logits (B, N, ...), target (B, N, ...) on the same grid, annotated (B, N) bool. BCE counts
+    for every annotated pair; Dice only where the target is present in the crop: on an absent
+    target Dice can only push the channel down, and it drove the first demo model's kidney
+    tumour and cyst channels to logits of -40..-60 where no term brings them back.
     """
-    dice, bce = dice_bce_per_channel(logits, target, smooth)
-    d = masked_mean(dice, annotated)
+    dice, bce = dice_bce_per_channel(logits, target, smooth, weights)
+    present = presence(target) > 0
+    d = masked_mean(dice, annotated & present)
     b = masked_mean(bce, annotated)
     return dice_weight * d + bce_weight * b, d, b
 
@@ -95,23 +133,36 @@ class LossWeights:
     cls: float = 1.0
     deep: float = 1.0  # weight of each kMMM layer's deep-supervision term
     dice_smooth: float = 1e-5  # see dice_bce_per_channel
+    synthetic: float = 5.0  # BCE weight of organ channels on synthetic exposure-lesion voxels
 
 
 def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage: int,
-             w: LossWeights | None = None) -> tuple[Tensor, dict[str, float]]:
+             w: LossWeights | None = None, is_tumour: Tensor | None = None,
+             stats: dict | None = None) -> tuple[Tensor, dict[str, float]]:
     """Total DSM loss for one batch and its parts (floats for logging).
 
     out: model output dict (mask_logits (B,N,...), layer_logits list of (B,N_o,...), and
-    class_logits (Stage 1) or class_cos_logits (Stage 2)); label (B,2,...); annotated (B,C).
+    class_logits (Stage 1) or class_cos_logits (Stage 2)); label (B,2,...); annotated (B,C);
+    is_tumour (C,) bool per catalog channel (needed when the batch holds synthetic lesions).
+    ``stats``: if given, filled with "present" (B, N) bool and "max_prob" (B, N) float — the
+    highest probability of each channel in each crop — for the dying-channel check.
     """
     w = w or LossWeights()
     target = multi_hot(label, n_classes)
     masks = out["mask_logits"]
     n = masks.shape[1]
     tgt, ann = target[:, :n], annotated[:, :n]
-    loss, dice, bce = partial_mask_loss(masks, tgt, ann, w.dice, w.bce, w.dice_smooth)
+    weights = None
+    if is_tumour is not None:
+        weights = voxel_weights(label, is_tumour.to(label.device), w.synthetic)
+    loss, dice, bce = partial_mask_loss(masks, tgt, ann, w.dice, w.bce, w.dice_smooth,
+                                        None if weights is None else weights[:, :n])
     parts = {"dice": dice.item(), "bce": bce.item()}
     pres = presence(tgt)
+    if stats is not None:
+        with torch.no_grad():
+            stats["present"] = (pres > 0) & ann
+            stats["max_prob"] = masks.detach().float().flatten(2).amax(-1).sigmoid()
     if stage == 1:
         c = class_bce(out["class_logits"], pres, ann)
     else:
@@ -122,7 +173,8 @@ def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage:
     for r in out.get("layer_logits", []):
         no = r.shape[1]
         up = F.interpolate(r.float(), size=masks.shape[2:], mode="trilinear", align_corners=False)
-        l, _, _ = partial_mask_loss(up, target[:, :no], annotated[:, :no], w.dice, w.bce, w.dice_smooth)
+        lw = None if weights is None else weights[:, :no]
+        l, _, _ = partial_mask_loss(up, target[:, :no], annotated[:, :no], w.dice, w.bce, w.dice_smooth, lw)
         deep_total = deep_total + l
     loss = loss + w.deep * deep_total
     parts["deep"] = deep_total.item()
