@@ -162,8 +162,11 @@ class Selection(_Section):
 class Inference(_Section):
     checkpoint: Path | None = Field(None, description="Model checkpoint; empty = bundled demo weights")
     device: str = Field("auto", description="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
-    sw_batch_size: int = Field(1, ge=1)
-    overlap: float = Field(0.5, ge=0, lt=1)
+    sw_batch_size: int | None = Field(
+        None, ge=1, description="Windows per forward pass (empty = the checkpoint's; memory, not results)")
+    overlap: float | None = Field(
+        None, ge=0, lt=1,
+        description="Sliding-window overlap (empty = the checkpoint's, as evaluated; another value changes results)")
     amp: bool = Field(True, description="Mixed precision on CUDA")
     catalog_extra: Path | None = Field(
         None, description="YAML of site classes (classes.yaml format, with coding) added as zero-shot outputs"

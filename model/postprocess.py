@@ -3,8 +3,8 @@
 From class probabilities and the raw anomaly channel to final per-class masks:
 
 * organs: probability >= threshold, largest connected component (lungs: the two largest
-  components of both lungs together, each voxel to the side the model prefers), components
-  below the class's minimum volume dropped;
+  components of both lungs together, each to the side most of its voxels prefer, voxel by
+  voxel where a component holds both), components below the class's minimum volume dropped;
 * organ envelopes: each organ mask closed with a ball of ``close_mm`` and hole-filled; the
   anomaly output is 1 - max organ probability inside their union, 0 outside;
 * tumours: a class trained with labels ("seen") is its probability P_c >= threshold; any other
@@ -121,7 +121,15 @@ def postprocess(
     if len(lungs) == 2:
         r, l = lungs
         both = largest_components(masks[r] | masks[l], 2)
-        right = both & (probs[r] / t[r] >= probs[l] / t[l])
+        prefers_right = probs[r] / t[r] >= probs[l] / t[l]
+        right = np.zeros_like(both)
+        comps, n = ndimage.label(both, structure=_STRUCT)
+        for k in range(1, n + 1):
+            comp = comps == k
+            share = float(prefers_right[comp].mean())
+            # A lung is one component: a clear majority decides its side as a whole; a component
+            # holding both lungs (joined across the mediastinum) is split voxel by voxel.
+            right |= comp if share >= 0.9 else (comp & prefers_right if share > 0.1 else False)
         masks[r], masks[l] = right, both & ~right
     for i in organ_ix:
         if masks[i].any():

@@ -24,7 +24,14 @@ def _parse_set(values: list[str]) -> dict:
         if "=" not in v:
             raise SystemExit(f"--set expects key=value, got {v!r}")
         k, raw = v.split("=", 1)
-        out[k] = yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
+        if isinstance(value, str):
+            # YAML 1.1 reads "5e-4" (no dot) as a string; users mean the number.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        out[k] = value
     return out
 
 
@@ -78,7 +85,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     summary = evaluate(Path(a.checkpoint) if a.checkpoint else DEFAULT_WEIGHTS, a.data, Path(a.out),
                        root=a.root, device=a.device, overlays=a.overlays, dilation_mm=a.dilation_mm,
-                       max_cases=a.max_cases)
+                       max_cases=a.max_cases, save_labels=a.save_labels)
     keys = ("organ_dsc_mean", "seen_tumor_dsc_mean", "unseen_tumor_dsc_mean", "unseen_tumor_auroc_mean",
             "unseen_tumor_fpr95_mean", "unseen_tumor_auroc_dilated_mean", "abdominal_above_diaphragm_ml_max",
             "checkpoint_sha256")
@@ -148,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dilation-mm", type=float, default=10.0,
                    help="dilation of the parent envelope for the secondary OOD region")
     s.add_argument("--max-cases", type=int, default=None)
+    s.add_argument("--save-labels", action="store_true", help="also write each case's labels as NIfTI (labels/)")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("export", help="copy a final checkpoint into a release file (optionally fp16 weights)")

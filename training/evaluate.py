@@ -81,7 +81,10 @@ def parent_envelope(case: Case, parents: list[int]) -> np.ndarray:
 
 def evaluate(checkpoint: Path, data: str, out: Path, root: str | None = None, device: str | None = None,
              overlays: int = 3, dilation_mm: float = 10.0, max_cases: int | None = None,
-             segmenter: VolumeSegmenter | None = None) -> dict[str, Any]:
+             segmenter: VolumeSegmenter | None = None, save_labels: bool = False) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on ``data`` and write per_case.json, summary.json, report.md,
+    overlay PNGs and, with ``save_labels``, each case's label map as ``labels/<case>.nii.gz``
+    on the case grid (what ``dsm-node infer`` writes for the same image)."""
     out.mkdir(parents=True, exist_ok=True)
     catalog = load_catalog()
     registry = load_registry(catalog=catalog)
@@ -97,6 +100,11 @@ def evaluate(checkpoint: Path, data: str, out: Path, root: str | None = None, de
         result = seg.segment(case.image, case.affine, want_anomaly=True)
         rec = _score_case(case, result, catalog, item["dataset"], dilation_mm)
         per_case.append(rec)
+        if save_labels:
+            import nibabel as nib
+
+            (out / "labels").mkdir(exist_ok=True)
+            nib.save(nib.Nifti1Image(result.labels, case.affine), str(out / "labels" / f"{rec['case']}.nii.gz"))
         if ci < overlays:
             _overlay(case, result, catalog, out / f"overlay_{ci:02d}_{rec['case']}.png")
 
