@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import getpass
 import json
 import sys
 from typing import Any, Iterable
@@ -71,3 +72,11 @@ def add_format(parser: argparse.ArgumentParser, csv_ok: bool = False) -> None:
     if csv_ok:
         group.add_argument("--csv", dest="fmt", action="store_const", const="csv", help="CSV")
     parser.set_defaults(fmt="table")
+
+
+def operator_login() -> str:
+    """The operator's login name for audit rows written by a command."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name in a container
+        return "unknown"
