@@ -176,3 +176,10 @@ def _announce(ctx: NodeContext, services: list[Service]) -> None:
     log.info(line)
     # stdout carries JSON lines for log collectors; the human line goes to stderr.
     print(line, file=sys.stderr, flush=True)
+    delivery = ctx.settings.delivery
+    if not delivery.destinations and not delivery.reply_to_caller:
+        where = ctx.results_dir.resolve()
+        note = (f"no delivery destination configured: results stay in {where}/<StudyInstanceUID>/r<revision>/ "
+                "and nothing is sent (jobs end 'kept'); set delivery.destinations to send them to a PACS")
+        log.warning(note)
+        print(f"dsm-node: {note}", file=sys.stderr, flush=True)

@@ -3,7 +3,8 @@
 - selected -> queued: hand the job to the executor;
 - running with a stale heartbeat -> queued again (the worker died), audited as interrupted;
 - encoded -> delivered once every outbox row of its results is delivered, -> failed when one
-  is dead-lettered (and failed -> delivered when an operator's resend succeeds later).
+  is dead-lettered (and failed -> delivered when an operator's resend succeeds later);
+  encoded -> kept when no destination is configured (the results stay in the results folder).
 
 At start-up every queued job is submitted again: the in-process queue died with the last
 process, and for Celery a duplicate message is harmless because the task is idempotent.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -21,10 +23,9 @@ from ..context import NodeContext
 from ..db.engine import transaction
 from ..db.models import DeliveryState, Job, JobState
 from .executors import Executor
-from .machine import stale_running, transition
+from .machine import DEAD_LETTER_REASON, stale_running, transition
 
 log = logging.getLogger("dsm_node.jobs")
-DEAD_LETTER_REASON = "delivery dead-lettered: "
 
 
 class JobDispatcher:
@@ -116,8 +117,11 @@ class JobDispatcher:
                 rows = [d for r in job.results for d in r.deliveries]
                 if not rows:
                     if job.state == JobState.ENCODED and not self._ctx.settings.delivery.destinations and job.results:
-                        # Nowhere to send: the results stay on disk and the job is finished.
-                        transition(s, self._ctx.auditor, job, JobState.DELIVERED, reason="no destination configured")
+                        # Nowhere to send: the results stay on disk, the job is finished, and
+                        # its state says so rather than claiming a delivery.
+                        where = kept_results_dir(self._ctx, job)
+                        transition(s, self._ctx.auditor, job, JobState.KEPT,
+                                   reason=f"no destination configured: results kept in {where}", results_dir=str(where))
                     continue
                 states = {d.state for d in rows}
                 if states == {DeliveryState.DELIVERED}:
@@ -125,3 +129,8 @@ class JobDispatcher:
                 elif DeliveryState.DEAD in states and job.state == JobState.ENCODED:
                     dead = sorted({d.destination for d in rows if d.state == DeliveryState.DEAD})
                     transition(s, self._ctx.auditor, job, JobState.FAILED, reason=f"{DEAD_LETTER_REASON}{', '.join(dead)}")
+
+
+def kept_results_dir(ctx: NodeContext, job: Job) -> Path:
+    """Where the pipeline wrote the job's results (``results_dir/<study>/r<revision>``)."""
+    return (ctx.results_dir / job.study.study_uid / f"r{job.revision}").resolve()

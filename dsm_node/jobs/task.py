@@ -30,6 +30,11 @@ log = logging.getLogger("dsm_node.jobs")
 
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
+#: What the task returns when it put the job back to ``queued`` after an unexpected error with
+#: attempts left: whoever ran it submits it again (both executors do), or it would wait in
+#: ``queued`` until the next start.
+REQUEUED = "requeued"
+
 
 class JobInputError(Exception):
     """The input cannot be processed (bad geometry, missing files): the job fails, no retry."""
@@ -97,7 +102,7 @@ class JobRunner:
                     transition(s, ctx.auditor, job, JobState.FAILED, reason=f"{type(exc).__name__}: {exc}"[:1000])
                     return "failed"
                 transition(s, ctx.auditor, job, JobState.QUEUED, reason=f"retry after {type(exc).__name__}: {exc}"[:1000])
-            return "requeued"
+            return REQUEUED
 
     # -- steps ---------------------------------------------------------------------------------
     def _claim(self, job_id: int) -> bool:

@@ -54,6 +54,32 @@ def test_study_comes_back_as_seg_and_sr(tmp_path, tiny_checkpoint, phantom_study
     ]
 
 
+def test_without_a_destination_the_results_are_kept_and_the_states_say_so(tmp_path, tiny_checkpoint, phantom_study, net):
+    """The reported defect: with no destination a job went encoded -> delivered ("delivered",
+    green) although nothing was sent, and nothing said where the results were."""
+    node = NodeProcess(tmp_path / "node", quiet_period_s=1, net=net, extra_yaml=node_yaml(tiny_checkpoint, None))
+    try:
+        node.start()
+        results = (node.data_dir / "results").resolve()
+        assert f"no delivery destination configured: results stay in {results}/<StudyInstanceUID>/r<revision>/" \
+            in node.stderr.read_text()
+        assert node.send(phantom_study).returncode == 0
+        job = wait_job(node, {"kept"})
+        status, page = node.get("/status")
+    finally:
+        node.terminate()
+    study_uid = pydicom.dcmread(next(phantom_study.iterdir()), stop_before_pixels=True).StudyInstanceUID
+    where = results / study_uid / "r1"
+    assert job.reason == f"no destination configured: results kept in {where}"
+    assert job_transitions(node, job.id)[-1] == ("encoded", "kept")
+    assert (where / f"SR_{job.summary['sr_sop_instance_uid']}.dcm").is_file()
+    study = node.wait_for_state(study_uid, "done", timeout=0)
+    assert study.state_reason == job.reason
+    jobs_table = page.split('id="jobs"', 1)[1].split("</table>", 1)[0]
+    assert status == 200 and '<span class="st st-kept">kept</span>' in jobs_table and str(where) in jobs_table
+    assert "st st-delivered" not in page
+
+
 def test_a_node_killed_during_inference_finishes_the_job_after_restart(tmp_path, tiny_checkpoint, phantom_study, net):
     pacs = start_pacs(net, tmp_path)
     node = NodeProcess(tmp_path / "node", quiet_period_s=1, net=net, extra_yaml=node_yaml(tiny_checkpoint, pacs.port))
