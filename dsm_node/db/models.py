@@ -191,6 +191,8 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[dt.datetime | None]
+    # The process holding an in_progress row's lease (dsm_node.liveness.HOLDER).
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
 
     result: Mapped[Result] = relationship(back_populates="deliveries")
 

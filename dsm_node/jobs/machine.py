@@ -105,8 +105,16 @@ def lock_job(session: Session, job_id: int) -> Job | None:
     return session.scalars(select(Job).where(Job.id == job_id).with_for_update()).one_or_none()
 
 
-def stale_running(session: Session, older_than: dt.timedelta) -> list[Job]:
-    """Running jobs whose worker stopped sending heartbeats (killed, crashed, machine gone)."""
+def interrupted_running(session: Session, older_than: dt.timedelta, data_dir: Any) -> dict[int, str]:
+    """Running jobs whose worker is gone -> why: its process ended (known at once, see
+    dsm_node.liveness), or it sent no heartbeat for ``older_than`` (any other worker)."""
+    from ..liveness import holder_gone
+
     limit = utcnow() - older_than
-    jobs = session.scalars(select(Job).where(Job.state == S.RUNNING)).all()
-    return [j for j in jobs if (j.heartbeat_at or j.updated_at) < limit]
+    found: dict[int, str] = {}
+    for job in session.scalars(select(Job).where(Job.state == S.RUNNING)).all():
+        if holder_gone(data_dir, job.worker):
+            found[job.id] = "process_ended"
+        elif (job.heartbeat_at or job.updated_at) < limit:
+            found[job.id] = "heartbeat_stale"
+    return found

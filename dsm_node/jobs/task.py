@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -23,12 +21,14 @@ from ..audit import SERIOUS_FAILURE
 from ..context import NodeContext
 from ..db.engine import transaction
 from ..db.models import Instance, Job, JobState, Series, utcnow
+from ..liveness import HOLDER, holder_gone
 from ..metrics import JOB_STAGE_SECONDS
 from .machine import transition
 
 log = logging.getLogger("dsm_node.jobs")
 
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+#: This process as a job holder (``host:pid:token``, see dsm_node.liveness).
+WORKER_ID = HOLDER
 
 #: What the task returns when it put the job back to ``queued`` after an unexpected error with
 #: attempts left: whoever ran it submits it again (both executors do), or it would wait in
@@ -113,7 +113,8 @@ class JobRunner:
             if job is None:
                 log.warning("job %s does not exist (database reset?)", job_id)
                 return False
-            if job.state == JobState.RUNNING and (job.heartbeat_at or job.updated_at) >= stale:
+            if (job.state == JobState.RUNNING and (job.heartbeat_at or job.updated_at) >= stale
+                    and not holder_gone(ctx.settings.storage.data_dir, job.worker)):
                 return False  # another worker is on it
             if job.state not in (JobState.QUEUED, JobState.SELECTED, JobState.RUNNING):
                 return False  # finished already: a duplicate task delivery
