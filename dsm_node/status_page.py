@@ -23,7 +23,8 @@ from .http import HttpService, Response, health
 REFRESH_S = 10
 ROWS = 50
 # Audit detail keys shown on the page (values are status codes, reasons and counts).
-_DETAIL_KEYS = ("status", "reason", "code", "error", "destination", "job_id", "delivery_id", "attempt", "state")
+_DETAIL_KEYS = ("status", "reason", "code", "error", "destination", "job_id", "delivery_id", "attempt", "state",
+                "cause", "stored_study_uid", "stored_series_uid")
 
 
 def register(http: HttpService, ctx: NodeContext) -> None:
