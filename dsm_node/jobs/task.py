@@ -113,8 +113,8 @@ class JobRunner:
             if job is None:
                 log.warning("job %s does not exist (database reset?)", job_id)
                 return False
-            if (job.state == JobState.RUNNING and (job.heartbeat_at or job.updated_at) >= stale
-                    and not holder_gone(ctx.settings.storage.data_dir, job.worker)):
+            ended = job.state == JobState.RUNNING and holder_gone(ctx.settings.storage.data_dir, job.worker)
+            if job.state == JobState.RUNNING and (job.heartbeat_at or job.updated_at) >= stale and not ended:
                 return False  # another worker is on it
             if job.state not in (JobState.QUEUED, JobState.SELECTED, JobState.RUNNING):
                 return False  # finished already: a duplicate task delivery
@@ -122,8 +122,10 @@ class JobRunner:
                 ctx.auditor.record(
                     "job_interrupted", outcome=SERIOUS_FAILURE, session=s, study_uid=job.study.study_uid,
                     series_uid=job.series_uid, job_id=job.id, worker=job.worker,
+                    cause="process_ended" if ended else "heartbeat_stale",
                 )
-                transition(s, ctx.auditor, job, JobState.QUEUED, reason=f"worker {job.worker} stopped responding")
+                said = "ended" if ended else "stopped responding"
+                transition(s, ctx.auditor, job, JobState.QUEUED, reason=f"worker {job.worker} {said}")
             if job.state == JobState.SELECTED:
                 transition(s, ctx.auditor, job, JobState.QUEUED)
             job.attempts += 1
