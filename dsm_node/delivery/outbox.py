@@ -37,8 +37,8 @@ from .scu import Outcome
 from .targets import Target, resolve_destinations
 
 UNRESOLVED = "unresolved"
-JITTER = 0.2  # a retry's wait is shortened by up to this fraction
 INTERRUPTED = "interrupted"
+JITTER = 0.2  # a retry's wait is shortened by up to this fraction
 _TABLE = Delivery.__table__
 _RESENDABLE = (DeliveryState.DEAD, DeliveryState.DELIVERED, DeliveryState.PENDING)
 
