@@ -48,6 +48,7 @@ EVENTS: dict[str, EventKind] = {
     "instance_stored": EventKind(*INSTANCES_TRANSFERRED, "C"),
     "instances_stored": EventKind(*INSTANCES_TRANSFERRED, "C"),
     "instance_rejected": EventKind(*INSTANCES_TRANSFERRED, "C"),
+    "instance_conflict": EventKind(*INSTANCES_TRANSFERRED, "C"),
     "instance_ignored": EventKind(*INSTANCES_TRANSFERRED, "C"),
     "storage_full": EventKind(*SECURITY_ALERT, "E", "110130"),
     "spool_reconciled": EventKind(*INSTANCES_ACCESSED, "U"),

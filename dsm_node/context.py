@@ -31,10 +31,12 @@ class NodeContext:
         self.engine.dispose()
 
 
-def build_context(settings: Settings, migrate: bool | None = None) -> NodeContext:
-    """Open the database (migrating it when configured) and make the data folders."""
-    for folder in (settings.storage.data_dir, settings.storage.spool_dir, settings.storage.results_dir):
-        folder.mkdir(parents=True, exist_ok=True)
+def build_context(settings: Settings, migrate: bool | None = None, *, create_dirs: bool = True) -> NodeContext:
+    """Open the database (migrating it when configured) and make the data folders
+    (``create_dirs=False``: an operator command on an existing node makes none)."""
+    if create_dirs:
+        for folder in (settings.storage.data_dir, settings.storage.spool_dir, settings.storage.results_dir):
+            folder.mkdir(parents=True, exist_ok=True)
     url = settings.database_url
     if settings.database.auto_migrate if migrate is None else migrate:
         upgrade(url)

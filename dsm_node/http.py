@@ -22,7 +22,8 @@ from sqlalchemy import func, select, text
 from . import __version__
 from .context import NodeContext
 from .db.models import Delivery, DeliveryState, Job, JobState, Study, StudyState
-from .metrics import DELIVERIES_BY_STATE, JOBS_BY_STATE, REGISTRY, STUDIES_BY_STATE
+from .jobs.machine import FAILURE_CAUSES, failure_cause
+from .metrics import DELIVERIES_BY_STATE, JOBS_BY_STATE, JOBS_FAILED, REGISTRY, STUDIES_BY_STATE
 
 log = logging.getLogger("dsm_node.http")
 
@@ -61,6 +62,12 @@ def refresh_state_gauges(ctx: NodeContext) -> None:
             gauge.clear()
             for state in dict.fromkeys([*known, *counts]):
                 gauge.labels(state=state).set(counts.get(state, 0))
+        causes = dict.fromkeys([c for _, c in FAILURE_CAUSES] + ["error"], 0)
+        for reason in session.scalars(select(Job.reason).where(Job.state == JobState.FAILED)):
+            causes[failure_cause(reason)] += 1
+        JOBS_FAILED.clear()
+        for cause, n in causes.items():
+            JOBS_FAILED.labels(cause=cause).set(n)
 
 
 def health(ctx: NodeContext, scp_listening: Callable[[], bool] | None) -> tuple[bool, dict[str, Any]]:
@@ -146,6 +153,7 @@ class HttpService:
             log.warning("state gauges not refreshed: database unavailable", exc_info=True)
             for gauge, _, _ in _GAUGES:
                 gauge.clear()  # no stale values presented as current
+            JOBS_FAILED.clear()
         return Response(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
 
 

@@ -33,4 +33,8 @@ DELIVERY_ATTEMPTS = Counter(
 )
 STUDIES_BY_STATE = Gauge("dsm_studies", "Studies by state (from the database)", ["state"], registry=REGISTRY)
 JOBS_BY_STATE = Gauge("dsm_jobs", "Jobs by state (from the database)", ["state"], registry=REGISTRY)
+JOBS_FAILED = Gauge(
+    "dsm_jobs_failed", "Failed jobs by cause (input, delivery, interrupted, error), from the database", ["cause"],
+    registry=REGISTRY,
+)
 DELIVERIES_BY_STATE = Gauge("dsm_deliveries", "Deliveries by state (from the database)", ["state"], registry=REGISTRY)

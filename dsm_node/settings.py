@@ -358,6 +358,11 @@ _SECRET_KEY = re.compile(r"(password|secret|token|passphrase)", re.I)
 _URL_CRED = re.compile(r"(://[^:/@]*:)([^@]*)(@)")
 
 
+def display_url(url: str) -> str:
+    """A database URL with its password masked, for messages."""
+    return _URL_CRED.sub(r"\1***\3", url)
+
+
 def masked_dump(settings: Settings) -> dict[str, Any]:
     """The effective configuration as plain data with secrets masked, for ``check-config``."""
 

@@ -6,12 +6,11 @@ on its next pass. Each re-armed row is audited as ``delivery_resend`` with the o
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 
 from ..db.engine import transaction
 from ..delivery.outbox import rearm
-from .common import add_data_dir, context_from_args
+from .common import add_data_dir, context_from_args, operator_login
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
         print("dsm-node resend: give delivery IDs or --all-dead (not both)", file=sys.stderr)
         return 2
     ctx = context_from_args(args)
-    operator = _operator()
+    operator = operator_login()
     with transaction(ctx.sessions) as session:
         rearmed, refused = rearm(session, args.ids, all_dead=args.all_dead)
         for row in rearmed:
@@ -44,9 +43,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"re-armed {len(rearmed)} deliveries")
     return 1 if refused else 0
 
-
-def _operator() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no login name in a container
-        return "unknown"

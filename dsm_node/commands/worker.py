@@ -30,7 +30,10 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args, **{"inference.device": args.device})
     configure_logging(settings.logging.level, settings.logging.stdout, None)
+    from ..liveness import register
+
     ctx = build_context(settings)
+    register(settings.storage.data_dir)  # the node takes back our job at once if we die
     runner = JobRunner(ctx, lambda: DSMPipeline(ctx))
     _ = runner.pipeline  # load the model before taking work, so the first job is not slow
     app = make_celery(settings)

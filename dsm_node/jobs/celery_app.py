@@ -38,5 +38,8 @@ def register_task(app: Celery, run: Any) -> None:
     """Register the job task, calling ``run(job_id)`` (the same function the local executor calls)."""
 
     @app.task(name=TASK_NAME, bind=True, acks_late=True)
-    def run_job_task(self: Any, job_id: int) -> None:  # noqa: ARG001 - bound for task metadata
-        run(job_id)
+    def run_job_task(self: Any, job_id: int) -> None:
+        from .task import REQUEUED
+
+        if run(job_id) == REQUEUED:  # an unexpected error with attempts left: run it again
+            self.apply_async(args=[job_id])

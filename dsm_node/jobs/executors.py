@@ -11,6 +11,7 @@ import threading
 from typing import Callable, Protocol
 
 from ..context import NodeContext
+from .task import REQUEUED
 
 log = logging.getLogger("dsm_node.jobs")
 
@@ -69,9 +70,12 @@ class LocalExecutor:
             with self._lock:
                 self._pending.discard(job_id)
             try:
-                self._run(job_id)
+                outcome = self._run(job_id)
             except Exception:  # the task records failures itself; never let the loop die
                 log.exception("job %s raised", job_id)
+                continue
+            if outcome == REQUEUED:  # an unexpected error with attempts left: run it again
+                self.submit(job_id)
 
 
 class CeleryExecutor:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -23,12 +21,19 @@ from ..audit import SERIOUS_FAILURE
 from ..context import NodeContext
 from ..db.engine import transaction
 from ..db.models import Instance, Job, JobState, Series, utcnow
+from ..liveness import HOLDER, holder_gone
 from ..metrics import JOB_STAGE_SECONDS
 from .machine import transition
 
 log = logging.getLogger("dsm_node.jobs")
 
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+#: This process as a job holder (``host:pid:token``, see dsm_node.liveness).
+WORKER_ID = HOLDER
+
+#: What the task returns when it put the job back to ``queued`` after an unexpected error with
+#: attempts left: whoever ran it submits it again (both executors do), or it would wait in
+#: ``queued`` until the next start.
+REQUEUED = "requeued"
 
 
 class JobInputError(Exception):
@@ -97,7 +102,7 @@ class JobRunner:
                     transition(s, ctx.auditor, job, JobState.FAILED, reason=f"{type(exc).__name__}: {exc}"[:1000])
                     return "failed"
                 transition(s, ctx.auditor, job, JobState.QUEUED, reason=f"retry after {type(exc).__name__}: {exc}"[:1000])
-            return "requeued"
+            return REQUEUED
 
     # -- steps ---------------------------------------------------------------------------------
     def _claim(self, job_id: int) -> bool:
@@ -108,7 +113,8 @@ class JobRunner:
             if job is None:
                 log.warning("job %s does not exist (database reset?)", job_id)
                 return False
-            if job.state == JobState.RUNNING and (job.heartbeat_at or job.updated_at) >= stale:
+            ended = job.state == JobState.RUNNING and holder_gone(ctx.settings.storage.data_dir, job.worker)
+            if job.state == JobState.RUNNING and (job.heartbeat_at or job.updated_at) >= stale and not ended:
                 return False  # another worker is on it
             if job.state not in (JobState.QUEUED, JobState.SELECTED, JobState.RUNNING):
                 return False  # finished already: a duplicate task delivery
@@ -116,8 +122,10 @@ class JobRunner:
                 ctx.auditor.record(
                     "job_interrupted", outcome=SERIOUS_FAILURE, session=s, study_uid=job.study.study_uid,
                     series_uid=job.series_uid, job_id=job.id, worker=job.worker,
+                    cause="process_ended" if ended else "heartbeat_stale",
                 )
-                transition(s, ctx.auditor, job, JobState.QUEUED, reason=f"worker {job.worker} stopped responding")
+                said = "ended" if ended else "stopped responding"
+                transition(s, ctx.auditor, job, JobState.QUEUED, reason=f"worker {job.worker} {said}")
             if job.state == JobState.SELECTED:
                 transition(s, ctx.auditor, job, JobState.QUEUED)
             job.attempts += 1

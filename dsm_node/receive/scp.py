@@ -2,9 +2,10 @@
 
 Per C-STORE request (the hot path, kept lean):
   size limit -> SOP class policy -> element headers parsed (no pixel decode) -> UIDs validated
-  -> duplicate? -> space/quota -> spool write (temp + fsync + rename) -> index row (one
-  transaction) -> Success.
-Nothing is acknowledged that is not both on disk and in the database. Audit rows are written per
+  -> duplicate or conflict? -> space/quota -> temp file (write + fsync) -> index row (one
+  transaction) -> rename into place -> Success.
+Nothing is acknowledged that is not both on disk and in the database, and nothing reaches the
+spool without its row: a refused instance's temp file is deleted (see docs/receiving.md). Audit rows are written per
 association (accepted/rejected/released/aborted) and per association and series (a summary of
 the instances stored), failures per instance; see docs/receiving.md for the status codes.
 """
@@ -49,7 +50,15 @@ from .dataset import (
     parse_dataset,
     text_value,
 )
-from .index import IndexConflict, IndexUnavailable, InstanceRecord, find_instance, record_instance, spool_usage
+from .index import (
+    IndexConflict,
+    IndexUnavailable,
+    InstanceRecord,
+    SOPInstanceConflict,
+    find_instance,
+    record_instance,
+    spool_usage,
+)
 
 log = logging.getLogger("dsm_node.receive")
 
@@ -62,8 +71,11 @@ DATASET_MISMATCH = 0xA900  # SOP Class UID of the data set differs from the requ
 UNPARSEABLE = 0xC210  # cannot understand: not a readable data set (truncated, garbage)
 INTERNAL_ERROR = 0xC211  # cannot understand: unexpected error in the handler (same as pynetdicom's)
 INVALID_UID = 0xC212  # cannot understand: a UID fails PS3.5 9.1 (nothing is written)
-UID_CONFLICT = 0xC213  # cannot understand: SOP Instance UID differs from the request's, or index conflict
+UID_CONFLICT = 0xC213  # cannot understand: UIDs contradict the request or what is stored (SOP UID conflict)
 TOO_LARGE = 0xC214  # refused: larger than dicom.max_instance_bytes
+
+# Refusals audited as ``instance_conflict``: the instance contradicts what is stored.
+_CONFLICT_CODES = frozenset({"sop_uid_conflict", "index_conflict"})
 
 FLUSH_INTERVAL_S = 60.0  # long associations get their per-series audit summary at least this often
 STOP_GRACE_S = 5.0
@@ -71,7 +83,7 @@ STOP_GRACE_S = 5.0
 
 class _Refused(Exception):
     def __init__(self, status: int, reason: str, code: str, *, study_uid: str | None = None,
-                 series_uid: str | None = None, sop_instance_uid: str | None = None) -> None:
+                 series_uid: str | None = None, sop_instance_uid: str | None = None, **detail: str) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
@@ -79,6 +91,7 @@ class _Refused(Exception):
         self.study_uid = study_uid
         self.series_uid = series_uid
         self.sop_instance_uid = sop_instance_uid
+        self.detail = detail  # more audit detail (the stored copy's UIDs for a conflict)
 
 
 @dataclass
@@ -444,7 +457,7 @@ class StorageSCP:
         else:
             INSTANCES_RECEIVED.labels("rejected").inc()
         REJECTIONS.labels(r.code).inc()
-        detail = {"status": f"0x{r.status:04X}", "reason": r.reason}
+        detail = {"status": f"0x{r.status:04X}", "reason": r.reason, **r.detail}
         if r.sop_instance_uid:
             detail["sop_instance_uid"] = r.sop_instance_uid
         if r.status == OUT_OF_RESOURCES:
@@ -456,7 +469,8 @@ class StorageSCP:
             else:
                 log.warning("instance refused", extra={"calling_ae": st.calling_ae, **detail})
             return
-        self._audit("instance_rejected", outcome=SERIOUS_FAILURE, actor_ae=st.calling_ae, actor_address=st.address,
+        event = "instance_conflict" if r.code in _CONFLICT_CODES else "instance_rejected"
+        self._audit(event, outcome=SERIOUS_FAILURE, actor_ae=st.calling_ae, actor_address=st.address,
                     study_uid=r.study_uid, series_uid=r.series_uid, **detail)
 
     def _store(self, event: Any, st: _AssocState) -> int | Dataset:
@@ -515,6 +529,7 @@ class StorageSCP:
         if tally is None:
             tally = st.stored[series_uid] = _Tally(study_uid)
         # Duplicate? Only a file already at its path can be one (a stat, no query, when new).
+        # Any other copy of a known SOP Instance UID is caught by the index in one transaction.
         had_file = self.spool.exists(rel)
         if had_file:
             try:
@@ -523,16 +538,23 @@ class StorageSCP:
                 raise _Refused(INDEX_UNAVAILABLE, "index database unavailable; retry later", "index_unavailable",
                                **ids) from exc
             if existing is not None and existing.deleted_at is None:
+                conflict = existing.conflict_with(study_uid, series_uid, cmd_class)
+                if conflict is not None:
+                    raise self._conflict(conflict, ids)
                 tally.duplicates += 1
                 st.totals["duplicates"] += 1
                 INSTANCES_RECEIVED.labels("duplicate").inc()
                 return SUCCESS
 
+        # Write order (the spool/index invariant): complete temp file -> index row committed ->
+        # rename into place. A refusal deletes the temp file, so nothing reaches the spool that
+        # has no row; a crash in between leaves a complete temp file that start-up recovery
+        # renames and the spool check (fsck) indexes, or quarantines when it conflicts.
         meta = file_meta_bytes(cmd_class, sop_uid, ts, st.calling_ae)
         total = len(meta) + size
         try:
             with buf.getbuffer() as view:
-                self.spool.write(rel, (meta, view), total)
+                staged = self.spool.stage(rel, (meta, view), total)
         except SpoolFull as exc:
             raise _Refused(OUT_OF_RESOURCES, str(exc), "no_space", **ids) from None
 
@@ -555,14 +577,24 @@ class StorageSCP:
         )
         try:
             outcome = record_instance(self.ctx, record)
-        except (IndexUnavailable, IndexConflict) as exc:
-            if not had_file:
-                self._discard(rel)
-            if isinstance(exc, IndexConflict):
-                raise _Refused(UID_CONFLICT, str(exc), "index_conflict", **ids) from None
+            if outcome.status == "duplicate":  # stored by a parallel association meanwhile
+                staged.discard()
+            else:
+                staged.commit()
+        except SOPInstanceConflict as exc:
+            staged.discard()
+            raise self._conflict(exc, ids) from None
+        except IndexConflict as exc:
+            staged.discard()
+            raise _Refused(UID_CONFLICT, str(exc), "index_conflict", conflict=exc.kind, **ids) from None
+        except IndexUnavailable as exc:
+            staged.discard()
             log.error("index unavailable", extra={"error": str(exc), **ids})
             raise _Refused(INDEX_UNAVAILABLE, "index database unavailable; retry later", "index_unavailable", **ids) from None
-        if outcome.status == "duplicate":  # stored by a parallel association meanwhile
+        except BaseException:
+            staged.discard()
+            raise
+        if outcome.status == "duplicate":
             tally.duplicates += 1
             st.totals["duplicates"] += 1
             INSTANCES_RECEIVED.labels("duplicate").inc()
@@ -575,8 +607,9 @@ class StorageSCP:
         BYTES_RECEIVED.inc(total)
         return SUCCESS
 
-    def _discard(self, rel: str) -> None:
-        try:
-            self.spool.remove(rel)
-        except OSError as exc:  # reconcile at the next start indexes it (a complete file)
-            log.error("could not remove unindexed spool file", extra={"path": rel, "error": str(exc)})
+    @staticmethod
+    def _conflict(exc: SOPInstanceConflict, ids: dict[str, str]) -> "_Refused":
+        """Refusal of a known SOP Instance UID under another study, series or SOP class."""
+        return _Refused(UID_CONFLICT, str(exc), "sop_uid_conflict", conflict=exc.kind,
+                        stored_study_uid=exc.study_uid, stored_series_uid=exc.series_uid,
+                        stored_sop_class_uid=exc.sop_class_uid, **ids)

@@ -130,6 +130,12 @@ def present_classes(labels: np.ndarray, catalog) -> dict[int, int]:
     return present
 
 
+def tracking_identifier(entry, options: ResultOptions) -> str:
+    """The human-readable Tracking ID of a segment: the same text in the SEG and in the SR's
+    measurement group (with the same Tracking UID), so viewers can match them by either."""
+    return f"{entry.name} ({options.model_name})"[:64]
+
+
 def segment_description(entry, number: int, options: ResultOptions, tracking_uid: str) -> SegmentDescription:
     c = coding.resolve(entry)
     algorithm = AlgorithmIdentificationSequence(
@@ -142,7 +148,7 @@ def segment_description(entry, number: int, options: ResultOptions, tracking_uid
         algorithm_type=SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm,
         tracking_uid=tracking_uid,
-        tracking_id=f"{entry.name} ({options.model_name} {options.model_version})"[:64],
+        tracking_id=tracking_identifier(entry, options),
         anatomic_regions=[c.anatomic_region] if c.anatomic_region is not None else None,
         display_color=CIELabColor.from_rgb(*entry.color),
     )

@@ -45,7 +45,7 @@ from pydicom.sr.codedict import codes
 from . import coding
 from .measurements import LabelMeasurement, measure_labels
 from .options import ResultOptions
-from .seg import ResultError, SegResult, character_set, check_source, quiet_source_warnings, save
+from .seg import ResultError, SegResult, character_set, check_source, quiet_source_warnings, save, tracking_identifier
 
 QUALITATIVE_EVALUATIONS = coding.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 COMMENT = coding.CodedConcept.from_code(codes.DCM.Comment)
@@ -104,8 +104,7 @@ def _group(seg: SegResult, segment, m: LabelMeasurement, options: ResultOptions,
         measurements.append(Measurement(name=coding.DIAMETER, value=round(m.max_diameter_mm, 2), unit=coding.MM,
                                         derivation=coding.MAXIMUM, algorithm_id=algo))
     return VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=segment.tracking_uid,
-                                               identifier=f"{entry.name} ({options.model_name})"[:64]),
+        tracking_identifier=TrackingIdentifier(uid=segment.tracking_uid, identifier=tracking_identifier(entry, options)),
         referenced_segment=ReferencedSegment(
             sop_class_uid=seg.dataset.SOPClassUID, sop_instance_uid=seg.dataset.SOPInstanceUID,
             segment_number=segment.number, source_series=SourceSeriesForSegmentation(source_series)),
