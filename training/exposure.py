@@ -36,8 +36,8 @@ from scipy import ndimage
 @dataclass(frozen=True)
 class ExposureConfig:
     enabled: bool | None = None  # None: on in Stage 2, off in Stage 1 (TrainConfig.pipeline)
-    lesions: tuple[int, int] = (2, 5)  # per case, inclusive range
-    radius_mm: tuple[float, float] = (5.0, 20.0)
+    lesions: tuple[int, int] = (3, 6)  # per case, inclusive range
+    radius_mm: tuple[float, float] = (7.0, 25.0)
     shift_hu: tuple[float, float] = (35.0, 160.0)  # magnitude of the mean shift, either sign
     iso_prob: float = 0.2  # near-iso lesion that differs by texture only
     texture_hu: tuple[float, float] = (25.0, 60.0)
@@ -102,7 +102,7 @@ def _one(image: np.ndarray, host_map: np.ndarray, classes: np.ndarray, box: tupl
         return None
     # Radius limited by the organ's size (equivalent-sphere radius), so small organs get small lesions.
     r_eq = (3.0 * host_ml * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
-    r_hi = min(cfg.radius_mm[1], 0.7 * r_eq)
+    r_hi = min(cfg.radius_mm[1], 0.85 * r_eq)
     if r_hi < cfg.radius_mm[0] * 0.5:
         return None
     radius = rng.uniform(min(cfg.radius_mm[0], r_hi), r_hi)

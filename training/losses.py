@@ -36,21 +36,37 @@ def synthetic_lesions(label: Tensor) -> Tensor:
     return (label[:, :1] == 0) & (label[:, 1:2] > 0)
 
 
-def voxel_weights(label: Tensor, is_tumour: Tensor, synthetic_weight: float) -> Tensor | None:
+def voxel_weights(label: Tensor, is_tumour: Tensor) -> Tensor | None:
     """(B, N, ...) per-voxel weights of the mask losses, or None without synthetic lesions.
 
-    On synthetic-lesion voxels organ channels weigh ``synthetic_weight`` (they must learn that
-    tissue unlike the organ is not the organ, against the pull of the organ's shape) and tumour
-    channels 0 (a synthetic lesion is never a positive for a tumour class, nor a negative: it is
-    not a labelled tumour type). is_tumour: (N,) bool per channel.
+    On synthetic-lesion voxels tumour channels weigh 0: a synthetic lesion is never a positive
+    of a tumour class, nor a negative (it is not a labelled tumour type). Organ channels keep
+    weight 1 there (plain negatives); ``host_rejection`` adds the lesion-normalised term.
+    is_tumour: (N,) bool per channel.
     """
     syn = synthetic_lesions(label)
     if not bool(syn.any()):
         return None
     n = is_tumour.shape[0]
-    w_syn = torch.where(is_tumour, 0.0, float(synthetic_weight)).to(label.device)
+    w_syn = torch.where(is_tumour, 0.0, 1.0).to(label.device)
     shape = (1, n) + (1,) * (label.dim() - 2)
     return torch.where(syn, w_syn.view(shape), torch.ones((), device=label.device))
+
+
+def host_rejection(organ_logits: Tensor, label: Tensor) -> Tensor | None:
+    """Mean BCE(host organ logit, 0) over the voxels inside organs that are not the organ:
+    tumour voxels (their parent) and synthetic lesions (their host), or None if there are none.
+
+    Averaged over those voxels, not over the crop: in the crop-wide mean a 50-voxel lesion in a
+    131k-voxel crop weighs nothing, and a first exposure run learned no rejection at all
+    (synthetic-lesion rejection rate 0 of 12 after 125 steps). organ_logits (B, N_o, ...).
+    """
+    host = label[:, 1:2].long()  # parent (tumour voxels) or host (synthetic lesions), 0 elsewhere
+    inside = (host > 0) & (host <= organ_logits.shape[1])
+    if not bool(inside.any()):
+        return None
+    logit = organ_logits.float().gather(1, (host - 1).clamp(min=0))[inside]
+    return F.binary_cross_entropy_with_logits(logit, torch.zeros_like(logit))
 
 
 def dice_bce_per_channel(logits: Tensor, target: Tensor, smooth: float = 1e-5,
@@ -133,7 +149,7 @@ class LossWeights:
     cls: float = 1.0
     deep: float = 1.0  # weight of each kMMM layer's deep-supervision term
     dice_smooth: float = 1e-5  # see dice_bce_per_channel
-    synthetic: float = 5.0  # BCE weight of organ channels on synthetic exposure-lesion voxels
+    synthetic: float = 1.0  # weight of host_rejection (organ logits inside tumours and synthetic lesions)
 
 
 def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage: int,
@@ -154,7 +170,7 @@ def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage:
     tgt, ann = target[:, :n], annotated[:, :n]
     weights = None
     if is_tumour is not None:
-        weights = voxel_weights(label, is_tumour.to(label.device), w.synthetic)
+        weights = voxel_weights(label, is_tumour.to(label.device))
     loss, dice, bce = partial_mask_loss(masks, tgt, ann, w.dice, w.bce, w.dice_smooth,
                                         None if weights is None else weights[:, :n])
     parts = {"dice": dice.item(), "bce": bce.item()}
@@ -169,13 +185,20 @@ def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage:
         c = cosine_class_bce(out["class_cos_logits"], pres, ann)
     loss = loss + w.cls * c
     parts["cls"] = c.item()
+    layers = out.get("layer_logits") or []
+    n_organ = layers[0].shape[1] if layers else (int((~is_tumour).sum()) if is_tumour is not None else n)
+    reject = host_rejection(masks[:, :n_organ], label) if w.synthetic else None
+    if reject is not None:
+        loss = loss + w.synthetic * reject
+        parts["reject"] = reject.item()
     deep_total = torch.zeros((), device=masks.device)
     for r in out.get("layer_logits", []):
         no = r.shape[1]
         up = F.interpolate(r.float(), size=masks.shape[2:], mode="trilinear", align_corners=False)
         lw = None if weights is None else weights[:, :no]
         l, _, _ = partial_mask_loss(up, target[:, :no], annotated[:, :no], w.dice, w.bce, w.dice_smooth, lw)
-        deep_total = deep_total + l
+        rj = host_rejection(up, label) if w.synthetic else None
+        deep_total = deep_total + l + (w.synthetic * rj if rj is not None else 0.0)
     loss = loss + w.deep * deep_total
     parts["deep"] = deep_total.item()
     parts["loss"] = loss.item()

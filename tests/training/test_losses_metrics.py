@@ -59,8 +59,8 @@ def test_dice_counts_only_where_the_target_is_present():
     torch.testing.assert_close(logits.grad[:, 1], logits2.grad[:, 1])
 
 
-def test_synthetic_lesion_voxels_are_weighted_organ_negatives_and_ignored_by_tumours():
-    from training.losses import synthetic_lesions, voxel_weights
+def test_synthetic_lesion_voxels_are_host_negatives_and_ignored_by_tumour_channels():
+    from training.losses import LossWeights, host_rejection, synthetic_lesions, voxel_weights
 
     liver, lt = CAT.by_name("Liver").index, CAT.by_name("Liver Tumor").index
     label = torch.zeros(1, 2, 2, 2, 2, dtype=torch.uint8)
@@ -69,24 +69,27 @@ def test_synthetic_lesion_voxels_are_weighted_organ_negatives_and_ignored_by_tum
     label[0, 1, 1, 1, 1] = liver  # a synthetic lesion in the liver: class 0, host in the parent map
     assert synthetic_lesions(label).sum() == 1
     is_tumour = torch.tensor([e.is_tumor for e in CAT])
-    w = voxel_weights(label, is_tumour, 5.0)
-    assert w[0, liver - 1, 1, 1, 1] == 5.0 and w[0, lt - 1, 1, 1, 1] == 0.0
-    assert w[0, :, 0, 0, 0].eq(1).all()
+    w = voxel_weights(label, is_tumour)
+    assert w[0, liver - 1, 1, 1, 1] == 1.0 and w[0, lt - 1, 1, 1, 1] == 0.0
     t = multi_hot(label, len(CAT))
     assert t[0, liver - 1, 1, 1, 1] == 0 and t[0, :, 1, 1, 1].sum() == 0  # never a positive
+    # The rejection term: BCE of the host's logit, averaged over lesion voxels only.
+    organ_logits = torch.zeros(1, 25, 2, 2, 2)
+    organ_logits[0, liver - 1, 1, 1, 1] = 3.0
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor(3.0), torch.tensor(0.0))
+    torch.testing.assert_close(host_rejection(organ_logits, label), expected)
+    assert host_rejection(organ_logits, torch.zeros_like(label)) is None
     logits = torch.zeros(1, 45, 2, 2, 2, requires_grad=True)
     out = {"mask_logits": logits, "layer_logits": [], "class_cos_logits": torch.zeros(1, 45, 45)}
-    from training.losses import LossWeights
-
-    bce_only = LossWeights(dice=0.0, cls=0.0)
-    loss, _ = dsm_loss(out, label, torch.ones(1, 45, dtype=torch.bool), len(CAT), 2, bce_only, is_tumour=is_tumour)
+    loss, parts = dsm_loss(out, label, torch.ones(1, 45, dtype=torch.bool), len(CAT), 2,
+                           LossWeights(dice=0.0, cls=0.0), is_tumour=is_tumour)
     loss.backward()
     g = logits.grad[0]
     assert g[lt - 1, 1, 1, 1] == 0  # tumour channels ignore the synthetic voxel
-    spleen = CAT.by_name("Spleen").index  # an organ absent from the crop: plain BCE negatives
-    # 5x the push-down of an ordinary negative voxel (every organ channel is a negative there).
-    torch.testing.assert_close(g[liver - 1, 1, 1, 1], 5 * g[spleen - 1, 0, 0, 0])
-    torch.testing.assert_close(g[spleen - 1, 1, 1, 1], 5 * g[spleen - 1, 0, 0, 0])
+    spleen = CAT.by_name("Spleen").index
+    # The host gets the crop-wide BCE push plus the lesion-normalised one (8 voxels, 1 lesion voxel).
+    assert g[liver - 1, 1, 1, 1] > 5 * g[spleen - 1, 1, 1, 1] > 0
+    assert parts["reject"] == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(0.0))))
 
 
 def test_unannotated_channels_get_exactly_zero_gradient():
