@@ -54,18 +54,20 @@ def voxel_weights(label: Tensor, is_tumour: Tensor) -> Tensor | None:
 
 
 def host_rejection(organ_logits: Tensor, label: Tensor) -> Tensor | None:
-    """Mean BCE(host organ logit, 0) over the voxels inside organs that are not the organ:
-    tumour voxels (their parent) and synthetic lesions (their host), or None if there are none.
+    """Mean BCE(max organ logit, 0) over the voxels inside organs that are no organ's tissue —
+    tumour voxels and synthetic lesions (parent map > 0) — or None if there are none.
 
+    The max over organ channels is what the anomaly output reads (A = 1 - max organ
+    probability), so whichever organ claims a lesion is pushed off it, the host or a neighbour
+    (a probe run rejected the host but let the stomach or gallbladder claim the lesion).
     Averaged over those voxels, not over the crop: in the crop-wide mean a 50-voxel lesion in a
     131k-voxel crop weighs nothing, and a first exposure run learned no rejection at all
     (synthetic-lesion rejection rate 0 of 12 after 125 steps). organ_logits (B, N_o, ...).
     """
-    host = label[:, 1:2].long()  # parent (tumour voxels) or host (synthetic lesions), 0 elsewhere
-    inside = (host > 0) & (host <= organ_logits.shape[1])
+    inside = label[:, 1] > 0
     if not bool(inside.any()):
         return None
-    logit = organ_logits.float().gather(1, (host - 1).clamp(min=0))[inside]
+    logit = organ_logits.float().amax(dim=1)[inside]
     return F.binary_cross_entropy_with_logits(logit, torch.zeros_like(logit))
 
 
@@ -149,7 +151,7 @@ class LossWeights:
     cls: float = 1.0
     deep: float = 1.0  # weight of each kMMM layer's deep-supervision term
     dice_smooth: float = 1e-5  # see dice_bce_per_channel
-    synthetic: float = 1.0  # weight of host_rejection (organ logits inside tumours and synthetic lesions)
+    synthetic: float = 0.3  # weight of host_rejection (organ logits inside tumours and synthetic lesions)
 
 
 def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage: int,
@@ -192,13 +194,19 @@ def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage:
         loss = loss + w.synthetic * reject
         parts["reject"] = reject.item()
     deep_total = torch.zeros((), device=masks.device)
-    for r in out.get("layer_logits", []):
+    for k, r in enumerate(layers):
         no = r.shape[1]
         up = F.interpolate(r.float(), size=masks.shape[2:], mode="trilinear", align_corners=False)
         lw = None if weights is None else weights[:, :no]
         l, _, _ = partial_mask_loss(up, target[:, :no], annotated[:, :no], w.dice, w.bce, w.dice_smooth, lw)
-        rj = host_rejection(up, label) if w.synthetic else None
-        deep_total = deep_total + l + (w.synthetic * rj if rj is not None else 0.0)
+        deep_total = deep_total + l
+        if k == len(layers) - 1 and w.synthetic:
+            # Finest layer only (stride 4, which the prompt reads): at coarser strides a lesion is
+            # a fraction of a cell, and rejecting it there means rejecting the organ (an exposure
+            # run with the term on every layer at weight 1 lost every organ within 20 steps).
+            rj = host_rejection(up, label)
+            if rj is not None:
+                deep_total = deep_total + w.synthetic * rj
     loss = loss + w.deep * deep_total
     parts["deep"] = deep_total.item()
     parts["loss"] = loss.item()

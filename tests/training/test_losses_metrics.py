@@ -73,13 +73,15 @@ def test_synthetic_lesion_voxels_are_host_negatives_and_ignored_by_tumour_channe
     assert w[0, liver - 1, 1, 1, 1] == 1.0 and w[0, lt - 1, 1, 1, 1] == 0.0
     t = multi_hot(label, len(CAT))
     assert t[0, liver - 1, 1, 1, 1] == 0 and t[0, :, 1, 1, 1].sum() == 0  # never a positive
-    # The rejection term: BCE of the host's logit, averaged over lesion voxels only.
-    organ_logits = torch.zeros(1, 25, 2, 2, 2)
+    # The rejection term: BCE of the highest organ logit, averaged over lesion voxels only.
+    organ_logits = torch.full((1, 25, 2, 2, 2), -5.0)
     organ_logits[0, liver - 1, 1, 1, 1] = 3.0
     expected = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor(3.0), torch.tensor(0.0))
     torch.testing.assert_close(host_rejection(organ_logits, label), expected)
     assert host_rejection(organ_logits, torch.zeros_like(label)) is None
-    logits = torch.zeros(1, 45, 2, 2, 2, requires_grad=True)
+    start = torch.zeros(1, 45, 2, 2, 2)
+    start[0, liver - 1, 1, 1, 1] = 1.0  # the liver claims the lesion
+    logits = start.requires_grad_(True)
     out = {"mask_logits": logits, "layer_logits": [], "class_cos_logits": torch.zeros(1, 45, 45)}
     loss, parts = dsm_loss(out, label, torch.ones(1, 45, dtype=torch.bool), len(CAT), 2,
                            LossWeights(dice=0.0, cls=0.0), is_tumour=is_tumour)
@@ -89,7 +91,11 @@ def test_synthetic_lesion_voxels_are_host_negatives_and_ignored_by_tumour_channe
     spleen = CAT.by_name("Spleen").index
     # The host gets the crop-wide BCE push plus the lesion-normalised one (8 voxels, 1 lesion voxel).
     assert g[liver - 1, 1, 1, 1] > 5 * g[spleen - 1, 1, 1, 1] > 0
-    assert parts["reject"] == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(0.0))))
+    assert parts["reject"] == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(1.0))))
+    # Another organ claiming the lesion is pushed instead of the host.
+    organ_logits[0, spleen - 1, 1, 1, 1] = 6.0
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor(6.0), torch.tensor(0.0))
+    torch.testing.assert_close(host_rejection(organ_logits, label), expected)
 
 
 def test_unannotated_channels_get_exactly_zero_gradient():
