@@ -44,6 +44,7 @@ EVENTS: dict[str, EventKind] = {
     "association_released": EventKind(*USER_AUTHENTICATED, "E", "110123"),
     "association_aborted": EventKind(*USER_AUTHENTICATED, "E", "110123"),
     "association_rejected": EventKind(*SECURITY_ALERT, "E", "110126"),
+    "connection_refused": EventKind(*SECURITY_ALERT, "E", "110126"),
     "echo": EventKind(*APPLICATION_ACTIVITY, "E"),
     "instance_stored": EventKind(*INSTANCES_TRANSFERRED, "C"),
     "instances_stored": EventKind(*INSTANCES_TRANSFERRED, "C"),

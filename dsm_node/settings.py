@@ -84,11 +84,23 @@ class Dicom(_Section):
     port: int = Field(11112, ge=0, le=65535, description="DICOM port (0 = any free port, for tests)")
     peers: list[Peer] = Field(default_factory=list, description="Allow-list; empty = loopback only")
     require_called_ae: bool = Field(True, description="Reject associations whose called AE is not ae_title")
-    max_associations: int = Field(16, ge=1)
-    max_pdu: int = Field(131072, ge=0, description="Maximum PDU we receive (0 = unlimited)")
-    acse_timeout_s: float = Field(30, gt=0)
+    max_associations: int = Field(16, ge=1, description="Associations open at once (only established ones count)")
+    max_pending: int = Field(
+        32, ge=1, description="Connections waiting to associate (accepted, no association yet); more are closed at once"
+    )
+    max_pending_per_source: int = Field(
+        4, ge=1, description="Connections from one source address waiting to associate; more are closed at once"
+    )
+    max_pdu: int = Field(
+        131072, ge=0,
+        description="Maximum P-DATA PDU we receive; a longer one aborts the association (0 = no advertised limit; "
+                    "then twice max_instance_bytes)",
+    )
+    acse_timeout_s: float = Field(
+        30, gt=0, description="From accept to a complete A-ASSOCIATE-RQ (TLS handshake included), and ACSE replies"
+    )
     dimse_timeout_s: float = Field(60, gt=0)
-    network_timeout_s: float = Field(60, gt=0)
+    network_timeout_s: float = Field(60, gt=0, description="Idle association, and each read or write once associated")
     max_instance_bytes: int = Field(2 * 1024**3, gt=0, description="Larger instances are refused")
     other_sop_classes: Literal["ignore", "reject"] = Field(
         "ignore", description="Non-CT objects: accept and ignore (a PACS routing whole studies sees no failures) or reject"
@@ -231,6 +243,10 @@ class Http(_Section):
     enabled: bool = True
     host: str = Field("127.0.0.1", description="Health, metrics and status page; loopback by default")
     port: int = Field(8080, ge=0, le=65535)
+    request_timeout_s: float = Field(
+        10, gt=0, description="A client's request line and headers must arrive within this; also each read/write"
+    )
+    max_connections: int = Field(32, ge=1, description="HTTP connections served at once; more are closed at accept")
 
 
 class Logging(_Section):
