@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import Verification
@@ -45,6 +46,7 @@ from .throttle import RefusalAuditor
 from .dataset import (
     PROCESSED_SOP_CLASSES,
     TRANSFER_SYNTAXES,
+    DatasetTooLarge,
     UnparseableDataset,
     file_meta_bytes,
     header_summary,
@@ -550,11 +552,12 @@ class StorageSCP:
             if not self.ignore_others:
                 raise _Refused(SOP_CLASS_NOT_SUPPORTED, f"SOP class {cmd_class} not accepted by this node", "sop_class")
             study = series = None
-            try:
-                parsed = parse_dataset(buf, ts)
-                study, series = parsed.study_uid, parsed.series_uid
-            except UnparseableDataset:
-                pass
+            if ts != DeflatedExplicitVRLittleEndian:  # never inflate what is not kept
+                try:
+                    parsed = parse_dataset(buf, ts, self.max_instance_bytes)
+                    study, series = parsed.study_uid, parsed.series_uid
+                except UnparseableDataset:
+                    pass
             tally = st.ignored.setdefault(series or "", _Tally(study))
             tally.count += 1
             tally.sop_classes.add(cmd_class)
@@ -563,7 +566,9 @@ class StorageSCP:
             return SUCCESS
 
         try:
-            p = parse_dataset(buf, ts)
+            p = parse_dataset(buf, ts, self.max_instance_bytes)
+        except DatasetTooLarge as exc:
+            raise _Refused(TOO_LARGE, str(exc), "too_large") from None
         except UnparseableDataset as exc:
             raise _Refused(UNPARSEABLE, str(exc), "unparseable") from None
         study_uid, series_uid, sop_uid = p.study_uid, p.series_uid, p.sop_instance_uid
