@@ -186,6 +186,10 @@ class Inference(_Section):
         description="torch CPU threads of the process (empty = torch's default, all cores); fewer help when "
                     "other heavy processes share the CPU",
     )
+    max_voxels: int = Field(
+        512 * 512 * 2048, ge=1,
+        description="A series with more slices x rows x columns fails its job before anything is decoded (memory bound)",
+    )
 
 
 class Results(_Section):
