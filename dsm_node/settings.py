@@ -262,8 +262,14 @@ class Logging(_Section):
 class Syslog(_Section):
     enabled: bool = False
     host: str = "127.0.0.1"
-    port: int = 514
-    protocol: Literal["udp", "tcp"] = "udp"
+    port: int = Field(514, description="514 for udp/tcp; 6514 is the RFC 5425 port for tls")
+    protocol: Literal["udp", "tcp", "tls"] = Field(
+        "udp", description="udp (RFC 5426), tcp (RFC 6587) or tls (RFC 5425, as ATNA expects)"
+    )
+    ca_file: Path | None = Field(None, description="tls: CA bundle that verifies the collector (empty = system CAs)")
+    cert_file: Path | None = Field(None, description="tls: client certificate, if the collector asks for one")
+    key_file: Path | None = Field(None, description="tls: the client certificate's private key")
+    server_name: str | None = Field(None, description="tls: name expected in the collector's certificate (empty = host)")
 
 
 class Audit(_Section):

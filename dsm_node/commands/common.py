@@ -47,12 +47,23 @@ def emit(rows: list[dict[str, Any]], fmt: str, columns: Iterable[str]) -> None:
         writer = csv.DictWriter(sys.stdout, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in row.items()})
+            writer.writerow({k: csv_cell(json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in row.items()})
     else:
         widths = {c: max([len(c)] + [len(_cell(r.get(c))) for r in rows]) for c in cols}
         print("  ".join(c.upper().ljust(widths[c]) for c in cols))
         for row in rows:
             print("  ".join(_cell(row.get(c)).ljust(widths[c]) for c in cols))
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """Text that a spreadsheet would run as a formula (CSV injection: a peer's AE title such as
+    ``=cmd|'/c calc'!A``) gets a leading apostrophe; numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 def _cell(value: Any) -> str:
