@@ -358,6 +358,10 @@ def load_settings(config_file: str | Path | None = None, overrides: dict[str, An
     for key, value in (overrides or {}).items():
         if value is not None:
             _deep_set(init, key, value)
+    unknown = unknown_environment_keys()
+    if unknown:
+        raise ConfigError("invalid configuration (environment DSM_NODE__* variables):\n" + "\n".join(
+            f"  {key}: unknown key (from {name})" for name, key in unknown))
     token = _CONFIG_FILE.set(path)
     try:
         return Settings(**init)
@@ -365,6 +369,32 @@ def load_settings(config_file: str | Path | None = None, overrides: dict[str, An
         raise ConfigError(_explain(exc, path)) from None
     finally:
         _CONFIG_FILE.reset(token)
+
+
+ENV_PREFIX = "DSM_NODE__"
+
+
+def unknown_environment_keys(environ: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """(variable, dotted key) of every ``DSM_NODE__*`` variable that names no setting.
+
+    pydantic-settings only looks up the variables of known fields, so a misspelt section
+    (``DSM_NODE__DATABSE__URL``) would otherwise be ignored without a word.
+    """
+    found = []
+    for name in sorted(os.environ if environ is None else environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        model: type[BaseModel] | None = Settings
+        for i, part in enumerate(parts):
+            fields = {k.lower(): f for k, f in model.model_fields.items()} if model is not None else {}
+            field_info = fields.get(part)
+            if field_info is None:
+                found.append((name, ".".join(parts[: i + 1])))
+                break
+            ann = field_info.annotation
+            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return found
 
 
 def _explain(exc: ValidationError, path: Path | None) -> str:
@@ -378,7 +408,14 @@ def _explain(exc: ValidationError, path: Path | None) -> str:
 
 
 _SECRET_KEY = re.compile(r"(password|secret|token|passphrase)", re.I)
-_URL_CRED = re.compile(r"(://[^:/@]*:)([^@]*)(@)")
+_URL_CRED = re.compile(r"(://[^:/@]*:)([^@/]*)(@)")
+# Query parameters that carry secrets (libpq sslpassword/password, redis password, tokens).
+_URL_SECRET_PARAM = re.compile(r"([?&;](?:[^=&;#]*(?:pass|secret|token|auth|credential|apikey|api_key)[^=&;#]*)=)([^&;#]*)", re.I)
+
+
+def mask_url(text: str) -> str:
+    """``text`` with every password or token in a URL replaced by ``***`` (userinfo and query)."""
+    return _URL_SECRET_PARAM.sub(r"\1***", _URL_CRED.sub(r"\1***\3", text))
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
@@ -390,11 +427,13 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
         if isinstance(obj, list):
             return [mask(v, key) for v in obj]
         if isinstance(obj, SecretStr):
-            return _URL_CRED.sub(r"\1***\3", obj.get_secret_value()) if obj.get_secret_value() else ""
+            return mask_url(obj.get_secret_value()) if obj.get_secret_value() else ""
         if isinstance(obj, Path):
             return str(obj)
         if isinstance(obj, str) and (_SECRET_KEY.search(key)):
             return "***"
+        if isinstance(obj, str) and "://" in obj:
+            return mask_url(obj)
         return obj
 
     return mask(settings.model_dump(mode="python"))
@@ -417,10 +456,32 @@ def config_warnings(settings: Settings, config_file: str | Path | None) -> list[
         warnings.append("storage.fsync is off: a power loss can lose instances already acknowledged")
     if settings.inference.checkpoint is None:
         warnings.append("inference.checkpoint is empty: the bundled DEMONSTRATION weights are used (not for clinical use)")
-    key = settings.dicom.tls.key_file
-    if key is not None and key.exists() and key.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
-        warnings.append(f"{key} (TLS private key) is readable by group/others")
+    for what, key in private_keys(settings):
+        warnings += _key_warnings(what, key)
     return warnings
+
+
+def private_keys(settings: Settings) -> list[tuple[str, Path]]:
+    """Every private key file the configuration names, with the key that names it."""
+    keys = [("dicom.tls.key_file", settings.dicom.tls.key_file), ("audit.syslog.key_file", settings.audit.syslog.key_file)]
+    keys += [(f"delivery.destinations.{i}.tls.key_file", d.tls.key_file)
+             for i, d in enumerate(settings.delivery.destinations)]
+    return [(what, path) for what, path in keys if path is not None]
+
+
+def _key_warnings(what: str, key: Path) -> list[str]:
+    """A key may be readable by its owner and by a group this process belongs to (root:dsm 0640
+    with the node running as dsm); never by others, nor writable by anyone but its owner."""
+    try:
+        st = key.stat()
+    except OSError as exc:
+        return [f"{what}: {key} cannot be read ({exc.strerror})"]
+    own_groups = {os.getgid(), os.getegid(), *os.getgroups()}
+    if st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
+        return [f"{what}: {key} (private key) is readable or writable by others (chmod 0600, or 0640 for the node's group)"]
+    if st.st_mode & stat.S_IWGRP or (st.st_mode & stat.S_IRGRP and st.st_gid not in own_groups):
+        return [f"{what}: {key} (private key) is accessible to group {st.st_gid}, which this process is not in"]
+    return []
 
 
 def env_overrides_present() -> list[str]:
