@@ -77,3 +77,54 @@ def test_a_worker_stopped_without_a_signal_exits_non_zero(tmp_path, net):
             proc.kill()
         redis.terminate()
         redis.wait(10)
+
+
+def test_rediss_with_a_password_end_to_end(tmp_path, tiny_checkpoint, net):
+    """The documented broker form ``rediss://:PASSWORD@host:port/0?ssl_cert_reqs=required&ssl_ca_certs=CA``:
+    a worker connects over TLS with the password and receives what the node sends."""
+    from peers import make_certificates
+    from tools import free_port, require_tool
+
+    from dsm_node.context import build_context
+    from dsm_node.jobs.executors import CeleryExecutor
+
+    pki = make_certificates(tmp_path / "pki", require_tool("openssl"))
+    port = free_port()
+    (tmp_path / "redis").mkdir()
+    redis = net.popen(
+        [require_tool("redis-server"), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(pki["server_cert"]), "--tls-key-file", str(pki["server_key"]),
+         "--tls-ca-cert-file", str(pki["ca"]), "--tls-auth-clients", "no", "--requirepass", "s3cret-redis",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path / "redis")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    net.wait_listening(port)
+    broker = f"rediss://:s3cret-redis@127.0.0.1:{port}/0?ssl_cert_reqs=required&ssl_ca_certs={pki['ca']}"
+    node = NodeProcess(tmp_path / "node", quiet_period_s=1, net=net,
+                       extra_yaml=node_yaml(tiny_checkpoint, None, executor="celery", broker=broker))
+    worker, log = start_worker(net, node, "w1")
+    try:
+        wait_ready([log])
+        ctx = build_context(load_settings(node.config, {"storage.data_dir": node.data_dir}))
+        try:
+            net.call(CeleryExecutor(ctx).submit, 424242)  # no such job: the worker says so
+        finally:
+            ctx.close()
+        deadline = time.monotonic() + 60
+        while "424242 does not exist" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "424242 does not exist" in log.read_text(), log.read_text()[-2000:]
+        assert "s3cret-redis" not in log.read_text()
+        wrong = broker.replace("s3cret-redis", "guess")
+        try:
+            net.call(_control, wrong, "ping")
+        except Exception as exc:  # noqa: BLE001 - kombu wraps redis' AuthenticationError
+            assert "auth" in f"{type(exc).__name__} {exc}".lower() or "password" in str(exc).lower()
+        else:
+            raise AssertionError("a wrong password was accepted")
+    finally:
+        if worker.poll() is None:
+            worker.terminate()
+            worker.wait(60)
+        redis.terminate()
+        redis.wait(10)
