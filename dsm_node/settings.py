@@ -224,6 +224,11 @@ class Destination(_Section):
 class Delivery(_Section):
     destinations: list[Destination] = Field(default_factory=list)
     reply_to_caller: bool = Field(False, description="Also send results to the peer that sent the study (needs its port)")
+    reply_tls: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Reply to the caller over TLS: auto = when studies arrive over TLS (dicom.tls.enabled), with the "
+                    "node's certificate and dicom.tls.ca_file; on; off",
+    )
     calling_ae_title: str | None = Field(None, description="AE title we call with; empty = dicom.ae_title")
     max_attempts: int = Field(12, ge=1, description="With the default back-off, 12 attempts span more than an hour")
     backoff_initial_s: float = Field(10, gt=0)
@@ -319,6 +324,14 @@ class Settings(BaseSettings):
         if path is not None:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _reply_tls_files(self) -> "Settings":
+        tls = self.dicom.tls
+        if self.delivery.reply_tls == "on" and (tls.cert_file is None or tls.key_file is None):
+            raise ValueError("delivery.reply_tls 'on' needs dicom.tls.cert_file and dicom.tls.key_file "
+                             "(the node's certificate is its client certificate)")
+        return self
 
     # Derived locations -------------------------------------------------------------------
     @property
