@@ -201,7 +201,16 @@ class Results(_Section):
     sr_series_number: int = 9902
     manufacturer: str = "dsm-node"
     institution_name: str | None = None
-    secondary_capture: bool = Field(False, description="Also send overlay images for viewers without SEG support")
+    secondary_capture: bool = Field(
+        False, description="Reserved: Secondary Capture overlays are not implemented yet (true is refused)"
+    )
+
+    @field_validator("secondary_capture")
+    @classmethod
+    def _no_secondary_capture(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("Secondary Capture overlays are not implemented in this version; leave it false")
+        return v
 
     @field_validator("uid_root")
     @classmethod

@@ -156,3 +156,8 @@ def test_every_private_key_file_is_checked(tmp_path):
     assert len(warned) == 2
     assert any(w.startswith("delivery.destinations.0.tls.key_file") for w in warned)
     assert any(w.startswith("audit.syslog.key_file") for w in warned)
+
+
+def test_secondary_capture_is_refused_until_implemented():
+    with pytest.raises(ConfigError, match="results.secondary_capture.*not implemented"):
+        load_settings(overrides={"results.secondary_capture": True})
