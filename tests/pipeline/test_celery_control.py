@@ -28,14 +28,20 @@ def _control(broker: str, command: str):  # noqa: ANN202
         app.close()
 
 
-def test_broadcast_shutdown_has_no_effect_on_a_worker(tmp_path, tiny_checkpoint, net):
-    redis, port = start_redis(net, tmp_path / "redis")
-    broker = f"redis://127.0.0.1:{port}/0"
+def _worker_for(tmp_path, tiny_checkpoint, net, broker: str):  # noqa: ANN001, ANN202
+    """A `dsm-node worker` on ``broker``, ready; returns (node, process, log)."""
     node = NodeProcess(tmp_path / "node", quiet_period_s=1, net=net,
                        extra_yaml=node_yaml(tiny_checkpoint, None, executor="celery", broker=broker))
     worker, log = start_worker(net, node, "w1")
+    wait_ready([log])
+    return node, worker, log
+
+
+def test_broadcast_shutdown_has_no_effect_on_a_worker(tmp_path, tiny_checkpoint, net):
+    redis, port = start_redis(net, tmp_path / "redis")
+    broker = f"redis://127.0.0.1:{port}/0"
+    _, worker, log = _worker_for(tmp_path, tiny_checkpoint, net, broker)
     try:
-        wait_ready([log])
         net.call(_control, broker, "shutdown")
         assert net.call(_control, broker, "ping") == []  # nobody listens on the control channel
         time.sleep(1)
@@ -100,11 +106,8 @@ def test_rediss_with_a_password_end_to_end(tmp_path, tiny_checkpoint, net):
     )
     net.wait_listening(port)
     broker = f"rediss://:s3cret-redis@127.0.0.1:{port}/0?ssl_cert_reqs=required&ssl_ca_certs={pki['ca']}"
-    node = NodeProcess(tmp_path / "node", quiet_period_s=1, net=net,
-                       extra_yaml=node_yaml(tiny_checkpoint, None, executor="celery", broker=broker))
-    worker, log = start_worker(net, node, "w1")
+    node, worker, log = _worker_for(tmp_path, tiny_checkpoint, net, broker)
     try:
-        wait_ready([log])
         ctx = build_context(load_settings(node.config, {"storage.data_dir": node.data_dir}))
         try:
             net.call(CeleryExecutor(ctx).submit, 424242)  # no such job: the worker says so

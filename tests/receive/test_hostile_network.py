@@ -22,6 +22,16 @@ PLAUSIBLE_HALF_HEADER = bytes((0x01, 0x00, 0x00, 0x00, 0x00, 0xC8))
 PEERS = [{"ae_title": "PACS", "networks": ["127.0.0.1/32"]}]
 
 
+def half_open(source: str, port: int, header: bytes):  # noqa: ANN201
+    """A connection that sent ``header`` (the node may already have closed it)."""
+    sock = connect_from(source, port)
+    try:
+        sock.sendall(header)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return sock
+
+
 def detail(row):
     return row.detail if isinstance(row.detail, dict) else json.loads(row.detail)
 
@@ -32,12 +42,7 @@ def test_strangers_get_no_slot_no_memory_and_the_peer_gets_through(node_factory,
     strangers = []
     try:
         for _ in range(50):
-            sock = connect_from("127.0.0.2", node.port)
-            try:
-                sock.sendall(HALF_HEADER)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # already closed by the node
-            strangers.append(sock)
+            strangers.append(half_open("127.0.0.2", node.port, HALF_HEADER))
         # While all 50 are (or were) connected, the real peer is served at once.
         assert echo(node.port, calling="PACS") == SUCCESS
         series = write_ct_series(tmp_path / "s", 3, 64)
@@ -79,12 +84,7 @@ def test_pending_connections_are_capped_per_source_and_time_out(node_factory):
     held = []
     try:
         for _ in range(10):
-            sock = connect_from("127.0.0.1", node.port)
-            try:
-                sock.sendall(PLAUSIBLE_HALF_HEADER)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            held.append(sock)
+            held.append(half_open("127.0.0.1", node.port, PLAUSIBLE_HALF_HEADER))
         # The 6 beyond the per-source cap are closed at accept; the 4 others when their
         # A-ASSOCIATE-RQ is not complete by the ACSE timeout (no other read timeout applies).
         assert all(closed_by_node(sock, timeout=60) for sock in held)
