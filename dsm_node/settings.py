@@ -86,10 +86,12 @@ class Dicom(_Section):
     require_called_ae: bool = Field(True, description="Reject associations whose called AE is not ae_title")
     max_associations: int = Field(16, ge=1, description="Associations open at once (only established ones count)")
     max_pending: int = Field(
-        32, ge=1, description="Connections waiting to associate (accepted, no association yet); more are closed at once"
+        64, ge=1, description="Connections waiting to associate (accepted, no association yet); more are closed at once"
     )
+    # A PACS opens up to max_associations associations at once from one address: as many may
+    # be negotiating at the same moment.
     max_pending_per_source: int = Field(
-        4, ge=1, description="Connections from one source address waiting to associate; more are closed at once"
+        16, ge=1, description="Connections from one source address waiting to associate; more are closed at once"
     )
     max_pdu: int = Field(
         131072, ge=0,
