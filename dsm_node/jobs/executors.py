@@ -40,7 +40,10 @@ class LocalExecutor:
     """
 
     name = "local"
-    STOP_GRACE_S = 30.0
+    # At shutdown a running job gets this long to finish; then the child is stopped and the job,
+    # left running with a stale heartbeat, is resumed at the next start (deterministic UIDs make
+    # the re-run harmless). Short, so that the node stops well within its service timeout.
+    STOP_GRACE_S = 10.0
 
     def __init__(self, ctx: NodeContext, pipeline: str | None = None) -> None:
         from .child import DEFAULT_PIPELINE
@@ -71,7 +74,7 @@ class LocalExecutor:
         self._stopping.set()
         self._queue.put(None)
         if self._thread is not None:
-            self._thread.join(timeout=self.STOP_GRACE_S + 10)
+            self._thread.join(timeout=self.STOP_GRACE_S + 5)
         self._end_child()
 
     @property
@@ -145,7 +148,7 @@ class LocalExecutor:
             conn.send(None)
         except OSError:
             pass
-        proc.join(5)
+        proc.join(2)
         if proc.is_alive():
             proc.kill()
             proc.join(5)
