@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .fsmodes import restrict_umask
+
+    restrict_umask()  # files 0640, folders 0750 at most, whatever the caller's umask
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_module", None):

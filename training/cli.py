@@ -75,7 +75,8 @@ def cmd_train(a: argparse.Namespace, stage: int) -> int:
         raise SystemExit("stage2 needs --init STAGE1.pt (or 'init:' in the config)")
     resume: object = True if a.resume == "auto" else (False if a.resume == "none" else a.resume)
     budget = a.time_budget * 60 if a.time_budget else None
-    summary = train(cfg, init=init, resume=resume, stop_after=a.stop_after, device=a.device, time_budget_s=budget)
+    summary = train(cfg, init=init, resume=resume, stop_after=a.stop_after, device=a.device, time_budget_s=budget,
+                    trust_legacy=a.trust_legacy_checkpoint)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -142,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                        help="time the first steps and train only as many as fit in MINUTES (schedule re-planned)")
         s.add_argument("--set", nargs="*", default=[], help="config overrides key=value (dotted keys)")
+        s.add_argument("--trust-legacy-checkpoint", action="store_true",
+                       help="load --init/--resume files that need full unpickling (only files you wrote yourself "
+                            "with an earlier dsm-train); by default only tensors and plain data are loaded")
         s.set_defaults(func=lambda a, st=stage: cmd_train(a, st))
 
     s = sub.add_parser("eval", help="evaluate a checkpoint (DSC, AUROC, FPR95) and write reports")

@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -72,15 +73,40 @@ def lr_lambda(total: int, warmup: int, min_ratio: float):
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    # numpy's state as a tensor and plain numbers: the state file stays loadable with
+    # torch.load(weights_only=True), which refuses numpy arrays (and any other pickled object).
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(gauss)]
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
+class UntrustedCheckpoint(ValueError):
+    """A checkpoint that holds more than tensors and plain data: not loaded without opt-in."""
+
+
+def load_payload(path: str | Path, trust_legacy: bool = False) -> Any:
+    """``torch.load(weights_only=True)``: no code in the file runs. Files written by dsm-train
+    before states were weights-only compatible (numpy RNG state) load only with
+    ``trust_legacy`` (``--trust-legacy-checkpoint``), for files the user wrote themselves."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not trust_legacy:
+            raise UntrustedCheckpoint(
+                f"{path} holds objects other than tensors and plain data, so it was not loaded (unpickling can run "
+                "code). If it is a training state you wrote yourself with an earlier dsm-train, pass "
+                "--trust-legacy-checkpoint") from None
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((name, keys.astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -89,8 +115,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class Trainer:
     def __init__(self, cfg: TrainConfig, init: str | Path | None = None, resume: str | Path | bool = True,
                  stop_after: int | None = None, device: str | None = None, progress: bool = True,
-                 time_budget_s: float | None = None) -> None:
+                 time_budget_s: float | None = None, trust_legacy: bool = False) -> None:
         self.cfg = cfg
+        self.trust_legacy = trust_legacy
         self.time_budget_s = time_budget_s
         self.t_created = time.time()
         self.rank, self.world, self.local_rank = _dist_env()
@@ -207,7 +234,7 @@ class Trainer:
     def _load_init(self, net: DSMNet, path: str | Path) -> None:
         """Stage-1 weights into this model, non-strictly (new Stage-2 modules start fresh)."""
         path = Path(path)
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = load_payload(path, self.trust_legacy)
         if isinstance(payload, dict) and payload.get("format") == STATE_FORMAT:
             state = payload["model"]
         else:
@@ -233,7 +260,7 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "mb_in_epoch": self.mb_in_epoch,
             "total_steps": self.total_steps,
             "config": self.cfg.to_dict(), "model_config": self.model_cfg.to_dict(),
-            "history": self.history,
+            "history": [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()} for row in self.history],
         }
         path = self.state_path(self.step)
         tmp = path.with_suffix(".tmp")
@@ -246,7 +273,7 @@ class Trainer:
         return path
 
     def load_state(self, path: Path) -> None:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = load_payload(path, self.trust_legacy)
         if payload.get("format") != STATE_FORMAT:
             raise ValueError(f"{path} is not a training state file")
         if payload["model_config"] != self.model_cfg.to_dict():

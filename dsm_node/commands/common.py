@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import getpass
 import json
+import os
+import pwd
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -76,12 +77,23 @@ def emit(rows: list[dict[str, Any]], fmt: str, columns: Iterable[str]) -> None:
         writer = csv.DictWriter(sys.stdout, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in row.items()})
+            writer.writerow({k: csv_cell(json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in row.items()})
     else:
         widths = {c: max([len(c)] + [len(_cell(r.get(c))) for r in rows]) for c in cols}
         print("  ".join(c.upper().ljust(widths[c]) for c in cols))
         for row in rows:
             print("  ".join(_cell(row.get(c)).ljust(widths[c]) for c in cols))
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """Text that a spreadsheet would run as a formula (CSV injection: a peer's AE title such as
+    ``=cmd|'/c calc'!A``) gets a leading apostrophe; numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 def _cell(value: Any) -> str:
@@ -102,9 +114,17 @@ def add_format(parser: argparse.ArgumentParser, csv_ok: bool = False) -> None:
     parser.set_defaults(fmt="table")
 
 
-def operator_login() -> str:
-    """The operator's login name for audit rows written by a command."""
+def operator_identity() -> tuple[str, int]:
+    """(account name, uid) of the effective user, from the password database — never ``$USER``,
+    which anyone can set; the name is ``uid N`` when the uid has no entry (containers with
+    arbitrary uids)."""
+    uid = os.geteuid()
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no login name in a container
-        return "unknown"
+        return pwd.getpwuid(uid).pw_name, uid
+    except KeyError:
+        return f"uid {uid}", uid
+
+
+def operator_login() -> str:
+    """The operator's account name for audit rows written by a command (see operator_identity)."""
+    return operator_identity()[0]

@@ -58,7 +58,7 @@ def build_services(ctx: NodeContext) -> list[tuple[str, Service]]:
     scp = StorageSCP(ctx)
     services: list[tuple[str, Service]] = []
     if http.enabled:
-        http_service = HttpService(ctx, scp_listening=lambda: _listening(scp))
+        http_service = HttpService(ctx, scp_listening=lambda: _listening(scp), scp_load=scp.load)
         register_status_page(http_service, ctx)
         services.append((f"HTTP on {http.host}:{http.port}", http_service))
     services += [

@@ -211,3 +211,17 @@ class AuditEvent(Base):
     study_uid: Mapped[str | None] = mapped_column(UID, index=True)
     series_uid: Mapped[str | None] = mapped_column(UID)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Hash chain (dsm_node.audit_chain): position, previous row's hash, this row's hash.
+    chain_seq: Mapped[int | None] = mapped_column(BigInteger, index=True, unique=True)
+    chain_prev: Mapped[str | None] = mapped_column(String(64))
+    chain_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditChain(Base):
+    """The head of the audit hash chain: one row (id 1), the last position and its hash."""
+
+    __tablename__ = "audit_chain"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))

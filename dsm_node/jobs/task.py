@@ -94,15 +94,7 @@ class JobRunner:
             return "failed"
         except Exception as exc:  # unexpected: retried up to executor.max_attempts
             log.exception("job %s failed", job_id)
-            with transaction(ctx.sessions) as s:
-                job = s.get(Job, job_id, with_for_update=True)
-                if job.state != JobState.RUNNING:
-                    return "lost"
-                if job.attempts >= ctx.settings.executor.max_attempts:
-                    transition(s, ctx.auditor, job, JobState.FAILED, reason=f"{type(exc).__name__}: {exc}"[:1000])
-                    return "failed"
-                transition(s, ctx.auditor, job, JobState.QUEUED, reason=f"retry after {type(exc).__name__}: {exc}"[:1000])
-            return REQUEUED
+            return _retry_or_fail(ctx, job_id, f"{type(exc).__name__}: {exc}")
 
     # -- steps ---------------------------------------------------------------------------------
     def _claim(self, job_id: int) -> bool:
@@ -172,6 +164,29 @@ class JobRunner:
         finally:
             stop.set()
             thread.join(timeout=5)
+
+
+def interrupted(ctx: NodeContext, job_id: int, reason: str) -> str:
+    """The process running ``job_id`` died (crash, out-of-memory kill): audit it, then retry or
+    fail the job like any unexpected error. Returns ``requeued``, ``failed`` or ``lost``."""
+    return _retry_or_fail(ctx, job_id, reason, interrupted=True)
+
+
+def _retry_or_fail(ctx: NodeContext, job_id: int, reason: str, *, interrupted: bool = False) -> str:
+    with transaction(ctx.sessions) as s:
+        job = s.get(Job, job_id, with_for_update=True)
+        if job is None or job.state != JobState.RUNNING:
+            return "lost"
+        if interrupted:
+            ctx.auditor.record(
+                "job_interrupted", outcome=SERIOUS_FAILURE, session=s, study_uid=job.study.study_uid,
+                series_uid=job.series_uid, job_id=job.id, worker=job.worker, reason=reason[:1000],
+            )
+        if job.attempts >= ctx.settings.executor.max_attempts:
+            transition(s, ctx.auditor, job, JobState.FAILED, reason=reason[:1000])
+            return "failed"
+        transition(s, ctx.auditor, job, JobState.QUEUED, reason=f"retry after {reason}"[:1000])
+    return REQUEUED
 
 
 def _detached(ctx: NodeContext, job_id: int) -> Job:

@@ -116,3 +116,26 @@ def test_leases_of_an_ended_sender_return_at_once_and_others_stay(make_node, res
     assert (rows[dead_senders[0].id].claimed_by, rows[dead_senders[0].id].last_error) == (None, SENDER_ENDED)
     assert (rows[live_senders[0].id].state, rows[live_senders[0].id].claimed_by) == (DeliveryState.IN_PROGRESS,
                                                                                      "host:2:bbbbbb")
+
+
+def test_reply_to_caller_uses_tls_when_studies_arrive_over_tls(tmp_path):
+    from dsm_node.delivery.targets import target_for_row
+
+    files = {k: tmp_path / f"{k}.pem" for k in ("cert", "key", "ca")}
+    node_tls = {"enabled": True, "cert_file": str(files["cert"]), "key_file": str(files["key"]),
+                "ca_file": str(files["ca"])}
+    study = Study(study_uid="1.2", calling_ae="MODALITY", peer_address="10.1.2.3")
+    (plain,) = resolve_destinations(_settings(), study)
+    assert plain.tls is None  # the node takes plain TCP: replies are plain too
+    settings = load_settings(overrides={"dicom.peers": [{"ae_title": "MODALITY", "networks": ["10.1.0.0/16"], "port": 104}],
+                                        "dicom.tls": node_tls, "delivery.reply_to_caller": True})
+    (target,) = resolve_destinations(settings, study)
+    assert target.tls is not None and target.tls.enabled
+    assert (target.tls.cert_file, target.tls.key_file, target.tls.ca_file) == (files["cert"], files["key"], files["ca"])
+    # A row re-read from the outbox gets the same transport.
+    again = target_for_row(settings, target.name, target.ae_title, target.host, target.port)
+    assert again.tls == target.tls
+    forced_off = settings.model_copy(update={"delivery": settings.delivery.model_copy(update={"reply_tls": "off"})})
+    assert resolve_destinations(forced_off, study)[0].tls is None
+    with pytest.raises(Exception, match="reply_tls 'on' needs dicom.tls.cert_file"):
+        _settings(reply_tls="on")

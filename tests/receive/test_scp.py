@@ -247,11 +247,14 @@ def test_access_control_rejections_are_audited(node_factory):
 
 
 def test_loopback_only_by_default_and_foreign_peer_list(node_factory):
-    # A peer list that excludes 127.0.0.1 entirely: even loopback is refused.
+    # A peer list that excludes 127.0.0.1 entirely: even loopback is refused, at accept (the
+    # address is in no peer's networks, so nothing is read from the connection).
     node = node_factory(config={"dicom": {"peers": [{"ae_title": "TESTSCU", "networks": ["192.0.2.0/24"]}]}})
     assert echo(node.port, calling="TESTSCU") is None
-    row = node.wait_audit("association_rejected")[0]
-    assert "127.0.0.1 is not in the networks configured for peer 'TESTSCU'" in detail(row)["reason"]
+    row = node.wait_audit("connection_refused")[0]
+    assert "source address 127.0.0.1 is not in any configured peer's networks" in detail(row)["reason"]
+    assert row.event_code == "110113" and row.outcome == 8 and row.actor_address == "127.0.0.1"
+    assert node.audit("association_rejected") == []
 
 
 def test_other_sop_classes_reject(node_factory):

@@ -1,7 +1,7 @@
 """deliveries.claimed_by: which process holds an in-progress delivery's lease
 
 Revision ID: 0003_integrity
-Revises: 0001
+Revises: 0002_audit_chain
 Create Date: 2026-12-06 11:00:00
 """
 from alembic import op
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 
 revision = '0003_integrity'
-down_revision = '0001'
+down_revision = '0002_audit_chain'
 branch_labels = None
 depends_on = None
 
