@@ -31,10 +31,10 @@ from .phantom.body import FIELDS_OF_VIEW, PHASE_P, Body, draw_protocol, make_gri
 from .phantom.geometry import Canvas
 from .phantom.lesions import SEEN_TUMOURS, TUMOUR_TYPES, UNSEEN_TUMOURS, VARIANTS, paint_tumours
 from .phantom.render import render
-from .phantom.tissues import draw_hu
+from .phantom.tissues import TISSUES, draw_hu
 from .phantom.writers import write_dicom_series, write_nifti_pair
 
-__all__ = ["FIELDS_OF_VIEW", "PHANTOM_ORGANS", "PHASES", "Phantom", "SEEN_TUMOURS", "TUMOUR_TYPES",
+__all__ = ["FIELDS_OF_VIEW", "PHANTOM_ORGANS", "PHASES", "Phantom", "SEEN_TUMOURS", "TISSUES", "TUMOUR_TYPES",
            "UNSEEN_TUMOURS", "VARIANTS", "class_indices", "generate", "make_phantom", "write_dicom_series",
            "write_nifti_pair"]
 
@@ -72,8 +72,10 @@ class Phantom:
     seed: int
     tumours: list[str] = field(default_factory=list)  # tumour types actually placed
     # protocol and patient: fov, phase, oral_contrast, arms, z_range, fov_xy, centre_xy, sex,
-    # fatty_liver, ascites
+    # fatty_liver, ascites; lesions: one record (type, variants, voxels, centre) per lesion
     info: dict = field(default_factory=dict)
+    # tissue id per voxel (names: TISSUES): what each voxel looks like, labelled or not
+    tissue: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -138,8 +140,9 @@ def generate(
     base, tex = draw_hu(r_hu, proto.phase, body.fatty_liver, proto.oral_contrast)
     image = render(cv, r_img, base, tex, noise, noise_scale=body.s)
     info = proto.as_dict() | {"sex": "female" if body.female else "male", "fatty_liver": body.fatty_liver,
-                              "ascites": body.ascites}
-    return Phantom(image=image, label=cv.label, affine=grid.affine, seed=int(seed), tumours=placed, info=info)
+                              "ascites": body.ascites, "lesions": cv.notes.get("lesions", [])}
+    return Phantom(image=image, label=cv.label, affine=grid.affine, seed=int(seed), tumours=placed, info=info,
+                   tissue=cv.tissue)
 
 
 def _paint_anatomy(cv: Canvas, B: Body, proto, rng: np.random.Generator) -> None:

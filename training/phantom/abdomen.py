@@ -70,21 +70,25 @@ def paint_abdomen(cv: Canvas, B: Body, rng: np.random.Generator, oral: bool) -> 
             continue
         X, Y, Z = cv.xyz(sl)
         u_hil = ((X - c[0]) * rot[0, 0] + (Y - c[1]) * rot[1, 0] + (Z - c[2]) * rot[2, 0]) / radii[0]
+        u_long = ((X - c[0]) * rot[0, 2] + (Y - c[1]) * rot[1, 2] + (Z - c[2]) * rot[2, 2]) / radii[2]
         m = (f < 1) & _abd(cv, B, sl)
         cv.paint(sl, m, name, "kidney_cortex", over=_FREE + ("muscle",))
         cols = Noise(med_seed, c - radii.max(), c + radii.max(), 9.0).sample(cv, sl)
         cv.paint(sl, m & (f < 0.8) & (f > 0.35) & (cols > -0.5), tissue="kidney_medulla", within=name)
-        sinus = m & (u_hil > 0.2) & (f < 0.75)
+        sinus = m & (u_hil > 0.15) & (f < 0.7) & (np.abs(u_long) < 0.45)  # opens at the hilum
         cv.paint(sl, sinus, tissue="visceral_fat", within=name)
         cv.paint(sl, sinus & (f < 0.45) & (u_hil > 0.35), tissue="urine", within=name)
 
     # Adrenal glands: thin inverted-Y limbs superomedial to the upper poles.
     for name, kid, side in (("Right Adrenal Gland", "Right Kidney", 1), ("Left Adrenal Gland", "Left Kidney", -1)):
         top = L[kid]["top"]
-        body = top + np.array((-side * 14, 14 if side == 1 else 18, 20 * hz))
+        body = top + np.array((-side * 16, 16 if side == 1 else 20, 12 * hz))
+        body[2] = min(body[2], float(B.diaphragm(body[0], body[1])) - 16)  # under the dome's slope
         r = rng.uniform(3.2, 4.2) * s ** 0.3
         for end in ((-side * 8, -22, -14), (side * 10, -20, -18), (0, 10, 6)):
             sl, f, _ = tube(cv, rng, [body, body + np.array(end) * hz], (r * 1.15, r * 0.8), 1.0, 0.05)
+            # retroperitoneal, under the crura: only the body cavity limits them, not the
+            # height of the domes
             cv.paint(sl, f < 1 if f is not None else None, name, "adrenal", over=_FREE)
         L[name] = body
 
@@ -121,27 +125,12 @@ def paint_abdomen(cv: Canvas, B: Body, rng: np.random.Generator, oral: bool) -> 
     if sl is not None:
         cv.paint(sl, (f < 1) & _abd(cv, B, sl), "Gall Bladder", "gallbladder", over=_FREE + ("liver",))
 
-    # Stomach: cardia at the gastro-oesophageal junction, fundus under the left dome, body and
-    # antrum to the pylorus; gas rises anteriorly, fluid (or oral contrast) lies dependent.
+    # The stomach's ends are fixed points (the duodenum starts at the pylorus); it is painted
+    # after the retroperitoneal duodenum and pancreas, so it wraps them and not the reverse.
     yv, rv = sp(lv("T11"))
     gej = np.array((-0.2 * a, yv + rv + 40, lv("T11", 0.4)))
     L["gej"] = gej
-    fill = rng.uniform(0.75, 1.2)
-    ctrl = [gej, (-0.4 * a, y_mid - 0.1 * b, B.dome_l - 40), (-0.42 * a, y_mid + 0.3 * b, lv("T12", 0.3)),
-            (-0.22 * a, y_mid + 0.55 * b, lv("L1", 0.3)), (0.04 * a, y_mid + 0.55 * b, lv("L1", 0.6)),
-            (0.16 * a, y_mid + 0.35 * b, lv("L1", 0.9))]
-    radii = np.array((12, 40, 40, 32, 22, 12)) * s * np.r_[1, fill, fill, fill, 1, 1]
-    sl, f, _ = tube(cv, rng, ctrl, radii, 4.0, 0.08)
-    L["pylorus"] = np.array(ctrl[-1])
-    level = rng.uniform(-0.3, 0.5)
-    if sl is not None:
-        m = (f < 1) & _abd(cv, B, sl)
-        cv.paint(sl, m, "Stomach", "gi_wall", over=_FREE)
-        lumen = m & (f < 1 - 4.0 / (30 * s))
-        Y = cv.xyz(sl)[1]
-        cap = Y > y_mid + level * b
-        cv.paint(sl, lumen & cap, tissue="gas", within="Stomach")
-        cv.paint(sl, lumen & ~cap, tissue="gi_fluid", within="Stomach")
+    L["pylorus"] = np.array((0.16 * a, y_mid + 0.35 * b, lv("L1", 0.9)))
 
     # Duodenum: bulb, descending, horizontal (between aorta and SMA), ascending to the flexure.
     def dpt(x, dy, z):
@@ -170,6 +159,24 @@ def paint_abdomen(cv: Canvas, B: Body, rng: np.random.Generator, oral: bool) -> 
     else:
         sub_seed(rng)
     L["pancreas_path"] = path
+
+    # Stomach: cardia at the gastro-oesophageal junction, fundus under the left dome, body and
+    # antrum to the pylorus; gas rises anteriorly, fluid (or oral contrast) lies dependent.
+    fill = rng.uniform(0.75, 1.2)
+    ctrl = [gej, (-0.4 * a, y_mid - 0.1 * b, B.dome_l - 40), (-0.42 * a, y_mid + 0.3 * b, lv("T12", 0.3)),
+            (-0.22 * a, y_mid + 0.55 * b, lv("L1", 0.3)), (0.04 * a, y_mid + 0.55 * b, lv("L1", 0.6)),
+            L["pylorus"]]
+    radii = np.array((12, 40, 40, 32, 22, 12)) * s * np.r_[1, fill, fill, fill, 1, 1]
+    sl, f, _ = tube(cv, rng, ctrl, radii, 4.0, 0.08)
+    level = rng.uniform(0.1, 0.6)
+    if sl is not None:
+        m = (f < 1) & _abd(cv, B, sl)
+        cv.paint(sl, m, "Stomach", "gi_wall", over=_FREE)
+        lumen = m & (f < 1 - 4.0 / (30 * s))
+        Y = cv.xyz(sl)[1]
+        cap = Y > y_mid + level * b
+        cv.paint(sl, lumen & cap, tissue="gas", within="Stomach")
+        cv.paint(sl, lumen & ~cap, tissue="gi_fluid", within="Stomach")
 
     # Colon: caecum, ascending, hepatic flexure, transverse (hanging), splenic flexure,
     # descending, sigmoid into the pelvis; gas anteriorly, stool and fluid dependent.

@@ -123,8 +123,11 @@ class Body:
             (lv("T10", 0.5), 0.5 * (ai_c + ai_a), 0.5 * (front_c + front_a), 0.5 * (back_c + back_a)),
             (lv("L1", 0.5), ai_a, front_a, back_a),
             (lv("L4", 0.5), ai_a, front_a, back_a),
-            (lv("S1", 1.0), ai_a - 25, front_a, yb + fb + 60),
-            (lv("S3", 0.5), 0.45 * ai_a, front_a - 0.1 * b, yb + fb + 45),
+            # false pelvis (iliac fossae) narrowing to the true pelvis below the brim
+            (lv("L5", 0.5), 0.93 * ai_a, front_a, back_a + 6),
+            (lv("S1", 1.0), 0.86 * ai_a, front_a, yb + fb + 55),
+            (lv("S2", 0.5), 0.74 * ai_a, front_a - 0.04 * b, yb + fb + 50),
+            (self.head + 40, 0.52 * ai_a, yb + b * 1.7, yb + fb + 45),
             (self.head, 0.36 * ai_a + 0.1 * self.head_x, yb + b * 1.55, yb + fb + 45),
             (self.head - 40, 0.25 * ai_a, yb + b * 1.2, yb + fb + 55),
             (self.head - 55, 1.0, yb + b * 1.1, yb + fb + 60),
@@ -180,17 +183,20 @@ class Body:
         return yc + b
 
     def diaphragm(self, X, Y):
-        """z of the diaphragm surface over (X, Y): two domes, lower centrally and posteriorly."""
+        """z of the diaphragm surface over (X, Y): two domes, lower centrally and posteriorly;
+        the posterior costophrenic recesses reach lowest laterally, not beside the spine (where
+        the crura and adrenal glands lie)."""
         a, bc = self.a_chest, self.b_chest
         yc = self.y_back + bc
+        post = np.clip(-(Y - yc) / bc, 0, None)
+        lat = np.clip((np.abs(X) - 30) / (0.4 * a), 0.2, 1.0)
         out = None
         for xd, zd in ((0.42 * a, self.dome_r), (-0.45 * a, self.dome_l)):
             dx = (X - xd) / (0.62 * a)
             dy = (Y - (yc + 0.1 * bc)) / (0.95 * bc)
-            post = np.clip(-(Y - yc) / bc, 0, None)
-            z = zd - 75.0 * (dx * dx + dy * dy) - 45.0 * post * post
+            z = zd - 70.0 * dx * dx - 55.0 * dy * dy
             out = z if out is None else np.maximum(out, z)
-        return out
+        return out - 45.0 * post * post * lat
 
 
 # --------------------------------------------------------------------------------------------

@@ -103,6 +103,7 @@ def one_tumour(cv: Canvas, rng, t: str, spec: dict, parents: list[int], phase: s
         return False
     cv.label[sl][m] = cv.idx[spec["cls"]]
     cv.tissue[sl][m] = T[_ISO_HOST[t] if iso else _TISSUE[t]]
+    kinds = [k for k, on in (("outside", outside), ("iso", iso)) if on]
     if iso:  # same mean as the host organ: only the texture gives it away
         cv.overlays.append(Overlay(sl, m, tex_seed, tex_cell, tex_amp, tex_shift))
     if sub_type and t in ("liver_tumor", "kidney_tumor") and not iso:
@@ -110,11 +111,17 @@ def one_tumour(cv: Canvas, rng, t: str, spec: dict, parents: list[int], phase: s
         if inner.any():
             if t == "liver_tumor":
                 cv.tissue[sl][m & ~inner] = T["lesion_rim"]
+                kinds.append("rim")
             else:
                 cv.tissue[sl][inner] = T["necrosis"]
+                kinds.append("necrotic")
     elif rim and rim_gain > 0:
         inner = ndimage.binary_erosion(m, iterations=max(1, int(round(rim_mm / sp[0]))))
         ring = m & ~inner
         if ring.any() and inner.any():
             cv.overlays.append(Overlay(sl, ring, tex_seed + 1, 4.0, 0.0, rim_gain))
+            kinds.append("rim")
+    cv.notes.setdefault("lesions", []).append({
+        "type": t, "variants": kinds, "voxels": int(m.sum()),
+        "centre": tuple(round(float(v), 1) for v in centre)})
     return True

@@ -92,7 +92,7 @@ def mediastinum(cv: Canvas, B: Body, H: Heart, sl) -> np.ndarray:
 
 def paint_lungs(cv: Canvas, B: Body, H: Heart, rng) -> None:
     seeds = [sub_seed(rng) for _ in range(2)]
-    thr = rng.uniform(1.45, 1.7)
+    width = rng.uniform(0.22, 0.3)
     lo = (-B.a_chest, B.y_back, B.dome_l - 160)
     hi = (B.a_chest, B.y_back + 2 * B.b_chest + 20, B.apex + 5)
     sl = cv.box(lo, hi)
@@ -105,10 +105,13 @@ def paint_lungs(cv: Canvas, B: Body, H: Heart, rng) -> None:
     right = np.broadcast_to(X > -5, mask.shape)
     cv.paint(sl, mask & right, "Right Lung", "lung")
     cv.paint(sl, mask & ~right, "Left Lung", "lung")
-    # bronchovascular bundles: denser and thicker towards the hila
-    fine = Noise(seeds[0], lo, hi, 5.0).sample(cv, sl)
-    hil = np.exp(-((np.abs(X) - 55) ** 2 + (Y - (B.spine(Z)[0] + 45)) ** 2 + (Z - B.lv("T6")) ** 2) / (2 * 70.0 ** 2))
-    vessels = mask & (fine > thr - 0.6 * hil)
+    # Bronchovascular tree: where the zero sets of two smooth fields cross, they trace a
+    # tangle of tubes; thicker and denser towards the hila, thin in the periphery.
+    n1 = Noise(seeds[0], lo, hi, 22.0).sample(cv, sl)
+    n2 = Noise(seeds[1], lo, hi, 22.0).sample(cv, sl)
+    d_hil = ((np.abs(X) - 50) ** 2 + (Y - (B.spine(Z)[0] + 45)) ** 2 + (Z - B.lv("T6")) ** 2) / (2 * 80.0 ** 2)
+    e = np.float32(width) * (0.5 + 0.9 * np.exp(-d_hil))
+    vessels = mask & (np.abs(n1) < e) & (np.abs(n2) < e)
     cv.paint(sl, vessels, tissue="lung_vessel")
     # central vessels to the hila are painted in vessels.py; mediastinal fat fills the rest
     med = cv.inside[sl] & above & cavity_top & ~mask
@@ -207,7 +210,7 @@ def esophagus_path(B: Body, gej: np.ndarray) -> list:
         return (dx, yv + rv + gap, z)
 
     return [behind(B.top + 40, -4), behind(B.apex, -6), behind(B.lv("T4"), -8, 10), behind(B.lv("T7"), -4, 14),
-            behind(B.lv("T9"), -10, 22), behind(B.lv("T10", 0.7), -22, 32), tuple(gej)]
+            behind(B.lv("T9"), -8, 28), behind(B.lv("T10", 0.7), -20, 36), tuple(gej)]
 
 
 def paint_esophagus(cv: Canvas, B: Body, gej: np.ndarray, rng) -> None:

@@ -129,7 +129,7 @@ def paint_vessels(cv: Canvas, B: Body, H: Heart, air: dict, L: dict, rng: np.ran
     porta = L["porta"]
     _vessel(cv, rng, [conf, 0.5 * (conf + porta) + (0, 6, 0), porta], 7.5 * rs, "portal_vein",
             "Portal Vein and Splenic Vein")
-    sp = [conf] + [p + (0, -12, 4) for p in pan[:: max(1, len(pan) // 5)][::-1] if p[0] < conf[0] - 15]
+    sp = [conf] + [p + (0, -17, 3) for p in pan[:: max(1, len(pan) // 5)][::-1] if p[0] < conf[0] - 15]
     if len(sp) < 3:
         sp = [conf, conf + (-40, -8, 10), L["spleen_hilum"]]
     _vessel(cv, rng, sp + [L["spleen_hilum"]], 5.0 * rs, "portal_vein", "Portal Vein and Splenic Vein")
