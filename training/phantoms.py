@@ -136,7 +136,7 @@ def generate(
     grid = make_grid(r_grid, proto, shape, spacing)
     cv = Canvas(grid, class_indices())
     _paint_anatomy(cv, body, proto, r_anat)
-    placed = paint_tumours(cv, r_tum, types, tumour_prob, proto.phase)
+    placed = paint_tumours(cv, int(r_tum.integers(1 << 62)), types, tumour_prob, proto.phase)
     base, tex = draw_hu(r_hu, proto.phase, body.fatty_liver, proto.oral_contrast)
     image = render(cv, r_img, base, tex, noise, noise_scale=body.s)
     info = proto.as_dict() | {"sex": "female" if body.female else "male", "fatty_liver": body.fatty_liver,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .body import Body
-from .geometry import Canvas, Noise, ellipsoid, sub_seed, tube
+from .geometry import BG, Canvas, Noise, ellipsoid, sub_seed, tube
 from .thorax import below_diaphragm
 
 _FREE = ("visceral_fat",)
@@ -232,7 +232,7 @@ def paint_ascites(cv: Canvas, B: Body, L: dict, rng) -> None:
     band = 0.04 + 0.12 * amt
     for sl, f in L["liver"]:
         if sl is not None:
-            cv.paint(sl, (f >= 1) & (f < 1 + band) & _abd(cv, B, sl), tissue="fluid", over=_FREE)
+            cv.paint(sl, (f >= 1) & (f < 1 + band) & _abd(cv, B, sl), tissue="fluid", over=_FREE, within=BG)
     for sl, f in draws:
         if sl is not None:
-            cv.paint(sl, (f < 1) & _abd(cv, B, sl), tissue="fluid", over=_FREE)
+            cv.paint(sl, (f < 1) & _abd(cv, B, sl), tissue="fluid", over=_FREE, within=BG)

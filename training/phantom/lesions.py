@@ -40,20 +40,22 @@ _OUTSIDE = ("visceral_fat", "fat", "muscle", "lung", "lung_vessel", "fluid")
 VARIANTS: tuple[str, ...] = ("outside", "iso", "rim")
 
 
-def paint_tumours(cv: Canvas, rng: np.random.Generator, types: list[str], prob: float, phase: str) -> list[str]:
+def paint_tumours(cv: Canvas, seed: int, types: list[str], prob: float, phase: str) -> list[str]:
+    """Place each requested type with probability prob. Every type draws from its own stream
+    (seed, type): its lesions do not depend on which other types were requested."""
     placed = []
     cv.boxes = ndimage.find_objects(cv.label)
     for t in types:
+        rng = np.random.default_rng([int(seed), 0x7E55, list(TUMOUR_TYPES).index(t)])
         present = rng.random() < prob
         n = 1 + int(rng.random() < 0.4) if t == "liver_tumor" else 1
-        spec = TUMOUR_TYPES[t]
-        sub = np.random.default_rng(rng.integers(1 << 62))
         if not present:
             continue
+        spec = TUMOUR_TYPES[t]
         parents = [cv.idx[p] for p in spec["parents"]]
         ok = False
         for _ in range(n):
-            ok |= one_tumour(cv, sub, t, spec, parents, phase)
+            ok |= one_tumour(cv, rng, t, spec, parents, phase)
         if ok:
             placed.append(t)
     return placed

@@ -137,7 +137,8 @@ def paint_ribs(cv: Canvas, B: Body, rng: np.random.Generator) -> dict:
     wk = [3, 7, 14, 15, 24, 22]
     tk = [3, 6, 10, 11, 14, 13]
     st_jit = rng.uniform(0.9, 1.1, 2)
-    sl = cv.box((-30, sternum_y(z_xb) - 25, z_xtip - 6), (30, sternum_y(z_notch) + 5, z_notch + 2))
+    ys = sternum_y(np.linspace(z_xtip - 6, z_notch + 2, 24))
+    sl = cv.box((-30, float(ys.min()) - 25, z_xtip - 6), (30, float(ys.max()) + 5, z_notch + 2))
     if sl is not None:
         X, Y, Z = cv.xyz(sl)
         z = Z[0, 0, :].astype(np.float64)

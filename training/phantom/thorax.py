@@ -28,7 +28,7 @@ class Heart:
         s = B.s ** 0.5
         self.size = rng.uniform(0.88, 1.12) * s
         self.c = np.array((-0.16 * B.a_chest + rng.uniform(-8, 8), B.y_back + 1.2 * B.b_chest + rng.uniform(-8, 8),
-                           B.dome_l + 6 * self.size + rng.uniform(-5, 10)))
+                           B.dome_l + 20 * self.size + rng.uniform(-5, 10)))
         d = np.array((-0.62, 0.55, -0.52)) + rng.normal(0, 0.06, 3)
         e1 = d / np.linalg.norm(d)
         up = np.array((0.0, 0.0, 1.0))
@@ -36,7 +36,7 @@ class Heart:
         e2 /= np.linalg.norm(e2)
         e3 = np.cross(e1, e2)
         self.rot = np.stack([e1, e2, e3], axis=1)  # columns: local axes in world coordinates
-        self.radii = np.array((58.0, 40.0, 36.0)) * self.size
+        self.radii = np.array((62.0, 46.0, 38.0)) * self.size
 
     def at(self, local) -> np.ndarray:
         """World point of heart-local offsets (mm along base->apex, up-ish, across)."""

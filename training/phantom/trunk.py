@@ -10,9 +10,12 @@ from .tissues import T
 
 
 def _squircle(X, Y, a, b, yc, sq):
+    """< 1 inside the rounded rectangle u^2 + v^2 - sq u^2 v^2 = 1 (|u|, |v| <= 1); the max
+    removes the curve's far branches, where sq u^2 v^2 outgrows u^2 + v^2."""
     u2 = (X / a) ** 2
     v2 = ((Y - yc) / b) ** 2
-    return u2 + v2 - sq * u2 * v2
+    q = u2 + v2 - sq * u2 * v2
+    return np.maximum(np.maximum(q, u2, out=q), v2, out=q)
 
 
 def paint_trunk(cv: Canvas, B: Body, rng: np.random.Generator) -> None:
