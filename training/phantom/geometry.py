@@ -112,13 +112,25 @@ class Canvas:
         if keep is not None:
             mask = mask & ~np.isin(self.label[sl], self.ids(keep))
         if over is not None:
-            mask = mask & np.isin(self.tissue[sl], [T[t] for t in over])
+            mask = mask & _lut(tuple(over))[self.tissue[sl]]
         if label is not None:
             self.label[sl][mask] = label if isinstance(label, int) else self.idx[label]
         if tissue is not None:
             self.tissue[sl][mask] = T[tissue]
         if block:
             self.inside[sl][mask] = False
+
+
+_LUTS: dict[tuple, np.ndarray] = {}
+
+
+def _lut(names: tuple) -> np.ndarray:
+    """Boolean look-up table over tissue ids (one gather instead of np.isin)."""
+    if names not in _LUTS:
+        t = np.zeros(256, bool)
+        t[[T[n] for n in names]] = True
+        _LUTS[names] = t
+    return _LUTS[names]
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,15 +275,21 @@ class Noise:
 
     def sample(self, cv: Canvas, sl) -> np.ndarray:
         f = self.lattice()
-        for ax in range(3):
+        n_out = [s.stop - s.start for s in sl]
+        # shrink first, expand last: the intermediate arrays stay small
+        for ax in sorted(range(3), key=lambda a: n_out[a] / f.shape[a]):
             c = cv.grid.coords(ax, sl[ax]).astype(np.float64)
             pos = np.clip((c - self._origin[ax]) / self._step[ax], 0, f.shape[ax] - 1.001)
             i0 = pos.astype(np.int64)
             w = (pos - i0).astype(np.float32)
             shp = [1, 1, 1]
             shp[ax] = len(c)
-            w = w.reshape(shp)
-            f = np.take(f, i0, axis=ax) * (1 - w) + np.take(f, i0 + 1, axis=ax) * w
+            lo = np.take(f, i0, axis=ax)
+            hi = np.take(f, i0 + 1, axis=ax)
+            hi -= lo  # lo + w (hi - lo), in place: the last pass runs over the whole box
+            hi *= w.reshape(shp)
+            lo += hi
+            f = lo
         return f
 
 

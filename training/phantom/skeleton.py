@@ -51,7 +51,7 @@ def cage_point(B: Body, z, phi, side: int, offset: float = 0.0):
 def paint_spine(cv: Canvas, B: Body, rng: np.random.Generator) -> None:
     """Vertebral bodies with discs, canal, arches, spinous and transverse processes, sacrum, coccyx."""
     z_lo = B.lv("Co", 0.0) - 25
-    sl = cv.box((-95, B.y_back - 5, z_lo), (95, B.y_back + 150, B.top + 40))
+    sl = cv.box((-62, B.y_back - 5, z_lo), (62, B.y_back + 150, B.top + 40))
     if sl is None:
         return
     X, Y, Z = cv.xyz(sl)
