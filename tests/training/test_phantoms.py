@@ -462,3 +462,17 @@ def test_fatty_liver_and_ascites():
     p = _find(lambda p: p.info["ascites"], range(60), **kw)
     fluid = p.tissue == TIS["fluid"]
     assert fluid.sum() > 30 and (p.label[fluid] == 0).all()
+
+
+def test_phantoms_cli_fixes_the_protocol_and_records_it(tmp_path):
+    import json
+
+    from training.cli import main
+
+    out = tmp_path / "set"
+    assert main(["phantoms", "--out", str(out), "--n", "2", "--seed", "7", "--spacing", "10", "--tumours", "none",
+                 "--fov", "chest", "--phase", "arterial"]) == 0
+    infos = json.loads((out / "phantoms.json").read_text())
+    assert sorted(infos) == ["phantom_00007", "phantom_00008"]
+    assert {i["fov"] for i in infos.values()} == {"chest"} and {i["phase"] for i in infos.values()} == {"arterial"}
+    assert all(i["tumours"] == [] and "sex" in i for i in infos.values())
