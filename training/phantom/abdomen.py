@@ -13,21 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from .body import Body
-from .geometry import BG, Canvas, Noise, ellipsoid, sub_seed, tube
+from .geometry import BG, Canvas, Noise, ellipsoid, frame, sub_seed, tube
 from .thorax import below_diaphragm
 
 _FREE = ("visceral_fat",)
-
-
-def _frame(long_axis, toward) -> np.ndarray:
-    """Rotation whose columns are (toward, third, long) axes: long_axis normalised, toward made
-    orthogonal to it."""
-    e3 = np.asarray(long_axis, float)
-    e3 /= np.linalg.norm(e3)
-    e1 = np.asarray(toward, float)
-    e1 = e1 - e3 * (e1 @ e3)
-    e1 /= np.linalg.norm(e1)
-    return np.stack([e1, np.cross(e3, e1), e3], axis=1)
 
 
 def _abd(cv: Canvas, B: Body, sl) -> np.ndarray:
@@ -60,7 +49,7 @@ def paint_abdomen(cv: Canvas, B: Body, rng: np.random.Generator, oral: bool) -> 
         zc = lv("L1", 0.35) - drop + rng.uniform(-10, 10) * hz
         yv, rv = sp(zc)
         c = np.array((side * (rv + 50 * s + rng.uniform(-6, 6)), yv - 8 + rng.uniform(-6, 6), zc))
-        rot = _frame((-side * 0.22, -0.25, 1.0), (-side * 0.8, 0.55, 0.0))
+        rot = frame((-side * 0.22, -0.25, 1.0), (-side * 0.8, 0.55, 0.0))
         radii = np.array((27, 21, 54)) * s * rng.uniform(0.88, 1.1)
         sl, f = ellipsoid(cv, rng, c, radii, 0, 0.06, rot=rot)
         med_seed = sub_seed(rng)
@@ -96,7 +85,7 @@ def paint_abdomen(cv: Canvas, B: Body, rng: np.random.Generator, oral: bool) -> 
     zc = B.dome_l - rng.uniform(50, 70) * hz
     ai, bi, yi = (float(v) for v in B.cavity(zc))
     c = np.array((-(ai - 26 * s), yi - 0.45 * bi, zc))
-    rot = _frame((0.25, 0.3, 1.0), (-0.75, -0.6, 0.0))
+    rot = frame((0.25, 0.3, 1.0), (-0.75, -0.6, 0.0))
     sl, f = ellipsoid(cv, rng, c, np.array((24, 50, 58)) * s * rng.uniform(0.85, 1.2), 8, 0.12, rot=rot)
     if sl is not None:
         cv.paint(sl, (f < 1) & _abd(cv, B, sl), "Spleen", "spleen", over=_FREE + ("muscle",))
@@ -105,7 +94,7 @@ def paint_abdomen(cv: Canvas, B: Body, rng: np.random.Generator, oral: bool) -> 
     # Liver: right lobe filling the right dome, left lobe under the heart, caudate at the IVC.
     zr = B.dome_r
     # right lobe: its long axis tilts so that the lower tip lies lateral (wedge under the dome)
-    tilt = _frame((-0.35, 0.05, 1.0), (1, 0, 0))
+    tilt = frame((-0.35, 0.05, 1.0), (1, 0, 0))
     lobes = [((0.3 * a + 22 * s, y_mid - 0.05 * b, zr - 72 * hz), (88 * s, 0.7 * b + 10, 92 * hz), tilt),
              ((-0.05 * a, y_mid + 0.3 * b, zr - 40 * hz), (70 * s, 0.25 * b + 12, 42 * hz), None),
              ((0.1 * a, sp(lv("T11"))[0] + 48, lv("T11", 0.2)), (24 * s, 22 * s, 40 * hz), None)]
@@ -120,7 +109,7 @@ def paint_abdomen(cv: Canvas, B: Body, rng: np.random.Generator, oral: bool) -> 
 
     # Gallbladder in the fossa under the right lobe, fundus anterior-inferior.
     c = np.array((0.26 * a + rng.uniform(-10, 10), y_mid + 0.3 * b, lv("L1", 0.9)))
-    rot = _frame((0.1, -0.6, 0.8), (1, 0, 0))
+    rot = frame((0.1, -0.6, 0.8), (1, 0, 0))
     sl, f = ellipsoid(cv, rng, c, np.array((15, 15, 38)) * s * rng.uniform(0.7, 1.15), 5, 0.08, rot=rot)
     if sl is not None:
         cv.paint(sl, (f < 1) & _abd(cv, B, sl), "Gall Bladder", "gallbladder", over=_FREE + ("liver",))

@@ -145,6 +145,17 @@ def rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
     return rz @ ry @ rx
 
 
+def frame(long_axis, toward) -> np.ndarray:
+    """Rotation whose columns are (toward, third, long) axes in world coordinates: long_axis
+    normalised, toward made orthogonal to it (the local x axis of an organ)."""
+    e3 = np.asarray(long_axis, float)
+    e3 = e3 / np.linalg.norm(e3)
+    e1 = np.asarray(toward, float)
+    e1 = e1 - e3 * (e1 @ e3)
+    e1 /= np.linalg.norm(e1)
+    return np.stack([e1, np.cross(e3, e1), e3], axis=1)
+
+
 def ellipsoid(cv: Canvas, rng, centre, radii, max_rot: float = 15.0, wobble: float = 0.12,
               grow: float = 0.0, rot: np.ndarray | None = None):
     """Deformed ellipsoid: radius modulated by a few random low-order waves over direction.

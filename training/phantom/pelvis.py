@@ -7,18 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from .body import Body
-from .geometry import BG, Canvas, Noise, ellipsoid, sub_seed, tube
+from .geometry import BG, Canvas, Noise, ellipsoid, frame, sub_seed, tube
 
 _FREE = ("visceral_fat",)
-
-
-def _axis_rot(axis, toward) -> np.ndarray:
-    e3 = np.asarray(axis, float)
-    e3 /= np.linalg.norm(e3)
-    e1 = np.asarray(toward, float)
-    e1 = e1 - e3 * (e1 @ e3)
-    e1 /= np.linalg.norm(e1)
-    return np.stack([e1, np.cross(e3, e1), e3], axis=1)
 
 
 def _sacrum_front(B: Body, z: float) -> float:
@@ -67,7 +58,7 @@ def paint_pelvis_organs(cv: Canvas, B: Body, rng: np.random.Generator) -> None:
                  keep=("Rectum", "Bladder"))
         for side in (1, -1):
             sl, f = ellipsoid(cv, rng, (side * 18, bladder_back - 8, head + 6), (16, 6, 8), 10, 0.1,
-                              rot=_axis_rot((side * 1.0, -0.3, 0.3), (0, 0, 1)))
+                              rot=frame((side * 1.0, -0.3, 0.3), (0, 0, 1)))
             cv.paint(sl, None if f is None else f < 1, BG, "prostate", over=_FREE)
         return
 
@@ -77,7 +68,7 @@ def paint_pelvis_organs(cv: Canvas, B: Body, rng: np.random.Generator) -> None:
     tilt = rng.uniform(0.35, 0.9)
     axis = np.array((rng.uniform(-0.2, 0.2), tilt, 1.0))
     cu = np.array((0.0, bladder_back - 8, head + 40 * hz + 15 * g))
-    rot = _axis_rot(axis, (1, 0, 0))
+    rot = frame(axis, (1, 0, 0))
     sl, f = ellipsoid(cv, rng, cu + rot[:, 2] * 15 * size, np.array((30, 22, 40)) * size, 0, 0.08, rot=rot)
     if sl is not None:
         cv.paint(sl, f < 1, BG, "uterus", over=_FREE)
