@@ -179,7 +179,8 @@ class Body:
         return self.y_back + 2 * self.b_hip - 0.8 * self.fat - 22
 
     def front(self, z) -> np.ndarray:
-        a, b, yc, _, _ = self.skin(z)
+        """y of the skin in the anterior midline at z."""
+        _, b, yc, _, _ = self.skin(z)
         return yc + b
 
     def diaphragm(self, X, Y):

@@ -210,7 +210,7 @@ def paint_shoulders(cv: Canvas, B: Body, arms: list, rng: np.random.Generator) -
     s = B.s
     z_notch = lv("T2", 0.0)
     fb = 0.35 * B.fat
-    for side, shoulder, path, rad in arms:
+    for side, shoulder, path, _ in arms:
         up = path[-1, 2] > shoulder[2] + 100
         jit = rng.uniform(-1, 1, 6)
         # clavicle: sternal end at the notch, lateral end at the acromion

@@ -35,7 +35,7 @@ def paint_trunk(cv: Canvas, B: Body, rng: np.random.Generator) -> None:
     a = np.where(zs < B.crotch + 25, a * np.sqrt(np.clip((zs - B.crotch + 15) / 40, 0.05, 1)), a)
     f = lambda v: v.astype(np.float32)[None, None, :]  # noqa: E731
     chunk = max(1, int(4e6 // (g.shape[0] * g.shape[1])))
-    air, fat, muscle, vfat = T["air"], T["fat"], T["muscle"], T["visceral_fat"]
+    fat, muscle, vfat = T["fat"], T["muscle"], T["visceral_fat"]
     for k0 in range(0, g.shape[2], chunk):
         ks = slice(k0, min(k0 + chunk, g.shape[2]))
         if not trunk_z[ks].any():
@@ -54,7 +54,7 @@ def paint_trunk(cv: Canvas, B: Body, rng: np.random.Generator) -> None:
 
 
 def paint_limbs(cv: Canvas, B: Body, proto: Protocol, rng: np.random.Generator) -> dict:
-    """Neck, breasts, thighs and arms (soft tissue only; bones in skeleton.py). Returns the arm
+    """Thighs, breasts and arms (soft tissue only; bones in skeleton.py). Returns the arm
     and thigh axes for the skeleton."""
     s = B.s
     lv = B.lv
@@ -146,7 +146,6 @@ def _arms(cv: Canvas, B: Body, proto: Protocol, rng) -> list:
 
 def paint_table(cv: Canvas, B: Body, rng: np.random.Generator) -> None:
     """Curved carbon-fibre table with a foam core, and the mattress the patient lies on."""
-    g = cv.grid
     m_thick = rng.uniform(25, 60)
     R = rng.uniform(500, 900)
     half = rng.uniform(200, 240)
