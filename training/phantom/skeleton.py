@@ -93,8 +93,9 @@ def paint_spine(cv: Canvas, B: Body, rng: np.random.Generator) -> None:
     FR = f32(frac)
     KT, KL = f32(kind == "T").astype(bool), f32(kind == "L").astype(bool)
     arch = (dc < RC + 4.5) & (Y < YV - 0.6 * RV) & col & (FR > 0.08)
-    length = f32(np.where(kind == "L", 26.0, np.where(kind == "T", 22.0, 14.0)) * B.spine_r)
-    spinous = (np.abs(X) < 3) & (Y < yc - RC) & (Y > yc - RC - length) & col
+    length = f32(np.where(kind == "L", 24.0, np.where(kind == "T", 20.0, 14.0)) * B.spine_r)
+    along = np.clip((yc - RC - Y) / length, 0, 1)  # 0 at the lamina, 1 at the tip
+    spinous = (np.abs(X) < 3.5 - 1.5 * along) & (Y < yc - RC) & (Y > yc - RC - length) & col
     ax_ = np.abs(X) - RC
     slope = np.where(KT, 0.6, 0.15)  # thoracic transverse processes point backwards to the ribs
     transverse = ((ax_ > 0) & (ax_ < length * np.where(KL, 1.15, 0.9)) & (np.abs(Y - (yc + 2 - slope * ax_)) < 3.5)

@@ -8,7 +8,6 @@ organ the model knows.
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from .body import Body

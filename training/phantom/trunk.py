@@ -33,6 +33,7 @@ def paint_trunk(cv: Canvas, B: Body, rng: np.random.Generator) -> None:
     trunk_z = zs > B.crotch - 15  # below the crotch only the thighs remain
     # crotch: the trunk's bottom is rounded into the buttocks
     a = np.where(zs < B.crotch + 25, a * np.sqrt(np.clip((zs - B.crotch + 15) / 40, 0.05, 1)), a)
+    pelvic = (zs > B.head - 45) & (zs < B.head + 45)
     f = lambda v: v.astype(np.float32)[None, None, :]  # noqa: E731
     chunk = max(1, int(4e6 // (g.shape[0] * g.shape[1])))
     fat, muscle, vfat = T["fat"], T["muscle"], T["visceral_fat"]
@@ -49,6 +50,11 @@ def paint_trunk(cv: Canvas, B: Body, rng: np.random.Generator) -> None:
         t[skin] = fat
         t[skin & under] = muscle
         inside = skin & under & cav
+        if pelvic[ks].any():
+            # obturator internus and levator ani line the true pelvis
+            wall = f(np.where(pelvic[ks], 9.0, 0.0))
+            lining = _squircle(X, Y, f(ai[ks]) - wall, f(bi[ks]) - 0.5 * wall, f(yi[ks]) + 0.5 * wall, SQ) >= 1
+            inside &= ~lining
         t[inside] = vfat
         cv.inside[:, :, ks] = inside
 
