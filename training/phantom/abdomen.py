@@ -23,7 +23,7 @@ def _abd(cv: Canvas, B: Body, sl) -> np.ndarray:
     return cv.inside[sl] & below_diaphragm(cv, B, sl, 0.0)
 
 
-def paint_abdomen(cv: Canvas, B: Body, rng: np.random.Generator, oral: bool) -> dict:
+def paint_abdomen(cv: Canvas, B: Body, rng: np.random.Generator) -> dict:
     s, hz, lv = B.s, B.hz, B.lv
     a, b = B.a_abd, B.b_abd
     y_mid = B.y_back + b

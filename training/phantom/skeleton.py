@@ -48,7 +48,7 @@ def cage_point(B: Body, z, phi, side: int, offset: float = 0.0):
     return x, y
 
 
-def paint_spine(cv: Canvas, B: Body, rng: np.random.Generator) -> None:
+def paint_spine(cv: Canvas, B: Body) -> None:
     """Vertebral bodies with discs, canal, arches, spinous and transverse processes, sacrum, coccyx."""
     z_lo = B.lv("Co", 0.0) - 25
     sl = cv.box((-62, B.y_back - 5, z_lo), (62, B.y_back + 150, B.top + 40))

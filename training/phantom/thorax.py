@@ -42,7 +42,7 @@ class Heart:
         return self.c + self.rot @ (np.asarray(local, float) * self.size)
 
 
-def paint_diaphragm(cv: Canvas, B: Body, rng) -> None:
+def paint_diaphragm(cv: Canvas, B: Body) -> None:
     lo = (-B.a_chest, B.y_back, B.dome_l - 150)
     hi = (B.a_chest, B.y_back + 2 * B.b_chest + 30, max(B.dome_r, B.dome_l) + 5)
     sl = cv.box(lo, hi)
