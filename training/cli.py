@@ -1,6 +1,7 @@
 """dsm-train: phantoms, data checks, Stage-1/Stage-2 training, evaluation, export.
 
   dsm-train phantoms --out DIR --n N --seed S [--dicom] [--spacing MM] [--tumours all|seen|unseen|none]
+                     [--fov FOV] [--phase PHASE]
   dsm-train make-list --dataset KEY --root DIR --out LIST [--val-fraction F]
   dsm-train check-data --list LIST [--root DIR]
   dsm-train stage1 --config YAML [--resume auto|PATH|none] [--stop-after STEPS] [--time-budget MIN] [--set key=value ...]
@@ -39,7 +40,7 @@ def cmd_phantoms(a: argparse.Namespace) -> int:
     from .phantom_files import write_phantom_set
 
     rows = write_phantom_set(Path(a.out), a.n, a.seed, spacing=a.spacing, shape=a.shape, tumours=a.tumours,
-                             dataset=a.dataset, dicom=a.dicom, val=a.val)
+                             dataset=a.dataset, dicom=a.dicom, val=a.val, fov=a.fov, phase=a.phase)
     print(f"wrote {len(rows)} phantoms to {a.out} (list: {Path(a.out) / 'datalist.csv'})")
     return 0
 
@@ -116,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", default="phantom_all", help="registry key written into the list")
     s.add_argument("--val", type=int, default=0, help="mark the last N cases split=val")
     s.add_argument("--dicom", action="store_true", help="also write each image as a DICOM CT series")
+    from .phantom.body import FIELDS_OF_VIEW, PHASE_P  # numpy only
+
+    s.add_argument("--fov", choices=sorted(FIELDS_OF_VIEW), default=None,
+                   help="field of view for every phantom (default: drawn per phantom)")
+    s.add_argument("--phase", choices=sorted(PHASE_P), default=None,
+                   help="contrast phase for every phantom (default: drawn per phantom)")
     s.set_defaults(func=cmd_phantoms)
 
     s = sub.add_parser("make-list", help="build a dataset list from a registry layout")
