@@ -7,7 +7,7 @@
   dsm-train stage1 --config YAML [--resume auto|PATH|none] [--stop-after STEPS] [--time-budget MIN] [--set key=value ...]
   dsm-train stage2 --config YAML --init STAGE1.pt [...]
   dsm-train eval [--checkpoint CKPT] --data LIST|phantom:SEED:N[:TUMOURS[:SPACING]]|real --out DIR
-  dsm-train export --checkpoint FINAL.pt --out weights/dsm-small-demo.pt [--version V]
+  dsm-train export --checkpoint FINAL.pt|STATE.pt --out weights/dsm-small-demo.pt [--version V]
 """
 from __future__ import annotations
 
@@ -169,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-labels", action="store_true", help="also write each case's labels as NIfTI (labels/)")
     s.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("export", help="copy a final checkpoint into a release file (optionally fp16 weights)")
-    s.add_argument("--checkpoint", required=True)
+    s = sub.add_parser("export", help="copy a final checkpoint (or a training state) into a release file "
+                                      "(optionally fp16 weights)")
+    s.add_argument("--checkpoint", required=True, help="final.pt, or a training state checkpoints/step_*.pt")
     s.add_argument("--out", required=True)
     s.add_argument("--version", default=None)
     s.add_argument("--half", action="store_true", help="store floating weights as float16 (halves the size)")
