@@ -143,13 +143,15 @@ def _score_case(case: Case, result: VolumeSegmentation, catalog: Catalog, datase
         rec["predicted_ml"][name] = round(n * voxel_ml, 2)
     organ_ref = np.isin(case.classes, [e.index for e in catalog if e.is_organ])
     shell = ball(ball_radius_vox(dilation_mm, voxel_mm))
+    outputs = set(result.catalog.names)  # a Stage-1 model outputs organs only
     for entry in catalog:
         c = entry.index - 1
         truth = case.classes == entry.index
         if not ann[c] or not truth.any():
             continue
-        pred_classes = [catalog.by_name(n).index for n in merged.get(entry.name, (entry.name,))]
-        rec["dsc"][entry.name] = dice_score(np.isin(labels, pred_classes), truth)
+        if entry.name in outputs:
+            pred_classes = [catalog.by_name(n).index for n in merged.get(entry.name, (entry.name,))]
+            rec["dsc"][entry.name] = dice_score(np.isin(labels, pred_classes), truth)
         if not entry.is_tumor:
             continue
         rec["tumour_voxels"][entry.name] = int(truth.sum())
@@ -160,7 +162,8 @@ def _score_case(case: Case, result: VolumeSegmentation, catalog: Catalog, datase
         a = result.anomaly
         rec["auroc"][entry.name] = auroc(a[primary], truth[primary])
         rec["fpr95"][entry.name] = fpr_at_tpr(a[primary], truth[primary], 0.95)
-        rec["auroc_pc"][entry.name] = auroc(result.probability(entry.name)[primary], truth[primary])
+        if entry.name in outputs:
+            rec["auroc_pc"][entry.name] = auroc(result.probability(entry.name)[primary], truth[primary])
         dilated = ndimage.binary_dilation(primary, structure=shell)
         rec["auroc_dilated"][entry.name] = auroc(a[dilated], truth[dilated])
         rec["fpr95_dilated"][entry.name] = fpr_at_tpr(a[dilated], truth[dilated], 0.95)
@@ -220,15 +223,15 @@ def _summarise(per_case: list[dict], catalog: Catalog, seen: set[str]) -> dict[s
     dsc, au, fp = _per_class(per_case, "dsc"), _per_class(per_case, "auroc"), _per_class(per_case, "fpr95")
     au_d, fp_d = _per_class(per_case, "auroc_dilated"), _per_class(per_case, "fpr95_dilated")
     oracle, au_pc = _per_class(per_case, "oracle_auroc_dilated"), _per_class(per_case, "auroc_pc")
-    counts = {n: sum(1 for r in per_case if n in r["dsc"]) for n in dsc}
+    counts = {n: sum(1 for r in per_case if n in r["dsc"] or n in r.get("auroc", {})) for n in set(dsc) | set(au)}
     organs = [n for n in catalog.names if catalog.by_name(n).is_organ and n in dsc]
-    tumours = [n for n in catalog.names if catalog.by_name(n).is_tumor and n in dsc]
+    tumours = [n for n in catalog.names if catalog.by_name(n).is_tumor and (n in dsc or n in au)]
     seen_t = [n for n in tumours if n in seen]
     unseen_t = [n for n in tumours if n not in seen]
     out: dict[str, Any] = {
         "organ_dsc_mean": nanmean([dsc[n] for n in organs]),
-        "seen_tumor_dsc_mean": nanmean([dsc[n] for n in seen_t]),
-        "unseen_tumor_dsc_mean": nanmean([dsc[n] for n in unseen_t]),
+        "seen_tumor_dsc_mean": nanmean([dsc[n] for n in seen_t if n in dsc]),
+        "unseen_tumor_dsc_mean": nanmean([dsc[n] for n in unseen_t if n in dsc]),
         "seen_tumor_auroc_mean": nanmean([au[n] for n in seen_t if n in au]),
         "unseen_tumor_auroc_mean": nanmean([au[n] for n in unseen_t if n in au]),
         "unseen_tumor_fpr95_mean": nanmean([fp[n] for n in unseen_t if n in fp]),
@@ -237,7 +240,7 @@ def _summarise(per_case: list[dict], catalog: Catalog, seen: set[str]) -> dict[s
         "seen_tumor_auroc_pc_mean": nanmean([au_pc[n] for n in seen_t if n in au_pc]),
         "unseen_tumor_auroc_pc_mean": nanmean([au_pc[n] for n in unseen_t if n in au_pc]),
         "per_class": {n: {"kind": catalog.by_name(n).kind, "seen": (n in seen) if n in tumours else None,
-                          "dsc": dsc[n], "auroc": au.get(n), "fpr95": fp.get(n), "auroc_dilated": au_d.get(n),
+                          "dsc": dsc.get(n), "auroc": au.get(n), "fpr95": fp.get(n), "auroc_dilated": au_d.get(n),
                           "fpr95_dilated": fp_d.get(n), "oracle_auroc_dilated": oracle.get(n),
                           "auroc_pc": au_pc.get(n), "cases": counts[n]}
                       for n in organs + tumours},

@@ -152,11 +152,15 @@ class LossWeights:
     deep: float = 1.0  # weight of each kMMM layer's deep-supervision term
     dice_smooth: float = 1e-5  # see dice_bce_per_channel
     synthetic: float = 0.3  # weight of host_rejection (organ logits inside tumours and synthetic lesions)
+    # Share of the run over which that weight ramps up linearly from 0: organs first, rejection
+    # after (at full weight from step 0, a fine-tune on new phantoms lost liver, spleen and
+    # kidneys within 200 steps: the features could not yet tell a lesion from the organ).
+    synthetic_ramp: float = 0.0
 
 
 def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage: int,
              w: LossWeights | None = None, is_tumour: Tensor | None = None,
-             stats: dict | None = None) -> tuple[Tensor, dict[str, float]]:
+             stats: dict | None = None, progress: float = 1.0) -> tuple[Tensor, dict[str, float]]:
     """Total DSM loss for one batch and its parts (floats for logging).
 
     out: model output dict (mask_logits (B,N,...), layer_logits list of (B,N_o,...), and
@@ -164,8 +168,10 @@ def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage:
     is_tumour (C,) bool per catalog channel (needed when the batch holds synthetic lesions).
     ``stats``: if given, filled with "present" (B, N) bool and "max_prob" (B, N) float — the
     highest probability of each channel in each crop — for the dying-channel check.
+    ``progress``: step / total steps, for the ramp of the rejection weight.
     """
     w = w or LossWeights()
+    w_reject = w.synthetic * (min(1.0, progress / w.synthetic_ramp) if w.synthetic_ramp > 0 else 1.0)
     target = multi_hot(label, n_classes)
     masks = out["mask_logits"]
     n = masks.shape[1]
@@ -189,9 +195,9 @@ def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage:
     parts["cls"] = c.item()
     layers = out.get("layer_logits") or []
     n_organ = layers[0].shape[1] if layers else (int((~is_tumour).sum()) if is_tumour is not None else n)
-    reject = host_rejection(masks[:, :n_organ], label) if w.synthetic else None
+    reject = host_rejection(masks[:, :n_organ], label) if w_reject else None
     if reject is not None:
-        loss = loss + w.synthetic * reject
+        loss = loss + w_reject * reject
         parts["reject"] = reject.item()
     deep_total = torch.zeros((), device=masks.device)
     for k, r in enumerate(layers):
@@ -200,13 +206,13 @@ def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage:
         lw = None if weights is None else weights[:, :no]
         l, _, _ = partial_mask_loss(up, target[:, :no], annotated[:, :no], w.dice, w.bce, w.dice_smooth, lw)
         deep_total = deep_total + l
-        if k == len(layers) - 1 and w.synthetic:
+        if k == len(layers) - 1 and w_reject:
             # Finest layer only (stride 4, which the prompt reads): at coarser strides a lesion is
             # a fraction of a cell, and rejecting it there means rejecting the organ (an exposure
             # run with the term on every layer at weight 1 lost every organ within 20 steps).
             rj = host_rejection(up, label)
             if rj is not None:
-                deep_total = deep_total + w.synthetic * rj
+                deep_total = deep_total + w_reject * rj
     loss = loss + w.deep * deep_total
     parts["deep"] = deep_total.item()
     parts["loss"] = loss.item()

@@ -337,7 +337,7 @@ class Trainer:
             out = self.model(x)
         stats: dict = {}
         loss, parts = dsm_loss(out, label, ann, len(self.catalog), self.model_cfg.stage, self.cfg.loss,
-                               is_tumour=self.is_tumour, stats=stats)
+                               is_tumour=self.is_tumour, stats=stats, progress=self.step / max(self.total_steps, 1))
         self._track_health(stats)
         return loss, parts
 
