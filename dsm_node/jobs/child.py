@@ -61,12 +61,17 @@ def child_main(settings: Settings, pipeline: str, conn: Connection, parent_pid: 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent(parent_pid)
     from ..context import build_context
+    from ..liveness import register
     from ..logs import configure_logging
     from .task import JobRunner
 
     lg = settings.logging
     configure_logging(lg.level, lg.stdout, (settings.storage.log_dir / "dsm-node.jsonl") if lg.file else None)
     ctx = build_context(settings, migrate=False)
+    # The jobs this process runs carry its own identity (jobs.worker): its lock file lets a
+    # restarted node take them back at once when it dies with the node (PDEATHSIG), instead of
+    # waiting for the heartbeat timeout.
+    register(settings.storage.data_dir)
     factory = load_factory(pipeline)
     runner = JobRunner(ctx, lambda: factory(ctx))
     try:
