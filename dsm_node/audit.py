@@ -9,9 +9,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from . import audit_chain
 from .db.engine import transaction
 from .db.models import AuditEvent, utcnow
 
@@ -44,10 +46,12 @@ EVENTS: dict[str, EventKind] = {
     "association_released": EventKind(*USER_AUTHENTICATED, "E", "110123"),
     "association_aborted": EventKind(*USER_AUTHENTICATED, "E", "110123"),
     "association_rejected": EventKind(*SECURITY_ALERT, "E", "110126"),
+    "connection_refused": EventKind(*SECURITY_ALERT, "E", "110126"),
     "echo": EventKind(*APPLICATION_ACTIVITY, "E"),
     "instance_stored": EventKind(*INSTANCES_TRANSFERRED, "C"),
     "instances_stored": EventKind(*INSTANCES_TRANSFERRED, "C"),
     "instance_rejected": EventKind(*INSTANCES_TRANSFERRED, "C"),
+    "instance_conflict": EventKind(*INSTANCES_TRANSFERRED, "C"),
     "instance_ignored": EventKind(*INSTANCES_TRANSFERRED, "C"),
     "storage_full": EventKind(*SECURITY_ALERT, "E", "110130"),
     "spool_reconciled": EventKind(*INSTANCES_ACCESSED, "U"),
@@ -70,7 +74,12 @@ EVENTS: dict[str, EventKind] = {
 
 
 class Auditor:
-    """Writes audit events. Pass ``session`` to make the event part of a larger transaction."""
+    """Writes audit events. Pass ``session`` to make the event part of a larger transaction.
+
+    Each row gets its place in the hash chain (:mod:`dsm_node.audit_chain`) when its
+    transaction commits; only then is it written to the JSON log and handed to syslog, so that
+    nothing leaves the node for an event that was rolled back.
+    """
 
     def __init__(self, sessions: sessionmaker[Session], syslog: Any | None = None) -> None:
         self._sessions = sessions
@@ -102,30 +111,66 @@ class Auditor:
             detail=detail,
         )
         if session is not None:
-            session.add(event)
+            self._add(session, event)
         else:
             with transaction(self._sessions) as s:
-                s.add(event)
-        level = logging.INFO if outcome == SUCCESS else logging.WARNING
+                self._add(s, event)
+        return event
+
+    def _add(self, session: Session, event: AuditEvent) -> None:
+        session.add(event)
+        audit_chain.pending(session).append(event)
+        session.info.setdefault(_PUBLISH, []).append((self, event))
+
+    def publish(self, event: AuditEvent) -> None:
+        """After commit: the JSON log line, and syslog (queued, never blocking the caller)."""
+        kind = EVENTS[event.event_type]
+        level = logging.INFO if event.outcome == SUCCESS else logging.WARNING
         log.log(
             level,
-            event_type,
+            event.event_type,
             extra={
                 "event": {
-                    "type": event_type,
+                    "type": event.event_type,
                     "code": kind.code,
-                    "outcome": outcome,
-                    "actor_ae": actor_ae,
-                    "actor_address": actor_address,
-                    "study_uid": study_uid,
-                    "series_uid": series_uid,
-                    **detail,
+                    "outcome": event.outcome,
+                    "actor_ae": event.actor_ae,
+                    "actor_address": event.actor_address,
+                    "study_uid": event.study_uid,
+                    "series_uid": event.series_uid,
+                    **(event.detail or {}),
+                    "chain_seq": event.chain_seq,
+                    "chain_hash": event.chain_hash,
                 }
             },
         )
         if self._syslog is not None:
-            self._syslog.send(event, kind)
-        return event
+            self._syslog.submit(event, kind)
+
+
+_PUBLISH = "dsm_audit_publish"
+
+
+@sa_event.listens_for(Session, "before_commit")
+def _seal_before_commit(session: Session) -> None:
+    audit_chain.seal(session)
+
+
+@sa_event.listens_for(Session, "after_commit")
+def _publish_after_commit(session: Session) -> None:
+    published = session.info.pop(_PUBLISH, [])
+    session.info.pop(audit_chain._PENDING, None)
+    for auditor, event in published:
+        try:
+            auditor.publish(event)
+        except Exception:  # noqa: BLE001 - the row is committed; a log/syslog hiccup is not fatal
+            log.exception("audit event not published")
+
+
+@sa_event.listens_for(Session, "after_rollback")
+def _forget_after_rollback(session: Session) -> None:
+    session.info.pop(_PUBLISH, None)
+    session.info.pop(audit_chain._PENDING, None)
 
 
 def query_events(

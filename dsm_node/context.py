@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .audit import Auditor
 from .db.engine import make_engine, make_sessionmaker, upgrade
+from .fsmodes import tighten
 from .settings import Settings
 
 
@@ -31,11 +32,19 @@ class NodeContext:
         self.engine.dispose()
 
 
-def build_context(settings: Settings, migrate: bool | None = None) -> NodeContext:
-    """Open the database (migrating it when configured) and make the data folders."""
-    for folder in (settings.storage.data_dir, settings.storage.spool_dir, settings.storage.results_dir):
-        folder.mkdir(parents=True, exist_ok=True)
+def build_context(settings: Settings, migrate: bool | None = None, *, create_dirs: bool = True) -> NodeContext:
+    """Open the database (migrating it when configured) and make the data folders
+    (``create_dirs=False``: an operator command on an existing node makes none)."""
+    folders = (settings.storage.data_dir, settings.storage.spool_dir, settings.storage.results_dir)
+    if create_dirs:
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
     url = settings.database_url
+    if url.startswith("sqlite:///"):
+        db = Path(url.split("///", 1)[1])
+        tighten(*folders, db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"))
+    else:
+        tighten(*folders)
     if settings.database.auto_migrate if migrate is None else migrate:
         upgrade(url)
     engine = make_engine(url)

@@ -3,14 +3,21 @@
 Standard library server on ``http.host`` (loopback by default): it only reads, so a plain
 threaded server is enough and adds no dependency. Routes live in a table; another page (the
 status page) is one ``add_route`` call.
+
+Hardening: a client has ``http.request_timeout_s`` from connecting to deliver its request line
+and headers (a watchdog closes it otherwise, so half-sent requests cannot pin threads), at most
+``http.max_connections`` connections are served at once (more are closed at accept), every
+answer carries the standard security headers, and a 404 names no routes.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +29,8 @@ from sqlalchemy import func, select, text
 from . import __version__
 from .context import NodeContext
 from .db.models import Delivery, DeliveryState, Job, JobState, Study, StudyState
-from .metrics import DELIVERIES_BY_STATE, JOBS_BY_STATE, REGISTRY, STUDIES_BY_STATE
+from .jobs.machine import FAILURE_CAUSES, failure_cause
+from .metrics import DELIVERIES_BY_STATE, JOBS_BY_STATE, JOBS_FAILED, REGISTRY, STUDIES_BY_STATE
 
 log = logging.getLogger("dsm_node.http")
 
@@ -61,10 +69,20 @@ def refresh_state_gauges(ctx: NodeContext) -> None:
             gauge.clear()
             for state in dict.fromkeys([*known, *counts]):
                 gauge.labels(state=state).set(counts.get(state, 0))
+        causes = dict.fromkeys([c for _, c in FAILURE_CAUSES] + ["error"], 0)
+        for reason in session.scalars(select(Job.reason).where(Job.state == JobState.FAILED)):
+            causes[failure_cause(reason)] += 1
+        JOBS_FAILED.clear()
+        for cause, n in causes.items():
+            JOBS_FAILED.labels(cause=cause).set(n)
 
 
-def health(ctx: NodeContext, scp_listening: Callable[[], bool] | None) -> tuple[bool, dict[str, Any]]:
-    """Whether the node can do its job: database reachable, SCP listening, disk above minimum."""
+def health(ctx: NodeContext, scp_listening: Callable[[], bool] | None,
+           scp_load: Callable[[], dict[str, Any]] | None = None) -> tuple[bool, dict[str, Any]]:
+    """Whether the node can do its job: database reachable, SCP listening, disk above minimum.
+
+    ``status`` is ``degraded`` (still HTTP 200: restarting would drop the associations that
+    hold the slots) when every association slot or every pending-connection slot is taken."""
     database: dict[str, Any] = {"reachable": True}
     try:
         with ctx.engine.connect() as conn:
@@ -76,11 +94,16 @@ def health(ctx: NodeContext, scp_listening: Callable[[], bool] | None) -> tuple[
     free = shutil.disk_usage(storage.data_dir).free
     disk = {"free_bytes": free, "min_free_bytes": storage.min_free_bytes, "ok": free >= storage.min_free_bytes}
     ok = database["reachable"] and listening and disk["ok"]
+    scp: dict[str, Any] = {"listening": listening, "ae_title": ctx.settings.dicom.ae_title}
+    load = scp_load() if scp_load is not None and listening else None
+    if load is not None:
+        scp["associations"] = load
+    status = "unhealthy" if not ok else ("degraded" if load and load.get("exhausted") else "ok")
     return ok, {
-        "status": "ok" if ok else "unhealthy",
+        "status": status,
         "version": __version__,
         "database": database,
-        "scp": {"listening": listening, "ae_title": ctx.settings.dicom.ae_title},
+        "scp": scp,
         "disk": disk,
     }
 
@@ -96,9 +119,11 @@ class HttpService:
         scp_listening: Callable[[], bool] | None = None,
         host: str | None = None,
         port: int | None = None,
+        scp_load: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._ctx = ctx
         self._scp_listening = scp_listening
+        self._scp_load = scp_load
         self.host = host if host is not None else ctx.settings.http.host
         self.port = port if port is not None else ctx.settings.http.port
         self._server: ThreadingHTTPServer | None = None
@@ -111,9 +136,10 @@ class HttpService:
     def start(self) -> None:
         if self._server is not None:
             return
-        server_class = _IPv6Server if ":" in self.host else ThreadingHTTPServer
-        self._server = server_class((self.host, self.port), _make_handler(self.routes))
-        self._server.daemon_threads = True
+        server_class = _IPv6Server if ":" in self.host else _Server
+        cfg = self._ctx.settings.http
+        self._server = server_class((self.host, self.port), _make_handler(self.routes),
+                                    request_timeout=cfg.request_timeout_s, max_connections=cfg.max_connections)
         self.port = self._server.server_address[1]
         # A short poll keeps stop() quick (shutdown waits for the loop to look).
         self._thread = threading.Thread(
@@ -136,7 +162,7 @@ class HttpService:
         return f"http://{host}:{self.port}"
 
     def _healthz(self) -> Response:
-        ok, payload = health(self._ctx, self._scp_listening)
+        ok, payload = health(self._ctx, self._scp_listening, self._scp_load)
         return Response.json(200 if ok else 503, payload)
 
     def _metrics(self) -> Response:
@@ -146,21 +172,92 @@ class HttpService:
             log.warning("state gauges not refreshed: database unavailable", exc_info=True)
             for gauge, _, _ in _GAUGES:
                 gauge.clear()  # no stale values presented as current
+            JOBS_FAILED.clear()
         return Response(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
 
 
-class _IPv6Server(ThreadingHTTPServer):
+#: Sent with every answer: no MIME sniffing, no framing, no referrer, nothing loaded from
+#: elsewhere (the status page has inline CSS and no scripts).
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+                               "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+class _Server(ThreadingHTTPServer):
+    """Threaded server with a connection cap and a deadline for each request's headers."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address: Any, handler: Any, *, request_timeout: float, max_connections: int) -> None:
+        self.request_timeout = request_timeout
+        self.max_connections = max_connections
+        self._deadlines: dict[Any, float] = {}  # open connection -> when its headers are due
+        self._lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        with self._lock:
+            if len(self._deadlines) >= self.max_connections:
+                log.warning("HTTP connection refused: %d already open (http.max_connections)", self.max_connections)
+                return False
+            self._deadlines[request] = time.monotonic() + self.request_timeout
+        return True
+
+    def headers_received(self, request: Any) -> None:
+        with self._lock:
+            if request in self._deadlines:
+                self._deadlines[request] = math.inf  # answering may take its time
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._lock:
+            self._deadlines.pop(request, None)
+        super().shutdown_request(request)
+
+    def service_actions(self) -> None:
+        # Called by serve_forever() between polls: close connections past their deadline
+        # (their handler thread then reads EOF and ends).
+        now = time.monotonic()
+        with self._lock:
+            late = [r for r, due in self._deadlines.items() if due < now]
+            for r in late:
+                self._deadlines[r] = math.inf
+        for request in late:
+            try:
+                request.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _IPv6Server(_Server):
     address_family = socket.AF_INET6
 
 
 def _make_handler(routes: dict[str, Handler]) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
-        server_version = f"dsm-node/{__version__}"
+        server_version = "dsm-node"
+        sys_version = ""  # no Python version in the Server header
+
+        def setup(self) -> None:
+            self.timeout = self.server.request_timeout  # type: ignore[attr-defined]  # each read/write
+            super().setup()
+
+        def end_headers(self) -> None:
+            for name, value in SECURITY_HEADERS.items():
+                self.send_header(name, value)
+            super().end_headers()
 
         def _respond(self, with_body: bool) -> None:
+            self.server.headers_received(self.request)  # type: ignore[attr-defined]
             handler = routes.get(self.path.split("?", 1)[0])
             try:
-                response = handler() if handler else Response.json(404, {"error": "not found", "paths": sorted(routes)})
+                response = handler() if handler else Response.json(404, {"error": "not found"})
             except Exception:  # noqa: BLE001 - one broken page must not kill the server thread
                 log.exception("HTTP %s failed", self.path)
                 response = Response.json(500, {"error": "internal error"})

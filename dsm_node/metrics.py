@@ -20,6 +20,17 @@ ASSOCIATIONS = Counter(
 )
 REJECTIONS = Counter("dsm_rejections", "Refused associations and instances by reason", ["reason"], registry=REGISTRY)
 ACTIVE_ASSOCIATIONS = Gauge("dsm_active_associations", "Associations currently open", registry=REGISTRY)
+ASSOCIATION_LIMIT = Gauge(
+    "dsm_association_limit", "Associations that may be open at once (dicom.max_associations)", registry=REGISTRY
+)
+PENDING_CONNECTIONS = Gauge(
+    "dsm_pending_connections", "Connections accepted whose association is not (yet) established", registry=REGISTRY
+)
+CONNECTIONS_REFUSED = Counter(
+    "dsm_connections_refused",
+    "Connections closed before an association: address, pending_source, pending_total, associate_timeout, "
+    "associate_too_large", ["reason"], registry=REGISTRY,
+)
 STORE_SECONDS = Histogram(
     "dsm_store_seconds", "Time to make one instance durable and recorded",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=REGISTRY,
@@ -33,4 +44,8 @@ DELIVERY_ATTEMPTS = Counter(
 )
 STUDIES_BY_STATE = Gauge("dsm_studies", "Studies by state (from the database)", ["state"], registry=REGISTRY)
 JOBS_BY_STATE = Gauge("dsm_jobs", "Jobs by state (from the database)", ["state"], registry=REGISTRY)
+JOBS_FAILED = Gauge(
+    "dsm_jobs_failed", "Failed jobs by cause (input, delivery, interrupted, error), from the database", ["cause"],
+    registry=REGISTRY,
+)
 DELIVERIES_BY_STATE = Gauge("dsm_deliveries", "Deliveries by state (from the database)", ["state"], registry=REGISTRY)

@@ -3,7 +3,8 @@
 A study is *eligible* only when everything about it is finished and delivered:
 
 - the study is ``done`` (not receiving, not waiting for selection or a job);
-- it has at least one job and every job is ``delivered``;
+- it has at least one job and every job is ``delivered`` (a job ``kept`` because no destination
+  is configured keeps its study: its results folder is then the only copy of the results);
 - every result of those jobs has every delivery row ``delivered`` (a pending, in-progress or
   dead delivery keeps the whole study);
 - something of it is still on disk (an instance or result without ``deleted_at``).

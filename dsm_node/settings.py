@@ -84,11 +84,25 @@ class Dicom(_Section):
     port: int = Field(11112, ge=0, le=65535, description="DICOM port (0 = any free port, for tests)")
     peers: list[Peer] = Field(default_factory=list, description="Allow-list; empty = loopback only")
     require_called_ae: bool = Field(True, description="Reject associations whose called AE is not ae_title")
-    max_associations: int = Field(16, ge=1)
-    max_pdu: int = Field(131072, ge=0, description="Maximum PDU we receive (0 = unlimited)")
-    acse_timeout_s: float = Field(30, gt=0)
+    max_associations: int = Field(16, ge=1, description="Associations open at once (only established ones count)")
+    max_pending: int = Field(
+        64, ge=1, description="Connections waiting to associate (accepted, no association yet); more are closed at once"
+    )
+    # A PACS opens up to max_associations associations at once from one address: as many may
+    # be negotiating at the same moment.
+    max_pending_per_source: int = Field(
+        16, ge=1, description="Connections from one source address waiting to associate; more are closed at once"
+    )
+    max_pdu: int = Field(
+        131072, ge=0,
+        description="Maximum P-DATA PDU we receive; a longer one aborts the association (0 = no advertised limit; "
+                    "then twice max_instance_bytes)",
+    )
+    acse_timeout_s: float = Field(
+        30, gt=0, description="From accept to a complete A-ASSOCIATE-RQ (TLS handshake included), and ACSE replies"
+    )
     dimse_timeout_s: float = Field(60, gt=0)
-    network_timeout_s: float = Field(60, gt=0)
+    network_timeout_s: float = Field(60, gt=0, description="Idle association, and each read or write once associated")
     max_instance_bytes: int = Field(2 * 1024**3, gt=0, description="Larger instances are refused")
     other_sop_classes: Literal["ignore", "reject"] = Field(
         "ignore", description="Non-CT objects: accept and ignore (a PACS routing whole studies sees no failures) or reject"
@@ -162,8 +176,11 @@ class Selection(_Section):
 class Inference(_Section):
     checkpoint: Path | None = Field(None, description="Model checkpoint; empty = bundled demo weights")
     device: str = Field("auto", description="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
-    sw_batch_size: int = Field(1, ge=1)
-    overlap: float = Field(0.5, ge=0, lt=1)
+    sw_batch_size: int | None = Field(
+        None, ge=1, description="Windows per forward pass (empty = the checkpoint's; memory, not results)")
+    overlap: float | None = Field(
+        None, ge=0, lt=1,
+        description="Sliding-window overlap (empty = the checkpoint's, as evaluated; another value changes results)")
     amp: bool = Field(True, description="Mixed precision on CUDA")
     catalog_extra: Path | None = Field(
         None, description="YAML of site classes (classes.yaml format, with coding) added as zero-shot outputs"
@@ -173,6 +190,10 @@ class Inference(_Section):
         None, ge=1,
         description="torch CPU threads of the process (empty = torch's default, all cores); fewer help when "
                     "other heavy processes share the CPU",
+    )
+    max_voxels: int = Field(
+        512 * 512 * 2048, ge=1,
+        description="A series with more slices x rows x columns fails its job before anything is decoded (memory bound)",
     )
 
 
@@ -301,6 +322,11 @@ class Notifications(_Section):
 class Delivery(_Section):
     destinations: list[Destination] = Field(default_factory=list)
     reply_to_caller: bool = Field(False, description="Also send results to the peer that sent the study (needs its port)")
+    reply_tls: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Reply to the caller over TLS: auto = when studies arrive over TLS (dicom.tls.enabled), with the "
+                    "node's certificate and dicom.tls.ca_file; on; off",
+    )
     calling_ae_title: str | None = Field(None, description="AE title we call with; empty = dicom.ae_title")
     max_attempts: int = Field(12, ge=1, description="With the default back-off, 12 attempts span more than an hour")
     backoff_initial_s: float = Field(10, gt=0)
@@ -324,6 +350,10 @@ class Http(_Section):
     enabled: bool = True
     host: str = Field("127.0.0.1", description="Health, metrics and status page; loopback by default")
     port: int = Field(8080, ge=0, le=65535)
+    request_timeout_s: float = Field(
+        10, gt=0, description="A client's request line and headers must arrive within this; also each read/write"
+    )
+    max_connections: int = Field(32, ge=1, description="HTTP connections served at once; more are closed at accept")
 
 
 class Logging(_Section):
@@ -335,8 +365,14 @@ class Logging(_Section):
 class Syslog(_Section):
     enabled: bool = False
     host: str = "127.0.0.1"
-    port: int = 514
-    protocol: Literal["udp", "tcp"] = "udp"
+    port: int = Field(514, description="514 for udp/tcp; 6514 is the RFC 5425 port for tls")
+    protocol: Literal["udp", "tcp", "tls"] = Field(
+        "udp", description="udp (RFC 5426), tcp (RFC 6587) or tls (RFC 5425, as ATNA expects)"
+    )
+    ca_file: Path | None = Field(None, description="tls: CA bundle that verifies the collector (empty = system CAs)")
+    cert_file: Path | None = Field(None, description="tls: client certificate, if the collector asks for one")
+    key_file: Path | None = Field(None, description="tls: the client certificate's private key")
+    server_name: str | None = Field(None, description="tls: name expected in the collector's certificate (empty = host)")
 
 
 class Audit(_Section):
@@ -388,6 +424,14 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
 
+    @model_validator(mode="after")
+    def _reply_tls_files(self) -> "Settings":
+        tls = self.dicom.tls
+        if self.delivery.reply_tls == "on" and (tls.cert_file is None or tls.key_file is None):
+            raise ValueError("delivery.reply_tls 'on' needs dicom.tls.cert_file and dicom.tls.key_file "
+                             "(the node's certificate is its client certificate)")
+        return self
+
     # Derived locations -------------------------------------------------------------------
     @property
     def database_url(self) -> str:
@@ -426,6 +470,10 @@ def load_settings(config_file: str | Path | None = None, overrides: dict[str, An
     for key, value in (overrides or {}).items():
         if value is not None:
             _deep_set(init, key, value)
+    unknown = unknown_environment_keys()
+    if unknown:
+        raise ConfigError("invalid configuration (environment DSM_NODE__* variables):\n" + "\n".join(
+            f"  {key}: unknown key (from {name})" for name, key in unknown))
     token = _CONFIG_FILE.set(path)
     try:
         return Settings(**init)
@@ -433,6 +481,32 @@ def load_settings(config_file: str | Path | None = None, overrides: dict[str, An
         raise ConfigError(_explain(exc, path)) from None
     finally:
         _CONFIG_FILE.reset(token)
+
+
+ENV_PREFIX = "DSM_NODE__"
+
+
+def unknown_environment_keys(environ: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """(variable, dotted key) of every ``DSM_NODE__*`` variable that names no setting.
+
+    pydantic-settings only looks up the variables of known fields, so a misspelt section
+    (``DSM_NODE__DATABSE__URL``) would otherwise be ignored without a word.
+    """
+    found = []
+    for name in sorted(os.environ if environ is None else environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        model: type[BaseModel] | None = Settings
+        for i, part in enumerate(parts):
+            fields = {k.lower(): f for k, f in model.model_fields.items()} if model is not None else {}
+            field_info = fields.get(part)
+            if field_info is None:
+                found.append((name, ".".join(parts[: i + 1])))
+                break
+            ann = field_info.annotation
+            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return found
 
 
 def _explain(exc: ValidationError, path: Path | None) -> str:
@@ -446,7 +520,19 @@ def _explain(exc: ValidationError, path: Path | None) -> str:
 
 
 _SECRET_KEY = re.compile(r"(password|secret|token|passphrase)", re.I)
-_URL_CRED = re.compile(r"(://[^:/@]*:)([^@]*)(@)")
+_URL_CRED = re.compile(r"(://[^:/@]*:)([^@/]*)(@)")
+# Query parameters that carry secrets (libpq sslpassword/password, redis password, tokens).
+_URL_SECRET_PARAM = re.compile(r"([?&;](?:[^=&;#]*(?:pass|secret|token|auth|credential|apikey|api_key)[^=&;#]*)=)([^&;#]*)", re.I)
+
+
+def mask_url(text: str) -> str:
+    """``text`` with every password or token in a URL replaced by ``***`` (userinfo and query)."""
+    return _URL_SECRET_PARAM.sub(r"\1***", _URL_CRED.sub(r"\1***\3", text))
+
+
+def display_url(url: str) -> str:
+    """A database URL with its password masked, for messages."""
+    return _URL_CRED.sub(r"\1***\3", url)
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
@@ -462,11 +548,13 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
                 return ""
             if _SECRET_KEY.search(key):  # a password or token itself
                 return "***"
-            return _URL_CRED.sub(r"\1***\3", obj.get_secret_value())
+            return mask_url(obj.get_secret_value())
         if isinstance(obj, Path):
             return str(obj)
         if isinstance(obj, str) and (_SECRET_KEY.search(key)):
             return "***"
+        if isinstance(obj, str) and "://" in obj:
+            return mask_url(obj)
         return obj
 
     return mask(settings.model_dump(mode="python"))
@@ -489,10 +577,32 @@ def config_warnings(settings: Settings, config_file: str | Path | None) -> list[
         warnings.append("storage.fsync is off: a power loss can lose instances already acknowledged")
     if settings.inference.checkpoint is None:
         warnings.append("inference.checkpoint is empty: the bundled DEMONSTRATION weights are used (not for clinical use)")
-    key = settings.dicom.tls.key_file
-    if key is not None and key.exists() and key.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
-        warnings.append(f"{key} (TLS private key) is readable by group/others")
+    for what, key in private_keys(settings):
+        warnings += _key_warnings(what, key)
     return warnings
+
+
+def private_keys(settings: Settings) -> list[tuple[str, Path]]:
+    """Every private key file the configuration names, with the key that names it."""
+    keys = [("dicom.tls.key_file", settings.dicom.tls.key_file), ("audit.syslog.key_file", settings.audit.syslog.key_file)]
+    keys += [(f"delivery.destinations.{i}.tls.key_file", d.tls.key_file)
+             for i, d in enumerate(settings.delivery.destinations)]
+    return [(what, path) for what, path in keys if path is not None]
+
+
+def _key_warnings(what: str, key: Path) -> list[str]:
+    """A key may be readable by its owner and by a group this process belongs to (root:dsm 0640
+    with the node running as dsm); never by others, nor writable by anyone but its owner."""
+    try:
+        st = key.stat()
+    except OSError as exc:
+        return [f"{what}: {key} cannot be read ({exc.strerror})"]
+    own_groups = {os.getgid(), os.getegid(), *os.getgroups()}
+    if st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
+        return [f"{what}: {key} (private key) is readable or writable by others (chmod 0600, or 0640 for the node's group)"]
+    if st.st_mode & stat.S_IWGRP or (st.st_mode & stat.S_IRGRP and st.st_gid not in own_groups):
+        return [f"{what}: {key} (private key) is accessible to group {st.st_gid}, which this process is not in"]
+    return []
 
 
 def env_overrides_present() -> list[str]:

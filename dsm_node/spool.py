@@ -6,7 +6,9 @@ path; a valid UID is digits and dots only, so it can never climb out of the spoo
 
 A write is durable and all-or-nothing: temp file in the target folder -> write -> fsync ->
 ``os.replace`` (a new folder is fsynced into its parent once, when created). A reader sees
-either no file or a complete one. The temp file's name carries the size and CRC-32 of its
+either no file or a complete one. The receiver splits this in two (:meth:`Spool.stage`, then
+:meth:`Staged.commit` once the index row is committed, or :meth:`Staged.discard` when the
+instance is refused), so that a refused instance never reaches its final path. The temp file's name carries the size and CRC-32 of its
 content: at start-up (:meth:`Spool.recover_temp_files`) a complete temp file whose rename was
 lost to a power failure is renamed into place, every other temp file is deleted. This gives
 the durability of an fsync of the folder after every rename without its cost (a second disk
@@ -211,18 +213,21 @@ class Spool:
     def exists(self, rel: str) -> bool:
         return self.path(rel).is_file()
 
-    def _ensure_dir(self, rel_dir: str) -> Path:
+    def _ensure_dir(self, rel_dir: str) -> tuple[Path, list[Path]]:
+        """The folder ``rel_dir``, created when missing; (folder, the folders created, deepest first)."""
         target = self.root / rel_dir
         if rel_dir in self._known_dirs:
-            return target
+            return target, []
         created: list[Path] = []
         probe = target
         while not probe.is_dir():
             created.append(probe)
             probe = probe.parent
+        made: list[Path] = []
         for folder in reversed(created):
             try:
                 folder.mkdir(mode=_DIR_MODE)
+                made.insert(0, folder)
             except FileExistsError:
                 continue
         if self.fsync and created:
@@ -233,17 +238,47 @@ class Spool:
             if len(self._known_dirs) > 10000:
                 self._known_dirs.clear()
             self._known_dirs.add(rel_dir)
-        return target
+        return target, made
+
+    def _forget_dirs(self, folders: list[Path]) -> None:
+        """Remove ``folders`` (deepest first) where empty: those a refused write created."""
+        for folder in folders:
+            rel = folder.relative_to(self.root).as_posix()
+            with self._lock:
+                self._known_dirs.discard(rel)
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: another instance uses it now
+                return
 
     # Writing -----------------------------------------------------------------------------
     def write(self, rel: str, chunks: Iterable[bytes | bytearray | memoryview], size: int | None = None) -> Path:
         """Durably write ``chunks`` as the file ``rel``; replace an existing file atomically.
 
-        Checks free space and quota first (``size`` = total bytes, computed when omitted).
-        The temp file's name carries the expected size and CRC-32 of the content, so that
-        start-up recovery can finish a rename lost to a power failure (see
-        :meth:`recover_temp_files`). On any error the temp file is removed and the exception
-        re-raised (out-of-space errors from the OS become :class:`SpoolFull`).
+        :meth:`stage` + :meth:`Staged.commit`. On any error nothing is left behind and the
+        exception is re-raised (out-of-space errors from the OS become :class:`SpoolFull`).
+        """
+        staged = self.stage(rel, chunks, size)
+        try:
+            return staged.commit()
+        except BaseException:
+            try:
+                os.unlink(staged.tmp)
+            except OSError:
+                pass
+            raise
+
+    def stage(self, rel: str, chunks: Iterable[bytes | bytearray | memoryview], size: int | None = None) -> "Staged":
+        """Write ``chunks`` to a complete, fsynced temp file beside ``rel``; not yet visible.
+
+        The caller records the instance and then calls :meth:`Staged.commit` (rename into
+        place) or :meth:`Staged.discard` (delete). Until then the final path is untouched, so a
+        refused instance never appears in the spool, and a parallel copy of the same instance
+        is never overwritten by one that turns out to be a duplicate. Checks free space and
+        quota first (``size`` = total bytes, computed when omitted); the bytes stay reserved
+        until commit or discard. The temp file's name carries the expected size and CRC-32 of
+        the content, so that start-up recovery can finish a rename lost to a crash or a power
+        failure (see :meth:`recover_temp_files`).
         """
         _check_relative(rel)
         parts = list(chunks)
@@ -255,31 +290,33 @@ class Spool:
             crc = 0
             for chunk in parts:
                 crc = zlib.crc32(chunk, crc)
-            folder = self._ensure_dir(folder_rel)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.{total}-{crc:08x}.", suffix=TEMP_SUFFIX)
+            folder, created = self._ensure_dir(folder_rel)
+            prefix = f".{name}.{total}-{crc:08x}."
+            try:
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=TEMP_SUFFIX)
+            except FileNotFoundError:  # pruned meanwhile (retention, a refused write): make it again
+                with self._lock:
+                    self._known_dirs.discard(folder_rel)
+                folder, created = self._ensure_dir(folder_rel)
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=TEMP_SUFFIX)
             with open(fd, "wb", closefd=True) as fh:
                 for chunk in parts:
                     fh.write(chunk)
                 fh.flush()
                 if self.fsync:
                     os.fsync(fh.fileno())
-            final = folder / name
-            try:
-                old = final.stat().st_size
-            except FileNotFoundError:
-                old = 0
-            os.replace(tmp, final)
+            staged = Staged(self, rel, Path(tmp), folder / name, total, created)
             tmp = None
-            if self.fsync and self.sync_rename:
-                _fsync_dir(folder)
-            self._account(total - old)
-            return final
+            return staged
         except OSError as exc:
+            self._release(total)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SpoolFull(f"disk full while writing {rel}: {exc.strerror}", reason="disk_full") from exc
             raise
-        finally:
+        except BaseException:
             self._release(total)
+            raise
+        finally:
             if tmp is not None:
                 try:
                     os.unlink(tmp)
@@ -376,3 +413,56 @@ class Spool:
                         and uid_problem(name[: -len(FILE_SUFFIX)]) is None
                     ):
                         yield f"{study.name}/{series.name}/{name}"
+
+
+class Staged:
+    """A complete temp file waiting for its index row: :meth:`commit` or :meth:`discard` it."""
+
+    def __init__(self, spool: Spool, rel: str, tmp: Path, final: Path, size: int,
+                 created_dirs: list[Path] | None = None) -> None:
+        self.spool = spool
+        self.created_dirs = created_dirs or []  # folders this write created (removed on discard)
+        self.rel = rel
+        self.tmp = tmp
+        self.final = final
+        self.size = size
+        self._open = True
+
+    def commit(self) -> Path:
+        """Rename the temp file into place (replacing an existing file atomically).
+
+        If the rename itself fails, the complete temp file is left where it is: its index row
+        may be committed already, and start-up recovery finishes the rename.
+        """
+        if not self._open:
+            raise RuntimeError(f"{self.rel}: already committed or discarded")
+        self._open = False
+        spool = self.spool
+        try:
+            try:
+                old = self.final.stat().st_size
+            except FileNotFoundError:
+                old = 0
+            os.replace(self.tmp, self.final)
+            if spool.fsync and spool.sync_rename:
+                _fsync_dir(self.final.parent)
+            spool._account(self.size - old)
+            return self.final
+        finally:
+            spool._release(self.size)
+
+    def discard(self) -> None:
+        """Delete the temp file, and the folders made for it when they stay empty: the instance
+        was refused (or is a duplicate). Idempotent."""
+        if not self._open:
+            return
+        self._open = False
+        self.spool._release(self.size)
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # start-up recovery and fsck deal with what stays behind
+            log.error("could not remove a staged spool file", extra={"path": self.rel, "error": str(exc)})
+            return
+        self.spool._forget_dirs(self.created_dirs)

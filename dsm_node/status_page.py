@@ -23,7 +23,8 @@ from .http import HttpService, Response, health
 REFRESH_S = 10
 ROWS = 50
 # Audit detail keys shown on the page (values are status codes, reasons and counts).
-_DETAIL_KEYS = ("status", "reason", "code", "error", "destination", "job_id", "delivery_id", "attempt", "state")
+_DETAIL_KEYS = ("status", "reason", "code", "error", "destination", "job_id", "delivery_id", "attempt", "state",
+                "cause", "stored_study_uid", "stored_series_uid")
 
 
 def register(http: HttpService, ctx: NodeContext) -> None:
@@ -251,10 +252,12 @@ h2{{font-size:14px;margin:4px 0 8px}} .cards{{display:flex;gap:12px;flex-wrap:wr
 .card{{background:#fff;border:1px solid #d8dee6;border-radius:6px;padding:8px 14px;min-width:120px}}
 .card b{{display:block;font-size:20px}} .ok{{color:#1a7f37}} .bad{{color:#c62828;font-weight:bold}}
 table{{border-collapse:collapse;width:100%}} th,td{{text-align:left;padding:3px 6px;border-bottom:1px solid #e6eaef;vertical-align:top}}
+td{{overflow-wrap:anywhere}}
 th{{background:#eef2f6;font-weight:600}} td.empty{{color:#888;font-style:italic}}
 .uid{{font-family:ui-monospace,Menlo,monospace;font-size:11px;word-break:break-all}}
 .st{{padding:1px 6px;border-radius:8px;background:#e3e8ee;white-space:nowrap}}
-.st-delivered,.st-done{{background:#d4edda}} .st-failed,.st-dead{{background:#f8d7da}}
+.st-delivered,.st-done{{background:#d4edda}} .st-failed,.st-dead{{background:#f8d7da;color:#8a1c1c;font-weight:600}}
+.st-kept{{background:#e4dcf3}}
 .st-running,.st-in_progress,.st-receiving{{background:#fff3cd}} .st-pending,.st-queued{{background:#dbe9f9}}
 .oc-4{{color:#a15c00}} .oc-8,.oc-12{{color:#c62828;font-weight:600}}
 .chart{{display:flex;align-items:flex-end;height:70px;gap:2px;border-bottom:1px solid #999}}

@@ -2,30 +2,26 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
-EPS = 1e-6
+from .envelope import envelope_t
 
 
-def anomaly_score(organ_logits: Tensor, eps: float = EPS) -> Tensor:
-    """S = -max over organ queries, min-max normalised per sample to [0, 1].
+def anomaly_prompt(organ_logits: Tensor, radius_vox: Sequence[float]) -> Tensor:
+    """AMVP prompt P = Env AND (no organ claims the voxel), (B, 1, *spatial) bool, no gradient.
 
-    organ_logits: (B, N_o, *spatial) -> (B, 1, *spatial). The range is guarded by ``eps``, so a
-    constant map gives all zeros (and hence an empty prompt) instead of 0/0.
+    organ_logits: R' of the organ queries (B, N_o, *spatial). A voxel is claimed when its best
+    organ response is positive (sigmoid > 0.5); Env = the claimed voxels closed with a ball of
+    ``radius_vox`` (voxels of this scale per axis) and hole-filled. The criterion is absolute:
+    a patch with no unclaimed hole inside an organ gives an empty prompt (attend everywhere),
+    where a per-patch min-max threshold always selected something, mostly fat and air.
     """
-    score = -organ_logits.amax(dim=1, keepdim=True)
-    flat = score.flatten(1)
-    low = flat.amin(dim=1).view(-1, *[1] * (score.dim() - 1))
-    high = flat.amax(dim=1).view(-1, *[1] * (score.dim() - 1))
-    return (score - low) / (high - low + eps)
-
-
-def anomaly_prompt(organ_logits: Tensor, threshold: float = 0.5) -> Tensor:
-    """Binary prompt P = (normalised S > threshold), (B, 1, *spatial) bool; never differentiable."""
     with torch.no_grad():
-        return anomaly_score(organ_logits) > threshold
+        claimed = organ_logits.amax(dim=1, keepdim=True) > 0
+        return envelope_t(claimed, radius_vox) & ~claimed
 
 
 class MaskedCrossAttention(nn.Module):

@@ -8,8 +8,11 @@ The file is ``torch.save`` of plain containers and tensors only, so it loads wit
     config          ModelConfig.to_dict()
     catalog         names, prompt_names (class order = query/text-row order), embeddings
                     (K, text_dim) float32 L2-normalised, embeddings_sha256
-    preprocessing   orientation, spacing, hu_window, roi_size (what inference must reproduce)
-    training        summary dict (plain data: epochs, datasets, metrics ...)
+    preprocessing   orientation, spacing, hu_window, roi_size, crop_margin (what inference must
+                    reproduce)
+    training        summary dict (plain data: epochs, datasets, seen_tumours, metrics ...)
+    calibration     optional: per-class thresholds and the zero-shot threshold chosen on
+                    validation data at the end of training (model/segment.py reads them)
     state_dict      network weights
     created         ISO-8601 UTC time; torch_version
 """
@@ -50,6 +53,13 @@ class LoadedCheckpoint:
     preprocessing: dict[str, Any]
     training: dict[str, Any]
     state_dict: dict[str, Tensor] = field(repr=False)
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seen_tumors(self) -> list[str] | None:
+        """Tumour classes trained with labels (None: the file does not say)."""
+        seen = self.training.get("seen_tumours", self.training.get("seen_tumors"))
+        return None if seen is None else list(seen)
 
     def build_model(self, backend: str | None = None) -> DSMNet:
         """The network with these weights (strict load) and class embeddings, in eval mode."""
@@ -73,6 +83,7 @@ def save_checkpoint(
     version: str,
     training: Mapping[str, Any] | None = None,
     prompt_names: Sequence[str] | None = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint atomically. ``class_names`` (or a Catalog) fixes the class order."""
     if isinstance(class_names, Catalog):
@@ -88,6 +99,8 @@ def save_checkpoint(
         raise CheckpointError(f"the model has {model.n_queries} queries but only {len(names)} class names were given")
     training = dict(training or {})
     _require_plain(training, "training")
+    calibration = dict(calibration or {})
+    _require_plain(calibration, "calibration")
     if not isinstance(version, str) or not version:
         raise CheckpointError("version must be a non-empty string")
     emb = torch.nn.functional.normalize(embeddings.detach().to("cpu", torch.float32), dim=-1)
@@ -104,6 +117,7 @@ def save_checkpoint(
         },
         "preprocessing": cfg.to_dict()["preprocessing"],
         "training": training,
+        "calibration": calibration,
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "torch_version": str(torch.__version__),  # TorchVersion would break weights_only loading
@@ -147,8 +161,12 @@ def load_checkpoint(
     missing = [k for k in _REQUIRED if k not in payload]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}")
+    raw_config = dict(payload["config"])
+    if "mask_log_scale" not in payload["state_dict"] and "bounded_masks" not in raw_config.get("decoder", {}):
+        # Made before bounded mask logits (dsm-small-demo-0.2 and older): the plain dot product.
+        raw_config["decoder"] = {**raw_config.get("decoder", {}), "bounded_masks": False}
     try:
-        config = ModelConfig.from_dict(payload["config"])
+        config = ModelConfig.from_dict(raw_config)
     except (ConfigError, TypeError) as exc:
         raise CheckpointError(f"{path}: its model config does not fit this version of the code: {exc}") from None
     cat = payload["catalog"]
@@ -166,8 +184,12 @@ def load_checkpoint(
         preprocessing=dict(payload["preprocessing"]),
         training=dict(payload["training"]),
         state_dict=payload["state_dict"],
+        calibration=dict(payload.get("calibration") or {}),
     )
-    if loaded.preprocessing != config.to_dict()["preprocessing"]:
+    # Keys added to the preprocessing block later (crop_margin) take the config's default.
+    stored = config.to_dict()["preprocessing"]
+    loaded.preprocessing = {**stored, **loaded.preprocessing}
+    if loaded.preprocessing != stored:
         raise CheckpointError(f"{path}: preprocessing block {loaded.preprocessing} disagrees with the stored config")
     if expect_catalog is not None:
         check_catalog(loaded.class_names, expect_catalog, allow_extra_classes, where=str(path))

@@ -47,6 +47,14 @@ class DecoderConfig:
     num_heads: int = 8
     ffn_dim: int = 2048
     dropout: float = 0.0
+    # Mask logits M_q = s * cos(MaskKernel(Q_q), E) with a learned scale s clamped to this range:
+    # unbounded dot products let absent classes saturate at logits of -40..-60 (the first demo
+    # model's kidney-tumour and cyst channels), where no loss term moves them back.
+    mask_scale_init: float = 10.0
+    mask_scale_range: tuple[float, ...] = (1.0, 30.0)
+    # False only for checkpoints made before bounded masks (plain dot product <k, E>); they
+    # stay loadable, see model/checkpoint.py.
+    bounded_masks: bool = True
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,21 @@ class DQRConfig:
 
 
 @dataclass(frozen=True)
+class AMVPConfig:
+    """Anomaly Mask Visual Prompt and the organ envelope (spec items 5, 10, 11).
+
+    The envelope of a set of organ voxels is that set closed with a ball of ``close_mm`` and
+    hole-filled; the same radius serves the prompt (per query scale), the anomaly output and
+    the parent-organ gate of tumours. ``scales`` switches the prompt per query scale, coarse to
+    fine (stride 32, 16, 8, 4): cells larger than the smallest lesion of interest hold mostly
+    organ tissue, so the prompt is off at the two coarsest by default.
+    """
+
+    close_mm: float = 10.0
+    scales: tuple[bool, ...] = (False, False, True, True)
+
+
+@dataclass(frozen=True)
 class TextConfig:
     dim: int = 512
     tau: float = 0.01
@@ -78,6 +101,7 @@ class PreprocessingConfig:
     spacing: tuple[float, ...] = (1.5, 1.5, 1.5)
     hu_window: tuple[float, ...] = (-175.0, 250.0)
     roi_size: tuple[int, ...] = (96, 96, 96)
+    crop_margin: int = 2  # voxels kept around the body (HU above the window's lower edge)
 
 
 @dataclass(frozen=True)
@@ -96,6 +120,7 @@ class ModelConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     ssm: SSMConfig = field(default_factory=SSMConfig)
     dqr: DQRConfig = field(default_factory=DQRConfig)
+    amvp: AMVPConfig = field(default_factory=AMVPConfig)
     text: TextConfig = field(default_factory=TextConfig)
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
@@ -109,6 +134,13 @@ class ModelConfig:
             raise ConfigError(f"backbone.feature_size must be divisible by 12 (SwinUNETR), got {self.backbone.feature_size}")
         if self.decoder.query_dim % self.decoder.num_heads:
             raise ConfigError("decoder.query_dim must be divisible by decoder.num_heads")
+        lo, hi = self.decoder.mask_scale_range
+        if not 0 < lo <= self.decoder.mask_scale_init <= hi:
+            raise ConfigError(f"decoder.mask_scale_init must lie in mask_scale_range {self.decoder.mask_scale_range}")
+        if len(self.amvp.scales) != 4:
+            raise ConfigError("amvp.scales needs one switch per query scale (4: strides 32, 16, 8, 4)")
+        if self.amvp.close_mm < 0:
+            raise ConfigError("amvp.close_mm must be >= 0")
         if any(r % 32 for r in self.preprocessing.roi_size):
             raise ConfigError(f"preprocessing.roi_size must be multiples of 32 (SwinUNETR), got {self.preprocessing.roi_size}")
 

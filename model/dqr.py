@@ -64,13 +64,15 @@ class DQRBlock(nn.Module):
         self.cross = MaskedCrossAttention(dim, num_heads, dropout)
         self.block = QueryBlock(dim, num_heads, ffn_dim, dropout)
 
-    def forward(self, queries: Tensor, feature: Tensor, guidance: Tensor | None, prompt: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, queries: Tensor, feature: Tensor, guidance: Tensor | None,
+                prompt: Tensor | None) -> tuple[Tensor, Tensor]:
         """queries (B, N_t, C); feature (B, C_l, d, h, w); guidance (B, C, d', h', w') or None;
-        prompt (B, 1, d, h, w) bool. Returns (queries', H as (B, C, d, h, w))."""
+        prompt (B, 1, d, h, w) bool, or None where the prompt is switched off at this scale
+        (attend everywhere). Returns (queries', H as (B, C, d, h, w))."""
         u = self.proj(feature)
         g = u if guidance is None else F.interpolate(guidance, size=u.shape[2:], mode="trilinear", align_corners=False)
         diffused = semantic_diffusion(u, diffusion_weights(self.guide(g), self.lam), self.steps)
         fused = self.fuse(torch.cat([u, diffused], dim=1))
         memory = self.memory_norm(fused.flatten(2).transpose(1, 2))
-        queries = self.cross(queries, memory, prompt.flatten(1))
+        queries = self.cross(queries, memory, None if prompt is None else prompt.flatten(1))
         return self.block(queries), fused

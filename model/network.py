@@ -1,6 +1,7 @@
 """DSMNet: SwinUNETR backbone + kMMM query decoder (+ AMVP, DQR, CLIP alignment in Stage 2)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .amvp import anomaly_prompt
-from .backbone import SwinUNETRFeatures
+from .backbone import QUERY_STRIDES, SwinUNETRFeatures
 from .config import ModelConfig
 from .dqr import DQRBlock
 from .kmmm import KMMMLayer
@@ -38,14 +39,16 @@ class DSMNet(nn.Module):
     ``forward(x, text_embeddings=None)`` with x (B, 1, D, H, W), each size a multiple of 32,
     returns a dict (N = number of queries in this stage, N_o organ queries, K text rows):
 
-    ``mask_logits``     (B, N, D, H, W)   M_q = <MaskKernel(Q_q), E>
+    ``mask_logits``     (B, N, D, H, W)   M_q = s * cos(MaskKernel(Q_q), E), s learned in
+                        ``decoder.mask_scale_range``
     ``layer_logits``    list of 4 (B, N_o, D/s, H/s, W/s), s = 32, 16, 8, 4: R' of every kMMM
                         layer (deep supervision; the only path by which the SSM learns)
     ``anomaly``         (B, 1, D, H, W)   S = -max over organ queries of M_q (unnormalised logit
                         units; higher = less organ-like)
     ``class_logits``    (B, N_o)          Stage 1: MLP presence logit of class i from query i
     ``class_cos_logits``(B, N, K)         Stage 2: cos(q_i, t_j) / tau; softmax over j = p(j | q_i)
-    ``prompts``         Stage 2: list of 4 (B, 1, D/s, H/s, W/s) bool AMVP prompts
+    ``prompts``         Stage 2: list of 4 (B, 1, D/s, H/s, W/s) bool AMVP prompts, None at
+                        scales where ``amvp.scales`` switches the prompt off
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -64,6 +67,15 @@ class DSMNet(nn.Module):
         )
         self.pixel_proj = nn.Conv3d(self.backbone.pixel_channels, dec.pixel_dim, kernel_size=1)
         self.mask_kernel = MLP(c, c, dec.pixel_dim)
+        # log of the mask-logit scale s; clamped in forward (see DecoderConfig.mask_scale_range)
+        if dec.bounded_masks:
+            self.mask_log_scale = nn.Parameter(torch.tensor(math.log(dec.mask_scale_init)))
+        spacing = cfg.preprocessing.spacing
+        # AMVP closing radius in cells of each query scale (cells are spacing * stride mm).
+        self.prompt_radius = [
+            tuple(cfg.amvp.close_mm / (float(sp) * stride) for sp in spacing) if on else None
+            for stride, on in zip(QUERY_STRIDES, cfg.amvp.scales)
+        ]
         if cfg.stage == 1:
             self.class_head = MLP(c, c, 1)
         else:
@@ -106,14 +118,21 @@ class DSMNet(nn.Module):
             organ, refined = self.kmmm[level](organ, feature)
             layer_logits.append(refined)
             if tumor is not None:
-                prompt = anomaly_prompt(refined)
+                radius = self.prompt_radius[level]
+                prompt = anomaly_prompt(refined, radius) if radius is not None else None
                 prompts.append(prompt)
                 tumor, guidance = self.dqr[level](tumor, feature, guidance, prompt)
                 joint = self.interaction[level](torch.cat([organ, tumor], dim=1))
                 organ, tumor = joint.split([self.n_organ, self.n_tumor], dim=1)
         queries = organ if tumor is None else torch.cat([organ, tumor], dim=1)
         pixel = F.normalize(self.pixel_proj(feats["pixel"]), dim=1)  # E: (B, D, X, Y, Z), unit norm
-        mask_logits = torch.einsum("bnd,bdxyz->bnxyz", self.mask_kernel(queries), pixel)
+        if self.cfg.decoder.bounded_masks:
+            kernels = F.normalize(self.mask_kernel(queries), dim=-1)
+            lo, hi = self.cfg.decoder.mask_scale_range
+            scale = self.mask_log_scale.exp().clamp(lo, hi)
+            mask_logits = scale * torch.einsum("bnd,bdxyz->bnxyz", kernels, pixel)
+        else:  # legacy checkpoints
+            mask_logits = torch.einsum("bnd,bdxyz->bnxyz", self.mask_kernel(queries), pixel)
         out: dict[str, Tensor | list[Tensor]] = {
             "mask_logits": mask_logits,
             "layer_logits": layer_logits,

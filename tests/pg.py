@@ -26,8 +26,9 @@ from tools import free_port, missing, require_tool
 
 
 class PostgresServer:
-    def __init__(self, root: Path, initdb: str, pg_ctl: str, as_user: list[str]) -> None:
+    def __init__(self, root: Path, initdb: str, pg_ctl: str, as_user: list[str], extra_options: str = "") -> None:
         self.root = root
+        self.extra_options = extra_options
         self.data = root / "data"
         self.sockets = root
         self.port = free_port()
@@ -45,6 +46,8 @@ class PostgresServer:
 
     def start(self) -> None:
         options = f"-k {self.sockets} -c listen_addresses=127.0.0.1 -p {self.port} -F -c max_connections=200"
+        if self.extra_options:
+            options += " " + self.extra_options
         res = subprocess.run(
             [*self._as_user, self._pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w",
              "-t", "60", "start"],
@@ -68,7 +71,8 @@ class PostgresServer:
 
 
 @contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
+def postgres_server(ssl_cert: Path | None = None, ssl_key: Path | None = None) -> Iterator[PostgresServer]:
+    """``ssl_cert``/``ssl_key``: serve TLS too (copied beside the data, readable by the server only)."""
     initdb = require_tool("initdb")
     pg_ctl = require_tool("pg_ctl")
     as_user: list[str] = []
@@ -83,8 +87,16 @@ def postgres_server() -> Iterator[PostgresServer]:
         shutil.chown(root, "postgres", "postgres")
         os.chmod(root, 0o700)
     server = None
+    extra = ""
+    if ssl_cert is not None and ssl_key is not None:
+        for src, name in ((ssl_cert, "server.crt"), (ssl_key, "server.key")):
+            shutil.copy(src, root / name)
+            os.chmod(root / name, 0o600)
+            if as_user:
+                shutil.chown(root / name, "postgres", "postgres")
+        extra = f"-c ssl=on -c ssl_cert_file={root / 'server.crt'} -c ssl_key_file={root / 'server.key'}"
     try:
-        server = PostgresServer(root, initdb, pg_ctl, as_user)
+        server = PostgresServer(root, initdb, pg_ctl, as_user, extra)
         yield server
     finally:
         if server is not None:

@@ -10,6 +10,7 @@ import yaml
 
 from model.config import ModelConfig, load_model_config
 
+from .exposure import ExposureConfig
 from .losses import LossWeights
 from .transforms import AugmentConfig, CropConfig, PipelineConfig
 
@@ -88,6 +89,7 @@ class TrainConfig:
     crop: CropConfig = field(default_factory=CropConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossWeights = field(default_factory=LossWeights)
+    exposure: ExposureConfig = field(default_factory=ExposureConfig)  # anomaly exposure (exposure.py)
     run: RunConfig = field(default_factory=RunConfig)
 
     def model_config(self) -> ModelConfig:
@@ -98,8 +100,12 @@ class TrainConfig:
 
     def pipeline(self, model_cfg: ModelConfig) -> PipelineConfig:
         p = model_cfg.preprocessing
+        exposure = self.exposure
+        if exposure.enabled is None:
+            exposure = dataclasses.replace(exposure, enabled=self.stage == 2)
         return PipelineConfig(spacing=tuple(p.spacing), roi=tuple(p.roi_size), hu_window=tuple(p.hu_window),
-                              orientation=p.orientation, augment=self.augment, crop=self.crop)
+                              orientation=p.orientation, augment=self.augment, crop=self.crop,
+                              crop_margin=p.crop_margin, exposure=exposure, exposure_seed=self.run.seed)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -151,7 +157,7 @@ def _build(cls: type, data: Any, prefix: str):
 def _nested_types(cls: type) -> dict[str, type]:
     nested = {
         TrainConfig: {"data": DataConfig, "augment": AugmentConfig, "crop": CropConfig, "optim": OptimConfig,
-                      "loss": LossWeights, "run": RunConfig},
+                      "loss": LossWeights, "exposure": ExposureConfig, "run": RunConfig},
         DataConfig: {"train": DataSource, "val": DataSource},
         DataSource: {"phantoms": PhantomSource},
     }

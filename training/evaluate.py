@@ -1,14 +1,24 @@
 """dsm-train eval: per-case / per-class DSC and tumour OOD metrics, JSON + Markdown + overlays.
 
-Everything is measured on the model's preprocessing grid (RAS, model spacing, cropped to the
-body), labels resampled there with nearest neighbour. Masks are the class probabilities
-thresholded at each class's catalog threshold, without post-processing (no connected-component
-filtering), so the figures describe the network itself.
+Everything is measured on each case's own grid, with the node's inference path
+(``model.segment.VolumeSegmenter``: preprocessing, sliding window, calibrated thresholds,
+post-processing, zero-shot tumours, back to the source grid), so a figure here is a figure of
+what the node sends to a PACS.
 
-OOD metrics (tumour classes): voxel-wise AUROC and FPR at 95 % TPR of the anomaly channel,
-inside the evaluation region = the ground-truth parent organ(s) of the tumour (tumour voxels
-included, as they count for their parent) dilated by ``dilation_mm``. Positives are the voxels
-of that tumour class, negatives every other region voxel.
+DSC: per class where the reference is non-empty, of the final label map (organs = tissue,
+tumours drawn over organs; unseen tumour classes come from the zero-shot path).
+
+OOD metrics (tumour classes): voxel-wise AUROC and FPR at 95 % TPR of the anomaly output A
+(1 - max organ probability inside the predicted organ envelope) against the tumour's reference
+voxels, in two regions built from the reference:
+* primary: the parent envelope = parent organ(s) plus their tumours, hole-filled, no dilation;
+* secondary: that envelope dilated by ``dilation_mm``, with its *oracle ceiling*: the AUROC a
+  perfect organ segmentation (score 1 outside every reference organ, 0 inside) reaches there —
+  half of that shell is fat and muscle, which no organ claims.
+
+``--data real``: the two real CTs of ../shared/data (evaluation only): per-organ DSC with the
+documented reference mappings (config/datasets.yaml ``tcia_cb001``, ``totalseg_v2_example``) and
+the volume of abdominal organs predicted above the diaphragm (the lungs' base surface).
 """
 from __future__ import annotations
 
@@ -18,23 +28,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
 from model.catalog import Catalog, load_catalog
-from model.checkpoint import LoadedCheckpoint, load_checkpoint
-from model.inference import Predictor
+from model.envelope import ball, ball_radius_vox
+from model.segment import VolumeSegmentation, VolumeSegmenter
 
+from .calibration import Case, load_cases
 from .data import case_items, parse_phantom_spec, phantom_items
 from .datalist import read_datalist
-from .losses import multi_hot
 from .metrics import auroc, dice_score, fpr_at_tpr, nanmean
 from .plots import plot_overlay
-from .registry import Registry, load_registry
-from .transforms import PipelineConfig, preprocess_transforms
+from .real_data import MERGED_REFERENCES, real_items
+from .registry import load_registry
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "dsm-small-demo.pt"
+# Organs that lie below the diaphragm (the esophagus, aorta and postcava cross it; lungs above).
+ABDOMINAL = ("Spleen", "Right Kidney", "Left Kidney", "Gall Bladder", "Liver", "Stomach", "Portal Vein and Splenic Vein",
+             "Pancreas", "Right Adrenal Gland", "Left Adrenal Gland", "Duodenum", "Hepatic Vessel", "Colon",
+             "Intestine", "Rectum", "Bladder", "Prostate", "Celiac Trunk")
+DIAPHRAGM_MARGIN_MM = 10.0
+SUMMARY_KEYS = ("organ_dsc_mean", "seen_tumor_dsc_mean", "unseen_tumor_dsc_mean", "seen_tumor_auroc_mean",
+                "unseen_tumor_auroc_mean", "unseen_tumor_fpr95_mean", "unseen_tumor_auroc_dilated_mean",
+                "unseen_tumor_oracle_auroc_dilated_mean", "seen_tumor_auroc_pc_mean", "unseen_tumor_auroc_pc_mean")
 
 
 def file_sha256(path: Path) -> str:
@@ -45,19 +61,9 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def seen_tumours(ckpt: LoadedCheckpoint, registry: Registry, catalog: Catalog) -> set[str]:
-    """Tumour classes the checkpoint was trained with labels for (its training templates)."""
-    tr = ckpt.training or {}
-    if tr.get("seen_tumours") is not None:
-        return set(tr["seen_tumours"])
-    seen: set[str] = set()
-    for key in tr.get("datasets", []) or []:
-        if key in registry:
-            seen |= {c for c in registry[key].annotated if catalog.by_name(c).is_tumor}
-    return seen
-
-
 def _items(data: str, root: str | None, spacing: float) -> list[dict]:
+    if data == "real":
+        return real_items(Path(root) if root else None)
     spec = parse_phantom_spec(data)
     if spec is not None:
         spec.setdefault("tumours", "all")
@@ -66,87 +72,146 @@ def _items(data: str, root: str | None, spacing: float) -> list[dict]:
     return case_items(read_datalist(data, root))
 
 
-def _ball(radius_vox: np.ndarray) -> np.ndarray:
-    r = np.maximum(np.floor(radius_vox).astype(int), 0)
-    grids = np.ogrid[tuple(slice(-n, n + 1) for n in r)]
-    return sum((g / max(rv, 1e-6)) ** 2 for g, rv in zip(grids, radius_vox)) <= 1.0
+def parent_envelope(case: Case, parents: list[int]) -> np.ndarray:
+    """Reference parent envelope: the parent organs' voxels plus the tumour voxels whose parent
+    they are, hole-filled (no dilation)."""
+    region = np.isin(case.classes, parents) | np.isin(case.parents, parents) & (case.classes > 0)
+    return ndimage.binary_fill_holes(region) if region.any() else region
 
 
 def evaluate(checkpoint: Path, data: str, out: Path, root: str | None = None, device: str | None = None,
-             overlays: int = 3, dilation_mm: float = 10.0, max_cases: int | None = None) -> dict[str, Any]:
+             overlays: int = 3, dilation_mm: float = 10.0, max_cases: int | None = None,
+             segmenter: VolumeSegmenter | None = None, save_labels: bool = False) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on ``data`` and write per_case.json, summary.json, report.md,
+    overlay PNGs and, with ``save_labels``, each case's label map as ``labels/<case>.nii.gz``
+    on the case grid (what ``dsm-node infer`` writes for the same image)."""
     out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     catalog = load_catalog()
     registry = load_registry(catalog=catalog)
-    ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    predictor = Predictor.from_checkpoint(ckpt).to(dev).eval()
-    names = predictor.class_names
-    n_out = len(names)
-    cfg = ckpt.config
-    pp = ckpt.preprocessing
-    pipe = PipelineConfig(spacing=tuple(pp["spacing"]), roi=tuple(pp["roi_size"]), hu_window=tuple(pp["hu_window"]),
-                          orientation=pp["orientation"])
-    items = _items(data, root, float(np.mean(pp["spacing"])))
+    seg = segmenter or VolumeSegmenter.from_checkpoint(checkpoint, catalog=catalog, device=device or "auto")
+    s = seg.settings
+    items = _items(data, root, float(np.mean(s.spacing)))
     if max_cases:
         items = items[:max_cases]
-    pre = preprocess_transforms(registry, pipe, for_training=False)
-    seen = seen_tumours(ckpt, registry, catalog)
-    voxel_mm = np.asarray(pipe.spacing, float)
-    ball = _ball(dilation_mm / voxel_mm)
-    thresholds = torch.tensor([catalog.by_name(n).threshold if n in catalog.names else 0.5 for n in names])
-
+    seen = set(s.seen_tumors or ())
     per_case = []
     for ci, item in enumerate(items):
-        s = pre(item)
-        image = torch.as_tensor(s["image"]).unsqueeze(0).float().to(dev)
-        with torch.no_grad():
-            pred = sliding_window_inference(image, pipe.roi, cfg.inference.sw_batch_size, predictor,
-                                            overlap=cfg.inference.overlap, mode="gaussian")[0].cpu()
-        probs, anomaly = pred[:n_out], pred[n_out]
-        masks = probs > thresholds[:, None, None, None]
-        target = multi_hot(torch.as_tensor(s["label"]).unsqueeze(0), len(catalog))[0] > 0.5
-        ann = torch.as_tensor(s["annotated"]).bool()
-        rec: dict[str, Any] = {"case": s.get("case", item.get("case")), "dataset": s["dataset"], "dsc": {}, "auroc": {},
-                               "fpr95": {}, "auroc_pc": {}, "tumour_voxels": {}}
-        for c, name in enumerate(names[: len(catalog)]):
-            if not ann[c] or not target[c].any():
-                continue
-            rec["dsc"][name] = dice_score(masks[c], target[c])
-            entry = catalog[c]
-            if entry.is_tumor:
-                rec["tumour_voxels"][name] = int(target[c].sum())
-                parents = [catalog.index_of(p) for p in entry.parents]
-                if not all(ann[p] for p in parents):
-                    continue  # parent organ not labelled: no evaluation region
-                region = target[parents].any(0).numpy()
-                region = ndimage.binary_dilation(region, structure=ball)
-                scores = anomaly.numpy()[region]
-                labels = target[c].numpy()[region]
-                rec["auroc"][name] = auroc(scores, labels)
-                rec["fpr95"][name] = fpr_at_tpr(scores, labels, 0.95)
-                # Second score, same region: the class's own probability P_c (for an unseen class
-                # it comes from text alignment alone). Reported beside the anomaly score because
-                # tumour voxels count for their parent organ, so the organ queries claim them.
-                rec["auroc_pc"][name] = auroc(probs[c].numpy()[region], labels)
+        case = load_cases([item], registry)[0]
+        result = seg.segment(case.image, case.affine, want_anomaly=True)
+        rec = _score_case(case, result, catalog, item["dataset"], dilation_mm)
         per_case.append(rec)
+        if save_labels:
+            import nibabel as nib
+
+            (out / "labels").mkdir(exist_ok=True)
+            nib.save(nib.Nifti1Image(result.labels, case.affine), str(out / "labels" / f"{rec['case']}.nii.gz"))
         if ci < overlays:
-            _overlay(s, masks, probs, anomaly, catalog, out / f"overlay_{ci:02d}_{rec['case']}.png")
+            _overlay(case, result, catalog, out / f"overlay_{ci:02d}_{rec['case']}.png")
 
     summary = _summarise(per_case, catalog, seen)
     summary.update({
         "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(Path(checkpoint)),
-        "checkpoint_version": ckpt.version, "data": data, "n_cases": len(per_case),
-        "grid": f"RAS, {list(pipe.spacing)} mm, cropped to the body (HU > {pipe.hu_window[0]:g})",
-        "masks": "class probability > catalog threshold (0.5), no post-processing",
-        "ood_region": f"ground-truth parent organ(s) incl. tumour voxels, dilated by {dilation_mm:g} mm",
-        "ood_score": "anomaly channel of the Predictor: 1 - max over organ queries of sigmoid(M_q)",
-        "pc_score": "the tumour class's own probability P_c (text alignment only for unseen classes), same region",
+        "checkpoint_version": seg.model_version, "data": data, "n_cases": len(per_case),
+        "grid": "each case's own grid (the node's inference path: model.segment)",
+        "masks": ("final labels of model.segment: calibrated thresholds "
+                  f"({len(s.thresholds)} classes; others the catalog's), post-processing, zero-shot tumours "
+                  f"(threshold {s.zero_shot_threshold:g})"),
+        "ood_region": "primary: reference parent envelope (parent organ(s) + their tumours, hole-filled, no "
+                      f"dilation); secondary: that envelope dilated by {dilation_mm:g} mm (with its oracle ceiling)",
+        "ood_score": "anomaly output A: 1 - max organ probability inside the predicted organ envelope "
+                     f"(closed {s.close_mm:g} mm, hole-filled), 0 outside",
+        "pc_score": "the tumour class's own probability P_c (text alignment only for unseen classes), primary region",
         "seen_tumour_classes": sorted(seen),
     })
     (out / "per_case.json").write_text(json.dumps(per_case, indent=2))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "report.md").write_text(markdown_report(summary))
     return summary
+
+
+def _score_case(case: Case, result: VolumeSegmentation, catalog: Catalog, dataset: str,
+                dilation_mm: float) -> dict[str, Any]:
+    labels = result.labels
+    voxel_mm = np.sqrt((case.affine[:3, :3] ** 2).sum(axis=0))
+    voxel_ml = float(np.prod(voxel_mm)) / 1000.0
+    ann = case.annotated
+    merged = MERGED_REFERENCES.get(dataset, {})
+    rec: dict[str, Any] = {"case": case.name, "dataset": dataset, "dsc": {}, "auroc": {}, "fpr95": {},
+                           "auroc_dilated": {}, "fpr95_dilated": {}, "oracle_auroc_dilated": {}, "auroc_pc": {},
+                           "tumour_voxels": {}, "predicted_ml": {}}
+    for name, n in result.found.items():
+        rec["predicted_ml"][name] = round(n * voxel_ml, 2)
+    organ_ref = np.isin(case.classes, [e.index for e in catalog if e.is_organ])
+    shell = ball(ball_radius_vox(dilation_mm, voxel_mm))
+    outputs = set(result.catalog.names)  # a Stage-1 model outputs organs only
+    for entry in catalog:
+        c = entry.index - 1
+        truth = case.classes == entry.index
+        if not ann[c] or not truth.any():
+            continue
+        if entry.name in outputs:
+            pred_classes = [catalog.by_name(n).index for n in merged.get(entry.name, (entry.name,))]
+            rec["dsc"][entry.name] = dice_score(np.isin(labels, pred_classes), truth)
+        if not entry.is_tumor:
+            continue
+        rec["tumour_voxels"][entry.name] = int(truth.sum())
+        parents = [catalog.by_name(p).index for p in entry.parents]
+        if not all(ann[p - 1] for p in parents):
+            continue  # parent organ not labelled: no evaluation region
+        primary = parent_envelope(case, parents)
+        a = result.anomaly
+        rec["auroc"][entry.name] = auroc(a[primary], truth[primary])
+        rec["fpr95"][entry.name] = fpr_at_tpr(a[primary], truth[primary], 0.95)
+        if entry.name in outputs:
+            rec["auroc_pc"][entry.name] = auroc(result.probability(entry.name)[primary], truth[primary])
+        dilated = ndimage.binary_dilation(primary, structure=shell)
+        rec["auroc_dilated"][entry.name] = auroc(a[dilated], truth[dilated])
+        rec["fpr95_dilated"][entry.name] = fpr_at_tpr(a[dilated], truth[dilated], 0.95)
+        oracle = (~organ_ref).astype(np.float32)
+        rec["oracle_auroc_dilated"][entry.name] = auroc(oracle[dilated], truth[dilated])
+    above = _above_diaphragm(case, labels, catalog, voxel_mm)
+    if above is not None:
+        rec["abdominal_above_diaphragm_ml"] = round(float(above.sum()) * voxel_ml, 2)
+        rec["abdominal_above_diaphragm_by_class_ml"] = {
+            e.name: round(float((above & (labels == e.index)).sum()) * voxel_ml, 2)
+            for e in catalog if (above & (labels == e.index)).any()}
+    return rec
+
+
+def _above_diaphragm(case: Case, labels: np.ndarray, catalog: Catalog, voxel_mm: np.ndarray) -> np.ndarray | None:
+    """Predicted abdominal-organ voxels (and their tumours) lying more than DIAPHRAGM_MARGIN_MM
+    above the reference lungs' base surface in their (x, y) column; None without reference lungs.
+
+    The base surface z_base(x, y) is the lowest lung voxel of each column that holds lung;
+    columns without lung (mediastinum, heart) take the value of the nearest lung column.
+    """
+    lungs = [catalog.by_name(n).index for n in ("Right Lung", "Left Lung")]
+    if not all(case.annotated[i - 1] for i in lungs):
+        return None
+    lung = np.isin(case.classes, lungs)
+    if not lung.any():
+        return None
+    # Oriented so that axis 2 runs inferior -> superior (the affines here are axis-aligned).
+    s_axis = int(np.argmax(np.abs(case.affine[2, :3])))
+    up = case.affine[2, s_axis] > 0
+    lung_o = np.moveaxis(lung, s_axis, 2)
+    lab_o = np.moveaxis(labels, s_axis, 2)
+    if not up:
+        lung_o, lab_o = lung_o[..., ::-1], lab_o[..., ::-1]
+    nz = lung_o.shape[2]
+    has = lung_o.any(axis=2)
+    base = np.where(has, np.argmax(lung_o, axis=2), nz)
+    if (~has).any():
+        _, (ii, jj) = ndimage.distance_transform_edt(~has, return_indices=True)
+        base = base[ii, jj]
+    margin = int(round(DIAPHRAGM_MARGIN_MM / float(voxel_mm[s_axis])))
+    z = np.arange(nz)[None, None, :]
+    abdominal = [catalog.by_name(n).index for n in ABDOMINAL if n in catalog.names]
+    abdominal += [e.index for e in catalog if e.is_tumor and any(p in ABDOMINAL for p in e.parents)]
+    above_o = np.isin(lab_o, abdominal) & (z > base[..., None] + margin)
+    if not up:
+        above_o = above_o[..., ::-1]
+    return np.moveaxis(above_o, 2, s_axis)
 
 
 def _per_class(per_case: list[dict], key: str) -> dict[str, float | None]:
@@ -156,26 +221,35 @@ def _per_class(per_case: list[dict], key: str) -> dict[str, float | None]:
 
 def _summarise(per_case: list[dict], catalog: Catalog, seen: set[str]) -> dict[str, Any]:
     dsc, au, fp = _per_class(per_case, "dsc"), _per_class(per_case, "auroc"), _per_class(per_case, "fpr95")
-    au_pc = _per_class(per_case, "auroc_pc")
-    counts = {n: sum(1 for r in per_case if n in r["dsc"]) for n in dsc}
+    au_d, fp_d = _per_class(per_case, "auroc_dilated"), _per_class(per_case, "fpr95_dilated")
+    oracle, au_pc = _per_class(per_case, "oracle_auroc_dilated"), _per_class(per_case, "auroc_pc")
+    counts = {n: sum(1 for r in per_case if n in r["dsc"] or n in r.get("auroc", {})) for n in set(dsc) | set(au)}
     organs = [n for n in catalog.names if catalog.by_name(n).is_organ and n in dsc]
-    tumours = [n for n in catalog.names if catalog.by_name(n).is_tumor and n in dsc]
+    tumours = [n for n in catalog.names if catalog.by_name(n).is_tumor and (n in dsc or n in au)]
     seen_t = [n for n in tumours if n in seen]
     unseen_t = [n for n in tumours if n not in seen]
-    return {
+    out: dict[str, Any] = {
         "organ_dsc_mean": nanmean([dsc[n] for n in organs]),
-        "seen_tumor_dsc_mean": nanmean([dsc[n] for n in seen_t]),
-        "unseen_tumor_dsc_mean": nanmean([dsc[n] for n in unseen_t]),
+        "seen_tumor_dsc_mean": nanmean([dsc[n] for n in seen_t if n in dsc]),
+        "unseen_tumor_dsc_mean": nanmean([dsc[n] for n in unseen_t if n in dsc]),
         "seen_tumor_auroc_mean": nanmean([au[n] for n in seen_t if n in au]),
         "unseen_tumor_auroc_mean": nanmean([au[n] for n in unseen_t if n in au]),
         "unseen_tumor_fpr95_mean": nanmean([fp[n] for n in unseen_t if n in fp]),
+        "unseen_tumor_auroc_dilated_mean": nanmean([au_d[n] for n in unseen_t if n in au_d]),
+        "unseen_tumor_oracle_auroc_dilated_mean": nanmean([oracle[n] for n in unseen_t if n in oracle]),
         "seen_tumor_auroc_pc_mean": nanmean([au_pc[n] for n in seen_t if n in au_pc]),
         "unseen_tumor_auroc_pc_mean": nanmean([au_pc[n] for n in unseen_t if n in au_pc]),
         "per_class": {n: {"kind": catalog.by_name(n).kind, "seen": (n in seen) if n in tumours else None,
-                          "dsc": dsc[n], "auroc": au.get(n), "fpr95": fp.get(n), "auroc_pc": au_pc.get(n),
-                          "cases": counts[n]}
+                          "dsc": dsc.get(n), "auroc": au.get(n), "fpr95": fp.get(n), "auroc_dilated": au_d.get(n),
+                          "fpr95_dilated": fp_d.get(n), "oracle_auroc_dilated": oracle.get(n),
+                          "auroc_pc": au_pc.get(n), "cases": counts[n]}
                       for n in organs + tumours},
     }
+    above = [r["abdominal_above_diaphragm_ml"] for r in per_case if "abdominal_above_diaphragm_ml" in r]
+    if above:
+        out["abdominal_above_diaphragm_ml_max"] = max(above)
+    out["per_case_dsc"] = {r.get("case", str(i)): r["dsc"] for i, r in enumerate(per_case)}
+    return out
 
 
 def _fmt(v: float | None, pct: bool = True) -> str:
@@ -194,8 +268,8 @@ def markdown_report(s: dict[str, Any]) -> str:
         f"- data: `{s['data']}` ({s['n_cases']} cases)",
         f"- checkpoint sha256: `{s['checkpoint_sha256']}`",
         f"- grid: {s['grid']}", f"- masks: {s['masks']}",
-        f"- OOD region: {s['ood_region']}; score: {s['ood_score']}",
-        f"- second score (column AUROC P_c): {s.get('pc_score', '-')}", "",
+        f"- OOD regions: {s['ood_region']}", f"- OOD score: {s['ood_score']}",
+        f"- column AUROC P_c: {s.get('pc_score', '-')}", "",
         "## Table 2 layout: organ segmentation, DSC (%)", "",
     ]
     if organs:
@@ -204,37 +278,36 @@ def markdown_report(s: dict[str, Any]) -> str:
                   f"| {s['checkpoint_version']} | " + " | ".join(_fmt(pc[n]["dsc"]) for n in organs)
                   + f" | {_fmt(s['organ_dsc_mean'])} |", ""]
     else:
-        lines += ["(no organ ground truth in these cases)", ""]
-    lines += ["## Table 3 layout: tumours (seen = trained with labels, unseen = zero-shot)", "",
-              "| Tumour | Setting | DSC (%) | AUROC (%) | FPR95 (%) | AUROC P_c (%) | Cases |", "|---|---|---|---|---|---|---|"]
-    for n in tumours:
-        v = pc[n]
-        lines.append(f"| {n} | {'seen' if v['seen'] else 'unseen'} | {_fmt(v['dsc'])} | {_fmt(v['auroc'])} | "
-                     f"{_fmt(v['fpr95'])} | {_fmt(v.get('auroc_pc'))} | {v['cases']} |")
-    lines += ["", "| Summary | value |", "|---|---|"]
-    for k in ("organ_dsc_mean", "seen_tumor_dsc_mean", "unseen_tumor_dsc_mean", "seen_tumor_auroc_mean",
-              "unseen_tumor_auroc_mean", "unseen_tumor_fpr95_mean", "seen_tumor_auroc_pc_mean",
-              "unseen_tumor_auroc_pc_mean"):
-        lines.append(f"| {k} | {_fmt(s.get(k), pct=False)} |")
+        lines += ["(no organ reference in these cases)", ""]
+    if tumours:
+        lines += ["## Table 3 layout: tumours (seen = trained with labels, unseen = zero-shot)", "",
+                  "| Tumour | Setting | DSC (%) | AUROC (%) | FPR95 (%) | AUROC 10 mm (%) | FPR95 10 mm (%) "
+                  "| oracle AUROC 10 mm (%) | AUROC P_c (%) | Cases |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for n in tumours:
+            v = pc[n]
+            lines.append(f"| {n} | {'seen' if v['seen'] else 'unseen'} | {_fmt(v['dsc'])} | {_fmt(v['auroc'])} | "
+                         f"{_fmt(v['fpr95'])} | {_fmt(v['auroc_dilated'])} | {_fmt(v['fpr95_dilated'])} | "
+                         f"{_fmt(v['oracle_auroc_dilated'])} | {_fmt(v.get('auroc_pc'))} | {v['cases']} |")
+        lines.append("")
+    if len(s.get("per_case_dsc", {})) <= 4:
+        lines += ["## Per case, DSC (%)", ""]
+        for case, d in s["per_case_dsc"].items():
+            lines.append(f"- {case}: " + ", ".join(f"{n} {_fmt(v)}" for n, v in d.items()))
+        lines.append("")
+    lines += ["| Summary | value |", "|---|---|"]
+    for k in SUMMARY_KEYS + ("abdominal_above_diaphragm_ml_max",):
+        if k in s:
+            lines.append(f"| {k} | {_fmt(s.get(k), pct=False)} |")
     return "\n".join(lines) + "\n"
 
 
-def _overlay(s: dict, masks: torch.Tensor, probs: torch.Tensor, anomaly: torch.Tensor, catalog: Catalog,
-             path: Path) -> None:
-    n = len(catalog)
-    truth = np.asarray(s["label"][0]).astype(np.int32)
-    m = np.zeros((n, *truth.shape), bool)
-    p = np.zeros((n, *truth.shape), np.float32)
-    k = min(n, masks.shape[0])  # a Stage-1 model has organ channels only
-    m[:k], p[:k] = masks[:k].numpy(), probs[:k].numpy()
-    # Prediction map: most probable organ above threshold, tumours drawn on top.
-    organ_ix = [i for i, e in enumerate(catalog) if e.is_organ]
-    tum_ix = [i for i, e in enumerate(catalog) if e.is_tumor]
-    pred = np.zeros(truth.shape, np.int32)
-    po = np.where(m[organ_ix], p[organ_ix], -1)
-    best = po.argmax(0)
-    pred[po.max(0) > 0] = np.asarray(organ_ix)[best[po.max(0) > 0]] + 1
-    for i in tum_ix:
-        pred[m[i]] = i + 1
-    plot_overlay(np.asarray(s["image"][0]), truth, pred, [e.color for e in catalog], path,
-                 title=str(s.get("case", "")), anomaly=anomaly.numpy())
+def _overlay(case: Case, result: VolumeSegmentation, catalog: Catalog, path: Path) -> None:
+    """Reference vs prediction on the case grid (axes reoriented to RAS for display)."""
+    g = result.model_output.gmap
+    image = g.to_oriented(case.image)
+    truth = g.to_oriented(case.classes.astype(np.int32))
+    pred = g.to_oriented(result.labels.astype(np.int32))
+    anomaly = g.to_oriented(result.anomaly) if result.anomaly is not None else None
+    plot_overlay(np.clip((image + 175.0) / 425.0, 0, 1), truth, pred, [e.color for e in catalog], path,
+                 title=case.name, anomaly=anomaly)

@@ -1,28 +1,59 @@
-"""Release a trained checkpoint (e.g. weights/dsm-small-demo.pt)."""
+"""Release a trained checkpoint (e.g. weights/dsm-small-demo.pt), or turn a training state
+(``<out_dir>/checkpoints/step_*.pt``) into a model checkpoint, e.g. to evaluate two runs at the
+same step."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from model.catalog import load_catalog
 from model.checkpoint import load_checkpoint, save_checkpoint
+from model.config import ModelConfig
+from model.network import DSMNet
+from model.text import class_embeddings
 
 
 def export_weights(src: Path, dst: Path, version: str | None = None, half: bool = False) -> Path:
-    """Re-write a model checkpoint under a release version; half stores float weights as fp16
-    (they are cast back to the model's float32 on load)."""
-    ckpt = load_checkpoint(src)
-    model = ckpt.build_model()
+    """Re-write a model checkpoint (or a training state) under a release version; half stores
+    float weights as fp16 (they are cast back to the model's float32 on load)."""
+    from .trainer import STATE_FORMAT, load_payload
+
+    catalog = load_catalog()
+    payload = load_payload(Path(src), trust_legacy=False)
+    if isinstance(payload, dict) and payload.get("format") == STATE_FORMAT:
+        model, names, embeddings, prompts, training, calibration, default_version = _from_state(payload, src, catalog)
+    else:
+        ckpt = load_checkpoint(src)
+        model = ckpt.build_model()
+        names, embeddings, prompts = ckpt.class_names, ckpt.embeddings, ckpt.prompt_names
+        training, calibration, default_version = dict(ckpt.training), ckpt.calibration, ckpt.version
     if half:
         model = model.half()
-    catalog = load_catalog()
-    names = ckpt.class_names
     if names != catalog.names[: len(names)]:
         raise ValueError(f"{src}: class order differs from the catalog")
-    training = dict(ckpt.training)
     training["exported_from"] = str(src)
     training["weights_dtype"] = "float16" if half else "float32"
-    path = save_checkpoint(dst, model, names, ckpt.embeddings, version or ckpt.version, training,
-                           prompt_names=ckpt.prompt_names)
-    return path
+    return save_checkpoint(dst, model, names, embeddings, version or default_version, training,
+                           prompt_names=prompts, calibration=calibration)
+
+
+def _from_state(payload: dict, src: Path, catalog) -> tuple:
+    """Model, class names, embeddings, prompts, training summary, calibration, version of a
+    training state (no calibration: that runs at the end of training)."""
+    from .registry import load_registry
+
+    cfg = ModelConfig.from_dict(payload["model_config"])
+    model = DSMNet(cfg)
+    model.load_state_dict(payload["model"])
+    embeddings = class_embeddings(catalog)
+    if cfg.stage == 2:
+        model.set_text_embeddings(embeddings)
+    train_cfg = payload.get("config", {})
+    seen: list[str] = []
+    phantoms = ((train_cfg.get("data") or {}).get("train") or {}).get("phantoms")
+    if cfg.stage == 2 and phantoms:
+        registry = load_registry(catalog=catalog)
+        seen = sorted(c for c in registry[phantoms["dataset"]].annotated if catalog.by_name(c).is_tumor)
+    training = {"stage": cfg.stage, "steps": int(payload["step"]), "seen_tumours": seen,
+                "note": "exported from a training state, before the end-of-training calibration"}
+    version = f"{(train_cfg.get('run') or {}).get('version', 'dsm-train')}-step{int(payload['step'])}"
+    return model.eval(), catalog.names, embeddings, catalog.prompt_names, training, {}, version

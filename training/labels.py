@@ -2,9 +2,12 @@
 
 A case's label becomes two uint8 volumes on the image grid:
   class map   1-based catalog index per voxel (0 = background)
-  parent map  for tumour voxels, the catalog index of the parent organ they also count for
-The 45-channel multi-hot target is built from these two after augmentation (see losses.py),
-which keeps cached samples and spatial augmentation at two channels.
+  parent map  for tumour voxels, the catalog index of their parent organ; for voxels of a
+              synthetic exposure lesion (class 0), the host organ (training/exposure.py)
+The training target is built from these two after augmentation (see losses.py), which keeps
+cached samples and spatial augmentation at two channels. Organ channels learn organ *tissue*:
+a tumour voxel is a positive of its tumour class only and a negative of its parent organ; the
+parent map serves the evaluation's parent envelope and the synthetic-lesion encoding.
 """
 from __future__ import annotations
 
@@ -113,13 +116,13 @@ def map_labels(
     vmap = spec.value_map()
     values = np.unique(raw)
     unknown = [int(v) for v in values if v != 0 and int(v) not in vmap]
-    if unknown:
+    if unknown and not spec.unmapped_background:
         raise LabelError(f"dataset {spec.key!r}: label values {unknown} are not in the registry mapping")
     out = np.zeros(raw.shape, np.uint8)
     midline = None
     for v in values:
         v = int(v)
-        if v == 0:
+        if v == 0 or v not in vmap:
             continue
         t = vmap[v]
         m = raw == v

@@ -14,35 +14,86 @@ from torch import Tensor
 
 
 def multi_hot(label: Tensor, n_classes: int) -> Tensor:
-    """(B, 2, ...) class map + parent map -> (B, n_classes, ...) float multi-hot target.
+    """(B, 2, ...) class map + parent map -> (B, n_classes, ...) float target, organ *tissue*.
 
-    Channel c-1 is on for voxels of class c and, for tumour voxels, for their parent organ.
+    Channel c-1 is on for voxels of class c only: a tumour voxel is a positive for its own
+    tumour class and a negative for its parent organ (the parent map is not used), so organ
+    queries learn organ tissue and the anomaly map (1 - max organ) can light up inside organs.
     """
     b, spatial = label.shape[0], label.shape[2:]
-    idx = label.reshape(b, 2, -1).long()
+    idx = label[:, :1].reshape(b, 1, -1).long()
     out = torch.zeros(b, n_classes + 1, idx.shape[-1], device=label.device)
-    out.scatter_(1, idx[:, :1], 1.0)
-    out.scatter_(1, idx[:, 1:], 1.0)
+    out.scatter_(1, idx, 1.0)
     return out[:, 1:].reshape(b, n_classes, *spatial)
 
 
-def dice_bce_per_channel(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> tuple[Tensor, Tensor]:
+def synthetic_lesions(label: Tensor) -> Tensor:
+    """(B, 2, ...) -> (B, 1, ...) bool: voxels of synthetic exposure lesions.
+
+    Encoding (training/exposure.py): class map 0 (no class is positive there) and parent map =
+    the host organ's index (the parent map is otherwise non-zero only on tumour voxels).
+    """
+    return (label[:, :1] == 0) & (label[:, 1:2] > 0)
+
+
+def voxel_weights(label: Tensor, is_tumour: Tensor) -> Tensor | None:
+    """(B, N, ...) per-voxel weights of the mask losses, or None without synthetic lesions.
+
+    On synthetic-lesion voxels tumour channels weigh 0: a synthetic lesion is never a positive
+    of a tumour class, nor a negative (it is not a labelled tumour type). Organ channels keep
+    weight 1 there (plain negatives); ``host_rejection`` adds the lesion-normalised term.
+    is_tumour: (N,) bool per channel.
+    """
+    syn = synthetic_lesions(label)
+    if not bool(syn.any()):
+        return None
+    n = is_tumour.shape[0]
+    w_syn = torch.where(is_tumour, 0.0, 1.0).to(label.device)
+    shape = (1, n) + (1,) * (label.dim() - 2)
+    return torch.where(syn, w_syn.view(shape), torch.ones((), device=label.device))
+
+
+def host_rejection(organ_logits: Tensor, label: Tensor) -> Tensor | None:
+    """Mean BCE(max organ logit, 0) over the voxels inside organs that are no organ's tissue —
+    tumour voxels and synthetic lesions (parent map > 0) — or None if there are none.
+
+    The max over organ channels is what the anomaly output reads (A = 1 - max organ
+    probability), so whichever organ claims a lesion is pushed off it, the host or a neighbour
+    (a probe run rejected the host but let the stomach or gallbladder claim the lesion).
+    Averaged over those voxels, not over the crop: in the crop-wide mean a 50-voxel lesion in a
+    131k-voxel crop weighs nothing, and a first exposure run learned no rejection at all
+    (synthetic-lesion rejection rate 0 of 12 after 125 steps). organ_logits (B, N_o, ...).
+    """
+    inside = label[:, 1] > 0
+    if not bool(inside.any()):
+        return None
+    logit = organ_logits.float().amax(dim=1)[inside]
+    return F.binary_cross_entropy_with_logits(logit, torch.zeros_like(logit))
+
+
+def dice_bce_per_channel(logits: Tensor, target: Tensor, smooth: float = 1e-5,
+                         weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Soft Dice loss and mean BCE per (sample, channel), each (B, N).
 
     The Dice sums run over the whole volume of a sample (not per slice): one overlap ratio per
-    organ per scan, as the metric is defined. Keep ``smooth`` tiny (MONAI's default 1e-5): on a
-    channel absent from the crop the Dice loss is 1 - smooth / (sum p + smooth), and with
-    smooth = 1 its gradient (~1 / (sum p + 1)^2 per voxel) outweighs BCE by orders of magnitude
-    once predictions are small, driving the class to saturated negatives from which it is slow
-    to recover when it is present (observed: classes never predicted after 1000 demo steps).
+    organ per scan, as the metric is defined. Keep ``smooth`` tiny (MONAI's default 1e-5).
+    ``weights`` (B, N, ...) or None: per-voxel weights; a weight of 0 takes a voxel out of both
+    terms, BCE is weighted and divided by the voxel count (so heavier voxels add loss).
     """
     logits = logits.float()
     dims = tuple(range(2, logits.dim()))
     p = logits.sigmoid()
-    inter = (p * target).sum(dims)
-    denom = p.sum(dims) + target.sum(dims)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if weights is not None:
+        keep = (weights > 0).to(p.dtype)
+        inter = (p * target * keep).sum(dims)
+        denom = (p * keep).sum(dims) + (target * keep).sum(dims)
+        bce = (bce * weights).mean(dims)
+    else:
+        inter = (p * target).sum(dims)
+        denom = p.sum(dims) + target.sum(dims)
+        bce = bce.mean(dims)
     dice = 1.0 - (2.0 * inter + smooth) / (denom + smooth)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dims)
     return dice, bce
 
 
@@ -52,13 +103,18 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
 
 
 def partial_mask_loss(logits: Tensor, target: Tensor, annotated: Tensor, dice_weight: float = 1.0,
-                      bce_weight: float = 1.0, smooth: float = 1e-5) -> tuple[Tensor, Tensor, Tensor]:
-    """(loss, dice, bce) averaged over annotated (sample, channel) pairs.
+                      bce_weight: float = 1.0, smooth: float = 1e-5,
+                      weights: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, dice, bce) over annotated (sample, channel) pairs.
 
-    logits (B, N, ...), target (B, N, ...) on the same grid, annotated (B, N) bool.
+    logits (B, N, ...), target (B, N, ...) on the same grid, annotated (B, N) bool. BCE counts
+    for every annotated pair; Dice only where the target is present in the crop: on an absent
+    target Dice can only push the channel down, and it drove the first demo model's kidney
+    tumour and cyst channels to logits of -40..-60 where no term brings them back.
     """
-    dice, bce = dice_bce_per_channel(logits, target, smooth)
-    d = masked_mean(dice, annotated)
+    dice, bce = dice_bce_per_channel(logits, target, smooth, weights)
+    present = presence(target) > 0
+    d = masked_mean(dice, annotated & present)
     b = masked_mean(bce, annotated)
     return dice_weight * d + bce_weight * b, d, b
 
@@ -95,35 +151,68 @@ class LossWeights:
     cls: float = 1.0
     deep: float = 1.0  # weight of each kMMM layer's deep-supervision term
     dice_smooth: float = 1e-5  # see dice_bce_per_channel
+    synthetic: float = 0.3  # weight of host_rejection (organ logits inside tumours and synthetic lesions)
+    # Share of the run over which that weight ramps up linearly from 0: organs first, rejection
+    # after (at full weight from step 0, a fine-tune on new phantoms lost liver, spleen and
+    # kidneys within 200 steps: the features could not yet tell a lesion from the organ).
+    synthetic_ramp: float = 0.0
 
 
 def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage: int,
-             w: LossWeights | None = None) -> tuple[Tensor, dict[str, float]]:
+             w: LossWeights | None = None, is_tumour: Tensor | None = None,
+             stats: dict | None = None, progress: float = 1.0) -> tuple[Tensor, dict[str, float]]:
     """Total DSM loss for one batch and its parts (floats for logging).
 
     out: model output dict (mask_logits (B,N,...), layer_logits list of (B,N_o,...), and
-    class_logits (Stage 1) or class_cos_logits (Stage 2)); label (B,2,...); annotated (B,C).
+    class_logits (Stage 1) or class_cos_logits (Stage 2)); label (B,2,...); annotated (B,C);
+    is_tumour (C,) bool per catalog channel (needed when the batch holds synthetic lesions).
+    ``stats``: if given, filled with "present" (B, N) bool and "max_prob" (B, N) float — the
+    highest probability of each channel in each crop — for the dying-channel check.
+    ``progress``: step / total steps, for the ramp of the rejection weight.
     """
     w = w or LossWeights()
+    w_reject = w.synthetic * (min(1.0, progress / w.synthetic_ramp) if w.synthetic_ramp > 0 else 1.0)
     target = multi_hot(label, n_classes)
     masks = out["mask_logits"]
     n = masks.shape[1]
     tgt, ann = target[:, :n], annotated[:, :n]
-    loss, dice, bce = partial_mask_loss(masks, tgt, ann, w.dice, w.bce, w.dice_smooth)
+    weights = None
+    if is_tumour is not None:
+        weights = voxel_weights(label, is_tumour.to(label.device))
+    loss, dice, bce = partial_mask_loss(masks, tgt, ann, w.dice, w.bce, w.dice_smooth,
+                                        None if weights is None else weights[:, :n])
     parts = {"dice": dice.item(), "bce": bce.item()}
     pres = presence(tgt)
+    if stats is not None:
+        with torch.no_grad():
+            stats["present"] = (pres > 0) & ann
+            stats["max_prob"] = masks.detach().float().flatten(2).amax(-1).sigmoid()
     if stage == 1:
         c = class_bce(out["class_logits"], pres, ann)
     else:
         c = cosine_class_bce(out["class_cos_logits"], pres, ann)
     loss = loss + w.cls * c
     parts["cls"] = c.item()
+    layers = out.get("layer_logits") or []
+    n_organ = layers[0].shape[1] if layers else (int((~is_tumour).sum()) if is_tumour is not None else n)
+    reject = host_rejection(masks[:, :n_organ], label) if w_reject else None
+    if reject is not None:
+        loss = loss + w_reject * reject
+        parts["reject"] = reject.item()
     deep_total = torch.zeros((), device=masks.device)
-    for r in out.get("layer_logits", []):
+    for k, r in enumerate(layers):
         no = r.shape[1]
         up = F.interpolate(r.float(), size=masks.shape[2:], mode="trilinear", align_corners=False)
-        l, _, _ = partial_mask_loss(up, target[:, :no], annotated[:, :no], w.dice, w.bce, w.dice_smooth)
+        lw = None if weights is None else weights[:, :no]
+        l, _, _ = partial_mask_loss(up, target[:, :no], annotated[:, :no], w.dice, w.bce, w.dice_smooth, lw)
         deep_total = deep_total + l
+        if k == len(layers) - 1 and w_reject:
+            # Finest layer only (stride 4, which the prompt reads): at coarser strides a lesion is
+            # a fraction of a cell, and rejecting it there means rejecting the organ (an exposure
+            # run with the term on every layer at weight 1 lost every organ within 20 steps).
+            rj = host_rejection(up, label)
+            if rj is not None:
+                deep_total = deep_total + w_reject * rj
     loss = loss + w.deep * deep_total
     parts["deep"] = deep_total.item()
     parts["loss"] = loss.item()

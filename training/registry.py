@@ -11,7 +11,7 @@ import yaml
 from model.catalog import Catalog, load_catalog
 
 DEFAULT_REGISTRY = Path(__file__).resolve().parents[1] / "config" / "datasets.yaml"
-ROLES = ("organ", "tumor", "unseen_tumor", "phantom")
+ROLES = ("organ", "tumor", "unseen_tumor", "phantom", "evaluation")
 
 
 class RegistryError(ValueError):
@@ -43,6 +43,9 @@ class DatasetSpec:
     layout: dict[str, Any] = field(default_factory=dict)
     url: str = ""
     notes: str = ""
+    # Raw values missing from ``labels`` are background instead of an error (multi-structure
+    # references such as TotalSegmentator's, where most structures have no DSM class).
+    unmapped_background: bool = False
 
     @property
     def uses_masks(self) -> bool:
@@ -138,6 +141,7 @@ def _parse(key: str, raw: Any, catalog: Catalog, path: Path) -> DatasetSpec:
     spec = DatasetSpec(
         key=key, name=str(raw.get("name", key)), role=role, labels=labels, masks=masks,
         annotated=annotated, layout=layout, url=str(raw.get("url", "")), notes=str(raw.get("notes", "")).strip(),
+        unmapped_background=bool(raw.get("unmapped_background", False)),
     )
     mapped = spec.mapped_classes()
     extra = set(annotated) - mapped

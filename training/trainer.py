@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -39,7 +40,9 @@ from .transforms import augment_transforms, preprocess_transforms
 from .validation import validate
 
 STATE_FORMAT = "dsm-train-state/1"
-LOG_FIELDS = ["step", "epoch", "lr", "loss", "dice", "bce", "cls", "deep", "val_dice", "seconds"]
+LOG_FIELDS = ["step", "epoch", "lr", "loss", "dice", "bce", "cls", "reject", "deep", "val_dice", "val_rejection",
+              "seconds"]
+HEALTH_FIELDS = ["step", "class", "crops", "max_prob_mean", "max_prob_min", "dead"]
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -70,15 +73,40 @@ def lr_lambda(total: int, warmup: int, min_ratio: float):
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    # numpy's state as a tensor and plain numbers: the state file stays loadable with
+    # torch.load(weights_only=True), which refuses numpy arrays (and any other pickled object).
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(gauss)]
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
+class UntrustedCheckpoint(ValueError):
+    """A checkpoint that holds more than tensors and plain data: not loaded without opt-in."""
+
+
+def load_payload(path: str | Path, trust_legacy: bool = False) -> Any:
+    """``torch.load(weights_only=True)``: no code in the file runs. Files written by dsm-train
+    before states were weights-only compatible (numpy RNG state) load only with
+    ``trust_legacy`` (``--trust-legacy-checkpoint``), for files the user wrote themselves."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not trust_legacy:
+            raise UntrustedCheckpoint(
+                f"{path} holds objects other than tensors and plain data, so it was not loaded (unpickling can run "
+                "code). If it is a training state you wrote yourself with an earlier dsm-train, pass "
+                "--trust-legacy-checkpoint") from None
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((name, keys.astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -87,8 +115,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class Trainer:
     def __init__(self, cfg: TrainConfig, init: str | Path | None = None, resume: str | Path | bool = True,
                  stop_after: int | None = None, device: str | None = None, progress: bool = True,
-                 time_budget_s: float | None = None) -> None:
+                 time_budget_s: float | None = None, trust_legacy: bool = False) -> None:
         self.cfg = cfg
+        self.trust_legacy = trust_legacy
         self.time_budget_s = time_budget_s
         self.t_created = time.time()
         self.rank, self.world, self.local_rank = _dist_env()
@@ -134,6 +163,7 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.catalog = load_catalog()
+        self.is_tumour = torch.tensor([e.is_tumor for e in self.catalog], dtype=torch.bool)
         self.registry = load_registry(cfg.data.registry, self.catalog)
         self.model_cfg = cfg.model_config()
         self.pipe = cfg.pipeline(self.model_cfg)
@@ -175,6 +205,9 @@ class Trainer:
                                        cfg.data.cache, cache_dir, cfg.data.num_workers)
         self.val_ds = cached_dataset(val_items, preprocess_transforms(self.registry, self.pipe, False),
                                      cfg.data.cache, cache_dir, cfg.data.num_workers) if val_items else None
+        self.val_items = val_items
+        self._val_cases = None  # source-grid cases for calibration and the rejection check (lazy)
+        self._health: dict[int, list[float]] = {}
         self.augment = augment_transforms(self.pipe)
 
         o = cfg.optim
@@ -201,7 +234,7 @@ class Trainer:
     def _load_init(self, net: DSMNet, path: str | Path) -> None:
         """Stage-1 weights into this model, non-strictly (new Stage-2 modules start fresh)."""
         path = Path(path)
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = load_payload(path, self.trust_legacy)
         if isinstance(payload, dict) and payload.get("format") == STATE_FORMAT:
             state = payload["model"]
         else:
@@ -227,7 +260,7 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "mb_in_epoch": self.mb_in_epoch,
             "total_steps": self.total_steps,
             "config": self.cfg.to_dict(), "model_config": self.model_cfg.to_dict(),
-            "history": self.history,
+            "history": [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()} for row in self.history],
         }
         path = self.state_path(self.step)
         tmp = path.with_suffix(".tmp")
@@ -240,7 +273,7 @@ class Trainer:
         return path
 
     def load_state(self, path: Path) -> None:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = load_payload(path, self.trust_legacy)
         if payload.get("format") != STATE_FORMAT:
             raise ValueError(f"{path} is not a training state file")
         if payload["model_config"] != self.model_cfg.to_dict():
@@ -302,7 +335,46 @@ class Trainer:
         ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
         with ctx:
             out = self.model(x)
-        return dsm_loss(out, label, ann, len(self.catalog), self.model_cfg.stage, self.cfg.loss)
+        stats: dict = {}
+        loss, parts = dsm_loss(out, label, ann, len(self.catalog), self.model_cfg.stage, self.cfg.loss,
+                               is_tumour=self.is_tumour, stats=stats, progress=self.step / max(self.total_steps, 1))
+        self._track_health(stats)
+        return loss, parts
+
+    def _track_health(self, stats: dict) -> None:
+        """Per class: crops where it is present, and the highest probability it reached there."""
+        present, top = stats["present"].cpu(), stats["max_prob"].cpu()
+        for c in torch.nonzero(present.any(0)).flatten().tolist():
+            vals = top[:, c][present[:, c]]
+            h = self._health.setdefault(c, [0, 0.0, 1.0])
+            h[0] += len(vals)
+            h[1] += float(vals.sum())
+            h[2] = min(h[2], float(vals.min()))
+
+    def _write_health(self) -> None:
+        """channel_health.csv: a class whose probability stayed below 0.5 on every crop that
+        contained it since the last row is reported as dead (the kidney-tumour channel of the
+        first demo model died like this, unnoticed until evaluation)."""
+        if not self.is_main or not self._health:
+            self._health = {}
+            return
+        path = self.out / "channel_health.csv"
+        new = not path.exists()
+        dead = []
+        with path.open("a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=HEALTH_FIELDS)
+            if new:
+                w.writeheader()
+            for c, (n, total, low) in sorted(self._health.items()):
+                mean = total / max(n, 1)
+                is_dead = mean < 0.5 and n >= 4
+                if is_dead:
+                    dead.append(self.catalog[c].name)
+                w.writerow({"step": self.step, "class": self.catalog[c].name, "crops": n,
+                            "max_prob_mean": round(mean, 4), "max_prob_min": round(low, 4), "dead": int(is_dead)})
+        if dead:
+            self._log(f"step {self.step}: channels below 0.5 on the crops that contain them: {', '.join(dead)}")
+        self._health = {}
 
     def _write_log(self, row: dict[str, Any]) -> None:
         self.history.append(row)
@@ -389,6 +461,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{acc_parts.get('loss', 0):.3f}")
                 row = None
                 if self.step % cfg.run.log_every == 0 or self.step == self.total_steps:
+                    self._write_health()
                     row = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3), "lr": lr,
                            **{k: round(v, 6) for k, v in acc_parts.items()}, "seconds": round(time.time() - t0, 1)}
                 acc_parts = {}
@@ -397,7 +470,12 @@ class Trainer:
                     row = row or {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3), "lr": lr,
                                   "seconds": round(time.time() - t0, 1)}
                     row["val_dice"] = round(vd, 6)
-                    self._log(f"step {self.step}: validation Dice {vd:.4f}")
+                    msg = f"step {self.step}: validation Dice {vd:.4f}"
+                    if self.pipe.exposure.enabled:
+                        rej = self.rejection()
+                        row["val_rejection"] = round(rej["rate"], 4)
+                        msg += f", synthetic-lesion rejection {rej['rate']:.3f} of {rej['lesions']} ({rej['per_host']})"
+                    self._log(msg)
                 if row is not None:
                     self._write_log(row)
                 done = self.step >= self.total_steps
@@ -428,6 +506,46 @@ class Trainer:
         finally:
             self.net.train()
 
+    def _segmenter(self, calibration: dict | None = None):
+        from .calibration import segmenter_for
+
+        return segmenter_for(self.net, self.catalog, self.embeddings, self.model_cfg, self._seen_tumours(),
+                             self.device, calibration)
+
+    def _cases(self):
+        from .calibration import load_cases
+
+        if self._val_cases is None:
+            self._val_cases = load_cases(self.val_items, self.registry)
+        return self._val_cases
+
+    @torch.no_grad()
+    def rejection(self) -> dict[str, Any]:
+        """Synthetic-lesion rejection rate on the validation cases with freshly painted lesions."""
+        from .calibration import rejection_rate
+
+        self.net.eval()
+        try:
+            return rejection_rate(self._segmenter(), self._cases(), self.pipe.exposure, seed=self.cfg.run.seed + 7919)
+        finally:
+            self.net.train()
+
+    @torch.no_grad()
+    def calibrate(self) -> dict[str, Any]:
+        from .calibration import calibrate
+
+        self.net.eval()
+        try:
+            return calibrate(self._segmenter(), self._cases()) if self.val_items else {}
+        finally:
+            self.net.train()
+
+    def _seen_tumours(self) -> list[str]:
+        if self.model_cfg.stage != 2:
+            return []
+        return sorted({c for d in set(self._dataset_keys()) for c in self.registry[d].annotated
+                       if self.catalog.by_name(c).is_tumor})
+
     # ---------------------------------------------------------------- end of training
     def finish(self) -> dict[str, Any]:
         from .plots import plot_curves
@@ -443,14 +561,17 @@ class Trainer:
             "lr": self.cfg.optim.lr,
             "seed": self.cfg.run.seed,
             "datasets": sorted({str(d) for d in self._dataset_keys()}),
-            "seen_tumours": sorted({c for d in set(self._dataset_keys()) for c in self.registry[d].annotated
-                                    if self.catalog.by_name(c).is_tumor}) if self.model_cfg.stage == 2 else [],
+            "seen_tumours": self._seen_tumours(),
             "init": str(self.init) if self.init else None,
             "final_val_dice": last_val,
             "final_loss": self.history[-1].get("loss") if self.history else None,
         }
+        calibration = self.calibrate()
+        if calibration:
+            self._log(f"calibrated on {calibration['cases']} validation cases: thresholds {calibration['thresholds']}, "
+                      f"zero-shot {calibration.get('zero_shot_threshold', '-')}")
         final = save_checkpoint(self.out / "final.pt", self.net, self.catalog, self.embeddings,
-                                version=self.cfg.run.version, training=train)
+                                version=self.cfg.run.version, training=train, calibration=calibration)
         (self.out / "summary.json").write_text(json.dumps({**train, "checkpoint": str(final),
                                                            "curves": str(plot) if plot else None}, indent=2))
         self._log(f"wrote {final}")

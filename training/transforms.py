@@ -4,11 +4,17 @@ Sample dict after preprocessing:
   image      (1, X, Y, Z) float32 in [0, 1] (HU window), RAS, model spacing
   label      (2, X, Y, Z) uint8: catalog class map and tumour parent map (labels.py)
   annotated  (C,) bool partial-label template of the case's dataset
-  organ_idx / tumour_idx / bg_idx   flat voxel indices for crop sampling (subsampled)
+  organ_idx / tumour_idx / synthetic_idx / bg_idx   flat voxel indices for crop sampling
+  (subsampled)
+
+Anomaly exposure (training/exposure.py) paints synthetic lesions into the HU image after
+resampling and before the window, deterministically per case (seeded by the case id), so the
+cached sample holds them; spatial and intensity augmentation then vary them per epoch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence
 
@@ -34,6 +40,7 @@ from monai.transforms import (
 
 from model.catalog import Catalog
 
+from .exposure import ExposureConfig, paint_lesions
 from .labels import LabelError, map_labels, parent_map, read_nifti, read_raw_label
 from .registry import Registry
 
@@ -62,6 +69,7 @@ class CropConfig:
     pos: float = 2.0  # RandCropByPosNegLabel pos:neg ratio
     neg: float = 1.0
     tumour_prob: float = 0.5  # of positive crops, share centred on an annotated tumour when present
+    synthetic_prob: float = 0.0  # of positive crops, share centred on a synthetic exposure lesion
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,9 @@ class PipelineConfig:
     orientation: str = "RAS"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     crop: CropConfig = field(default_factory=CropConfig)
+    crop_margin: int = 2  # voxels around the body (model config preprocessing.crop_margin)
+    exposure: ExposureConfig = field(default_factory=ExposureConfig)
+    exposure_seed: int = 0
 
 
 def body_foreground(x: torch.Tensor) -> torch.Tensor:
@@ -127,8 +138,40 @@ class LoadCased(MapTransform):
         return d
 
 
+class SyntheticLesionsd(MapTransform):
+    """Anomaly exposure on a loaded sample whose image is still in HU (before the window).
+
+    The case's own lesions are a function of (seed, case id), so caching and resuming keep them.
+    Lesion voxels become class 0 with the host organ in the parent map (losses.synthetic_lesions).
+    """
+
+    def __init__(self, catalog: Catalog, cfg: ExposureConfig, seed: int = 0) -> None:
+        super().__init__(keys=["image", "label"])
+        self.cfg = cfg
+        self.seed = seed
+        self.organs = [e.index for e in catalog if e.is_organ]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        image, label = d["image"], d["label"]
+        case = str(d.get("case") or image.meta.get("filename_or_obj", ""))
+        rng = np.random.default_rng([self.seed, zlib.crc32(case.encode("utf-8")), 0xE05E])
+        spacing = [float(v) for v in np.asarray(image.pixdim)[:3]]
+        classes = np.asarray(label[0])
+        painted, host, _ = paint_lesions(np.asarray(image[0]), classes, spacing, self.organs, rng, self.cfg)
+        hit = torch.from_numpy(host > 0)
+        img = image.clone()
+        img[0] = torch.from_numpy(painted)
+        lab = label.clone()
+        lab[0][hit] = 0
+        lab[1][hit] = torch.from_numpy(host)[hit].to(lab.dtype)
+        d["image"], d["label"] = img, lab
+        return d
+
+
 class CropIndicesd(MapTransform):
-    """Crop-centre candidates: organ voxels, annotated-tumour voxels, background voxels."""
+    """Crop-centre candidates: organ voxels, annotated-tumour voxels, synthetic-lesion voxels,
+    background voxels."""
 
     def __init__(self, catalog: Catalog, seed: int = 0) -> None:
         super().__init__(keys=["label"])
@@ -138,11 +181,13 @@ class CropIndicesd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         cls = torch.as_tensor(d["label"][0]).long().flatten()
+        par = torch.as_tensor(d["label"][1]).long().flatten()
         ann = torch.cat([torch.zeros(1, dtype=torch.bool), torch.as_tensor(d["annotated"])])
         fg = cls > 0
         tum = self.is_tumour[cls] & ann[cls]
+        syn = (cls == 0) & (par > 0)
         rng = np.random.default_rng(self.seed)
-        for key, m in (("organ_idx", fg), ("tumour_idx", tum), ("bg_idx", ~fg)):
+        for key, m in (("organ_idx", fg), ("tumour_idx", tum), ("synthetic_idx", syn), ("bg_idx", ~fg & ~syn)):
             idx = torch.nonzero(m).flatten().numpy()
             if len(idx) > MAX_INDICES:
                 idx = np.sort(rng.choice(idx, MAX_INDICES, replace=False))
@@ -152,34 +197,44 @@ class CropIndicesd(MapTransform):
 
 class RandCropTumourOrOrgand(Randomizable, MapTransform):
     """RandCropByPosNegLabel whose positive centres come from annotated tumour voxels with
-    probability tumour_prob (when the case has any), otherwise from organ voxels."""
+    probability tumour_prob (when the case has any), from synthetic exposure lesions with
+    probability synthetic_prob (when it has any), otherwise from organ voxels."""
 
     def __init__(self, keys: Sequence[str], roi: Sequence[int], crop: CropConfig) -> None:
         MapTransform.__init__(self, keys)
         self.tumour_prob = crop.tumour_prob
+        self.synthetic_prob = crop.synthetic_prob
         common = dict(keys=keys, label_key="label", spatial_size=roi, pos=crop.pos, neg=crop.neg,
                       num_samples=crop.samples_per_volume, bg_indices_key="bg_idx", allow_smaller=False)
         self.organ = RandCropByPosNegLabeld(fg_indices_key="organ_idx", **common)
         self.tumour = RandCropByPosNegLabeld(fg_indices_key="tumour_idx", **common)
+        self.synthetic = RandCropByPosNegLabeld(fg_indices_key="synthetic_idx", **common)
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
         super().set_random_state(seed, state)
         self.organ.set_random_state(int(self.R.randint(2**31)))
         self.tumour.set_random_state(int(self.R.randint(2**31)))
+        self.synthetic.set_random_state(int(self.R.randint(2**31)))
         return self
 
     def randomize(self, data: Any = None) -> None:
-        self._use_tumour = self.R.rand() < self.tumour_prob
+        self._pick = self.R.rand()
 
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict]:
         d = dict(data)
         self.randomize()
-        use_tumour = self._use_tumour and len(d["tumour_idx"]) > 0
+        d.setdefault("synthetic_idx", np.zeros(0, np.int64))
         if not len(d["organ_idx"]):
             d["organ_idx"] = d["bg_idx"]  # an unlabelled scan: every crop is a negative
-        out = (self.tumour if use_tumour else self.organ)(d)
+        if self._pick < self.tumour_prob and len(d["tumour_idx"]):
+            cropper = self.tumour
+        elif self.tumour_prob <= self._pick < self.tumour_prob + self.synthetic_prob and len(d["synthetic_idx"]):
+            cropper = self.synthetic
+        else:
+            cropper = self.organ
+        out = cropper(d)
         for o in out:
-            for k in ("organ_idx", "tumour_idx", "bg_idx"):
+            for k in ("organ_idx", "tumour_idx", "synthetic_idx", "bg_idx"):
                 o.pop(k, None)
         return out
 
@@ -191,8 +246,14 @@ def preprocess_transforms(registry: Registry, cfg: PipelineConfig, for_training:
         LoadCased(registry),
         Orientationd(keys=keys, axcodes=cfg.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         Spacingd(keys=keys, pixdim=cfg.spacing, mode=("bilinear", "nearest")),
+    ]
+    if for_training and cfg.exposure.enabled:
+        t.append(SyntheticLesionsd(registry.catalog, replace(cfg.exposure, hu_window=tuple(cfg.hu_window)),
+                                   cfg.exposure_seed))
+    t += [
         ScaleIntensityRanged(keys="image", a_min=cfg.hu_window[0], a_max=cfg.hu_window[1], b_min=0.0, b_max=1.0, clip=True),
-        CropForegroundd(keys=keys, source_key="image", select_fn=body_foreground, margin=2, allow_smaller=True),
+        CropForegroundd(keys=keys, source_key="image", select_fn=body_foreground, margin=cfg.crop_margin,
+                        allow_smaller=True),
         EnsureTyped(keys="label", dtype=torch.uint8),
     ]
     if for_training:

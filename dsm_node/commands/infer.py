@@ -29,11 +29,7 @@ def run(args: argparse.Namespace) -> int:
     import nibabel as nib
     import numpy as np
 
-    from ..infer.overlays import write_overlays
-    from ..infer.segmenter import segmenter_from_settings
-    from ..results.display import radiological
-    from ..results.options import ResultOptions
-    from ..results.outputs import write_results
+    from ..results.inputs import InputError, check_ct_source, checked_reading
     from ..volume import VolumeError, assemble_volume, files_of, ras_to_lps
 
     settings = settings_from_args(
@@ -46,33 +42,48 @@ def run(args: argparse.Namespace) -> int:
     )
     source = Path(args.input)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    segmenter = segmenter_from_settings(settings)
-    print(f"model {segmenter.model_version} on {segmenter.device} ({time.perf_counter() - t0:.1f} s to load)", file=sys.stderr)
 
+    def refuse(why: object) -> int:
+        print(f"dsm-node infer: {source}: {why}", file=sys.stderr)
+        return 2
+
+    # The input is read and checked before the model is loaded: a series that cannot be
+    # processed is refused in seconds with one line, not after the inference with a traceback.
     volume = None
     if source.is_dir():
         try:
-            volume = assemble_volume(files_of([source]))
-        except VolumeError as exc:
-            print(f"dsm-node infer: {source}: {exc}", file=sys.stderr)
-            return 2
+            with checked_reading():
+                volume = assemble_volume(files_of([source]))
+            check_ct_source(volume)
+        except (VolumeError, InputError) as exc:
+            return refuse(exc)
         hu, affine_lps, spacing = volume.hu, volume.affine_lps, volume.spacing
         affine_ras = volume.affine_ras
-    elif source.name.endswith((".nii", ".nii.gz")):
-        img = nib.load(str(source))
-        ijk = np.asarray(img.dataobj, dtype=np.float32)
+    elif source.name.endswith((".nii", ".nii.gz")) and source.is_file():
+        try:
+            img = nib.load(str(source))
+            ijk = np.asarray(img.dataobj, dtype=np.float32)
+        except Exception as exc:  # noqa: BLE001 - nibabel raises many types on a broken file
+            return refuse(f"not a readable NIfTI image ({type(exc).__name__}: {exc})")
         if ijk.ndim != 3:
-            print(f"dsm-node infer: {source}: expected a 3D image, got shape {ijk.shape}", file=sys.stderr)
-            return 2
+            return refuse(f"expected a 3D image, got shape {ijk.shape}")
         hu = np.ascontiguousarray(ijk.transpose(2, 1, 0))  # (i, j, k) -> (z, y, x)
         affine_ras = img.affine
         affine_lps = ras_to_lps(affine_ras)
         spacing = tuple(float(s) for s in img.header.get_zooms()[:3][::-1])
     else:
-        print(f"dsm-node infer: {source}: not a DICOM folder or a .nii/.nii.gz file", file=sys.stderr)
-        return 2
+        return refuse("not a DICOM folder or a .nii/.nii.gz file")
+
+    from ..infer.overlays import write_overlays
+    from ..infer.segmenter import segmenter_from_settings
+    from ..results.display import radiological
+    from ..results.options import ResultOptions
+    from ..results.outputs import write_results
+
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    segmenter = segmenter_from_settings(settings)
+    print(f"model {segmenter.model_version} on {segmenter.device} ({time.perf_counter() - t0:.1f} s to load)", file=sys.stderr)
 
     t1 = time.perf_counter()
     result = segmenter.segment(hu, affine_lps, want_anomaly=True, progress=sys.stderr.isatty())

@@ -59,7 +59,7 @@ def build_services(ctx: NodeContext) -> list[tuple[str, Service]]:
     scp = StorageSCP(ctx)
     services: list[tuple[str, Service]] = []
     if http.enabled:
-        http_service = HttpService(ctx, scp_listening=lambda: _listening(scp))
+        http_service = HttpService(ctx, scp_listening=lambda: _listening(scp), scp_load=scp.load)
         register_status_page(http_service, ctx)
         services.append((f"HTTP on {http.host}:{http.port}", http_service))
     services += [
@@ -92,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
         log.exception("database unavailable")
         print(f"dsm-node: cannot open the database: {exc}", file=sys.stderr)
         return 1
+    # Held for the process's life: after a crash the next start takes back this process's jobs
+    # and delivery leases at once instead of waiting for their heartbeat and lease timeouts.
+    from ..liveness import register
+
+    register(settings.storage.data_dir)
     stopped_by: list[str] = []
     stop = _stop_on_signals(stopped_by)
     ctx.auditor.record("config_loaded", config_file=args.config, environment_overrides=env_overrides_present())
@@ -179,3 +184,10 @@ def _announce(ctx: NodeContext, services: list[Service]) -> None:
     log.info(line)
     # stdout carries JSON lines for log collectors; the human line goes to stderr.
     print(line, file=sys.stderr, flush=True)
+    delivery = ctx.settings.delivery
+    if not delivery.destinations and not delivery.reply_to_caller:
+        where = ctx.results_dir.resolve()
+        note = (f"no delivery destination configured: results stay in {where}/<StudyInstanceUID>/r<revision>/ "
+                "and nothing is sent (jobs end 'kept'); set delivery.destinations to send them to a PACS")
+        log.warning(note)
+        print(f"dsm-node: {note}", file=sys.stderr, flush=True)

@@ -45,7 +45,8 @@ class StudyState:
     COMPLETE = "complete"  # quiet period over, waiting for selection
     SELECTED = "selected"  # a series was chosen; a job exists
     NO_ELIGIBLE = "no_eligible"  # closed: no series passed selection
-    DONE = "done"  # the job of the current revision finished (delivered or failed)
+    DONE = "done"  # the job of the current revision finished: results delivered (or kept)
+    FAILED = "failed"  # the job of the current revision failed (the reason is in state_reason)
 
 
 class JobState:
@@ -54,8 +55,9 @@ class JobState:
     RUNNING = "running"
     ENCODED = "encoded"
     DELIVERED = "delivered"
+    KEPT = "kept"  # no destination configured: the results stay in the results folder, nothing is sent
     FAILED = "failed"
-    TERMINAL = (DELIVERED, FAILED)
+    TERMINAL = (DELIVERED, KEPT, FAILED)
 
 
 class DeliveryState:
@@ -189,6 +191,8 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[dt.datetime | None]
+    # The process holding an in_progress row's lease (dsm_node.liveness.HOLDER).
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
 
     result: Mapped[Result] = relationship(back_populates="deliveries")
 
@@ -207,3 +211,17 @@ class AuditEvent(Base):
     study_uid: Mapped[str | None] = mapped_column(UID, index=True)
     series_uid: Mapped[str | None] = mapped_column(UID)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Hash chain (dsm_node.audit_chain): position, previous row's hash, this row's hash.
+    chain_seq: Mapped[int | None] = mapped_column(BigInteger, index=True, unique=True)
+    chain_prev: Mapped[str | None] = mapped_column(String(64))
+    chain_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditChain(Base):
+    """The head of the audit hash chain: one row (id 1), the last position and its hash."""
+
+    __tablename__ = "audit_chain"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))

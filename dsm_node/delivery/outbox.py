@@ -4,13 +4,15 @@
                                    --failure, attempts left--> pending (due after a back-off)
                                    --failure, none left, or permanent--> dead
     in_progress whose lease expired (sender killed mid-send) --> pending, or dead
+    in_progress whose sender's process ended (known at once) --> pending, or dead
     dead / delivered / pending --resend--> pending with attempts reset
 
 Two rules make this safe with several processes on one database:
 
 - While a row is in_progress, ``next_attempt_at`` holds its lease expiry (the schema has no
-  separate column, and a due time means nothing for a row being sent). A sender extends the
-  lease as it works; a row whose lease ran out is taken back by whoever notices.
+  separate column, and a due time means nothing for a row being sent) and ``claimed_by`` the
+  sender (dsm_node.liveness.HOLDER). A sender extends the lease as it works; a row whose lease
+  ran out, or whose sender's process is known to have ended, is taken back by whoever notices.
 - The claim increments ``attempts``, so (id, attempts) identifies one claim. Every later
   update is conditional on that pair still being in_progress: a sender that lost its lease
   changes nothing. Counting at claim time also means a result that kills its sender every
@@ -36,6 +38,7 @@ from .targets import Target, resolve_destinations
 
 UNRESOLVED = "unresolved"
 INTERRUPTED = "interrupted"
+JITTER = 0.2  # a retry's wait is shortened by up to this fraction
 _TABLE = Delivery.__table__
 _RESENDABLE = (DeliveryState.DEAD, DeliveryState.DELIVERED, DeliveryState.PENDING)
 
@@ -111,7 +114,8 @@ def enqueue_results(
 
 
 # Claiming and leases --------------------------------------------------------------------------
-def claim_due(session: Session, now: dt.datetime, limit: int, lease_until: dt.datetime) -> list[Claim]:
+def claim_due(session: Session, now: dt.datetime, limit: int, lease_until: dt.datetime,
+              holder: str | None = None) -> list[Claim]:
     """Atomically take up to ``limit`` due pending rows for this sender.
 
     PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED locks the candidates, so concurrent senders
@@ -137,7 +141,8 @@ def claim_due(session: Session, now: dt.datetime, limit: int, lease_until: dt.da
     stmt = (
         update(_TABLE)
         .where(_TABLE.c.id.in_(candidates), _TABLE.c.state == DeliveryState.PENDING)
-        .values(state=DeliveryState.IN_PROGRESS, attempts=_TABLE.c.attempts + 1, next_attempt_at=lease_until)
+        .values(state=DeliveryState.IN_PROGRESS, attempts=_TABLE.c.attempts + 1, next_attempt_at=lease_until,
+                claimed_by=holder)
         .returning(_TABLE.c.id, _TABLE.c.attempts)
     )
     return sorted(Claim(id, attempt) for id, attempt in session.execute(stmt))
@@ -160,25 +165,47 @@ def release(session: Session, claims: Sequence[Claim], now: dt.datetime) -> None
         )
 
 
-def reclaim_expired(session: Session, now: dt.datetime, max_attempts: int) -> list[tuple[int, str, int]]:
-    """Return in_progress rows whose lease ran out to pending (dead when out of attempts).
+LEASE_EXPIRED = "the sender stopped before recording an outcome (lease expired)"
+SENDER_ENDED = "the sender stopped before recording an outcome (its process ended)"
+
+
+def reclaim_expired(session: Session, now: dt.datetime, max_attempts: int,
+                    ended_holders: Sequence[str] = ()) -> list[tuple[int, str, int, str]]:
+    """Return in_progress rows whose lease ran out, or whose sender ended, to pending (dead when
+    out of attempts).
 
     The sender of such a row was killed or hung; whether the PACS got the instance is unknown,
     so it is sent again (a repeated C-STORE of the same SOP Instance UID is harmless).
-    Returns (id, new state, attempts) per row.
+    ``ended_holders``: senders known to have ended (dsm_node.liveness), whose rows need not wait
+    for their lease. Returns (id, new state, attempts, why) per row.
     """
-    stmt = (
-        update(_TABLE)
-        .where(_TABLE.c.state == DeliveryState.IN_PROGRESS, _TABLE.c.next_attempt_at < now)
-        .values(
-            state=case((_TABLE.c.attempts >= max_attempts, DeliveryState.DEAD), else_=DeliveryState.PENDING),
-            next_attempt_at=now,
-            last_status=INTERRUPTED,
-            last_error="the sender stopped before recording an outcome (lease expired)",
+    out = []
+    for condition, why in ((_TABLE.c.next_attempt_at < now, LEASE_EXPIRED),
+                           (_TABLE.c.claimed_by.in_(list(ended_holders)), SENDER_ENDED)):
+        if why == SENDER_ENDED and not ended_holders:
+            continue
+        stmt = (
+            update(_TABLE)
+            .where(_TABLE.c.state == DeliveryState.IN_PROGRESS, condition)
+            .values(
+                state=case((_TABLE.c.attempts >= max_attempts, DeliveryState.DEAD), else_=DeliveryState.PENDING),
+                next_attempt_at=now,
+                last_status=INTERRUPTED,
+                last_error=why,
+                claimed_by=None,
+            )
+            .returning(_TABLE.c.id, _TABLE.c.state, _TABLE.c.attempts)
         )
-        .returning(_TABLE.c.id, _TABLE.c.state, _TABLE.c.attempts)
-    )
-    return [(id, state, attempts) for id, state, attempts in session.execute(stmt)]
+        out += [(id, state, attempts, why) for id, state, attempts in session.execute(stmt)]
+    return out
+
+
+def holders_in_progress(session: Session) -> list[str]:
+    """The senders holding in_progress rows now."""
+    return list(session.scalars(
+        select(_TABLE.c.claimed_by).where(_TABLE.c.state == DeliveryState.IN_PROGRESS, _TABLE.c.claimed_by.is_not(None))
+        .distinct()
+    ))
 
 
 # Outcomes -------------------------------------------------------------------------------------
@@ -190,7 +217,13 @@ def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Rand
     the same moment do not all come back at the same instant.
     """
     nominal = min(max_s, initial_s * 2 ** max(0, attempt - 1))
-    return nominal * (1 - 0.2 * (rng or random).random())
+    return nominal * (1 - JITTER * (rng or random).random())
+
+
+def retry_waits(max_attempts: int, initial_s: float, max_s: float) -> list[float]:
+    """The nominal waits between ``max_attempts`` attempts (without jitter, which only shortens
+    them by up to 20 %): what docs/delivery.md states for the defaults."""
+    return [min(max_s, initial_s * 2 ** (attempt - 1)) for attempt in range(1, max_attempts)]
 
 
 def record_outcome(

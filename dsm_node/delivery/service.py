@@ -22,6 +22,7 @@ from ..audit import MAJOR_FAILURE, MINOR_FAILURE, SERIOUS_FAILURE, SUCCESS
 from ..context import NodeContext
 from ..db.engine import transaction
 from ..db.models import Delivery, DeliveryState, Job, Result, Study, utcnow
+from ..liveness import HOLDER, holder_gone
 from ..metrics import DELIVERY_ATTEMPTS
 from . import outbox
 from .outbox import Claim
@@ -111,7 +112,8 @@ class DeliveryService:
         self._reclaim_expired()
         now = utcnow()
         with transaction(self._ctx.sessions) as s:
-            claims = outbox.claim_due(s, now, self._batch, now + dt.timedelta(seconds=lease_seconds(cfg.timeout_s)))
+            claims = outbox.claim_due(s, now, self._batch, now + dt.timedelta(seconds=lease_seconds(cfg.timeout_s)),
+                                      holder=HOLDER)
         if not claims:
             return 0
         with self._ctx.sessions() as s:
@@ -209,18 +211,22 @@ class DeliveryService:
             self._ctx.auditor.record("delivery_dead_letter", outcome=MAJOR_FAILURE, **common)
 
     def _reclaim_expired(self) -> None:
+        """Take back rows whose lease expired, and at once those of a sender whose process ended
+        (a restarted node's own predecessor: dsm_node.liveness), as interrupted attempts."""
         cfg = self._ctx.settings.delivery
+        data_dir = self._ctx.settings.storage.data_dir
+        with self._ctx.sessions() as s:
+            ended = [h for h in outbox.holders_in_progress(s) if holder_gone(data_dir, h)]
         with transaction(self._ctx.sessions) as s:
-            reclaimed = outbox.reclaim_expired(s, utcnow(), cfg.max_attempts)
+            reclaimed = outbox.reclaim_expired(s, utcnow(), cfg.max_attempts, ended)
             if not reclaimed:
                 return
-            rows = {row.claim.id: row for row in self._load(s, [Claim(i, attempts) for i, _, attempts in reclaimed])}
-            for delivery_id, state, _ in reclaimed:
+            rows = {row.claim.id: row for row in self._load(s, [Claim(i, attempts) for i, _, attempts, _ in reclaimed])}
+            for delivery_id, state, _, why in reclaimed:
                 row = rows[delivery_id]
                 target = Target(row.destination, row.ae_title, row.host, row.port)
-                outcome = Outcome(False, outbox.INTERRUPTED, "the sender stopped before recording an outcome (lease expired)")
-                self._audit(s, row, target, outcome, state, None)
-        for _, state, _ in reclaimed:
+                self._audit(s, row, target, Outcome(False, outbox.INTERRUPTED, why), state, None)
+        for _, state, _, _ in reclaimed:
             DELIVERY_ATTEMPTS.labels(outcome="dead" if state == DeliveryState.DEAD else "failed").inc()
         log.warning("took back %d deliveries whose sender stopped mid-send", len(reclaimed))
 

@@ -5,6 +5,11 @@ and the port configured for it in ``dicom.peers`` (an association carries the ca
 ephemeral source port, never its SCP port). When no port is known the target still exists,
 with ``problem`` saying why, so that the outbox can show the operator a dead row instead of
 silently sending nothing.
+
+The reply goes over TLS when the study arrived over TLS (``delivery.reply_tls: auto``; the SCP
+accepts TLS only when ``dicom.tls`` is enabled, so that is when every study arrives over TLS),
+with the node's own certificate as the client certificate and ``dicom.tls.ca_file`` verifying
+the peer; ``on``/``off`` force it.
 """
 from __future__ import annotations
 
@@ -71,7 +76,16 @@ def caller_target(settings: Settings, calling_ae: str | None, peer_address: str 
             name, ae, host, 0,
             problem=f"reply_to_caller: no dicom.peers entry with ae_title {ae!r}, a network containing {host} and a port",
         )
-    return Target(name, ae, host, port)
+    return Target(name, ae, host, port, caller_tls(settings))
+
+
+def caller_tls(settings: Settings) -> TLS | None:
+    """The TLS settings of a reply to the caller, or None for plain TCP (see the module doc)."""
+    mode, node = settings.delivery.reply_tls, settings.dicom.tls
+    if mode == "off" or (mode == "auto" and not node.enabled):
+        return None
+    return TLS(enabled=True, cert_file=node.cert_file, key_file=node.key_file, ca_file=node.ca_file,
+               require_client_cert=False)
 
 
 def target_for_row(settings: Settings, name: str, ae_title: str, host: str, port: int) -> Target:
@@ -87,7 +101,7 @@ def target_for_row(settings: Settings, name: str, ae_title: str, host: str, port
         current = peer_port(settings, ae_title, host) or port
         if not current:
             return caller_target(settings, ae_title, host)
-        return Target(name, ae_title, host, current)
+        return Target(name, ae_title, host, current, caller_tls(settings))
     for target in configured_targets(settings):
         if target.name == name:
             return target

@@ -1,18 +1,23 @@
 """The dispatcher: moves jobs along the parts of the state machine that need no worker.
 
 - selected -> queued: hand the job to the executor;
-- running with a stale heartbeat -> queued again (the worker died), audited as interrupted;
+- running whose worker is gone -> queued again, audited as interrupted: at once when its process
+  ended on this host (a restarted node finds its own predecessor's jobs so; dsm_node.liveness),
+  otherwise when its heartbeat is older than ``executor.stale_after_s``;
 - encoded -> delivered once every outbox row of its results is delivered, -> failed when one
-  is dead-lettered (and failed -> delivered when an operator's resend succeeds later).
+  is dead-lettered (and failed -> delivered when an operator's resend succeeds later);
+  encoded -> kept when no destination is configured (the results stay in the results folder).
 
-At start-up every queued job is submitted again: the in-process queue died with the last
-process, and for Celery a duplicate message is harmless because the task is idempotent.
+At start-up the jobs of ended workers are taken back first, then every queued job is submitted
+again: the in-process queue died with the last process, and for Celery a duplicate message is
+harmless because the task is idempotent.
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import threading
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -21,10 +26,9 @@ from ..context import NodeContext
 from ..db.engine import transaction
 from ..db.models import DeliveryState, Job, JobState
 from .executors import Executor
-from .machine import stale_running, transition
+from .machine import DEAD_LETTER_REASON, interrupted_running, transition
 
 log = logging.getLogger("dsm_node.jobs")
-DEAD_LETTER_REASON = "delivery dead-lettered: "
 
 
 class JobDispatcher:
@@ -37,6 +41,7 @@ class JobDispatcher:
 
     def start(self) -> None:
         self._executor.start()
+        self.requeue_stale(submit=False)  # the previous incarnation's jobs, without waiting
         self.resubmit_queued()
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="dsm-dispatcher", daemon=True)
@@ -81,27 +86,33 @@ class JobDispatcher:
                 s.get(Job, job_id).task_id = task_id
         return len(ids)
 
-    def requeue_stale(self) -> int:
+    def requeue_stale(self, submit: bool = True) -> int:
         stale_after = dt.timedelta(seconds=self._ctx.settings.executor.stale_after_s)
+        data_dir = self._ctx.settings.storage.data_dir
         with self._ctx.sessions() as s:
-            ids = [j.id for j in stale_running(s, stale_after)]
+            ids = list(interrupted_running(s, stale_after, data_dir))
         requeued = []
         for job_id in ids:
             with transaction(self._ctx.sessions) as s:
                 job = s.get(Job, job_id, with_for_update=True)
-                if job is None or job not in stale_running(s, stale_after):
+                why = interrupted_running(s, stale_after, data_dir).get(job_id) if job is not None else None
+                if why is None:
                     continue
                 self._ctx.auditor.record(
                     "job_interrupted", outcome=MINOR_FAILURE, session=s, study_uid=job.study.study_uid,
-                    series_uid=job.series_uid, job_id=job.id, worker=job.worker, attempts=job.attempts,
+                    series_uid=job.series_uid, job_id=job.id, worker=job.worker, attempts=job.attempts, cause=why,
                 )
                 if job.attempts >= self._ctx.settings.executor.max_attempts:
                     transition(s, self._ctx.auditor, job, JobState.FAILED, reason=f"interrupted {job.attempts} times")
                     continue
-                transition(s, self._ctx.auditor, job, JobState.QUEUED, reason=f"worker {job.worker} stopped responding")
+                said = "ended" if why == "process_ended" else "stopped responding"
+                transition(s, self._ctx.auditor, job, JobState.QUEUED, reason=f"worker {job.worker} {said}")
                 requeued.append(job_id)
-        for job_id in requeued:
-            self._executor.submit(job_id)
+        if submit:
+            for job_id in requeued:
+                self._executor.submit(job_id)
+        if requeued:
+            log.warning("took back %d job(s) whose worker is gone", len(requeued))
         return len(requeued)
 
     def settle_delivered(self) -> None:
@@ -116,8 +127,11 @@ class JobDispatcher:
                 rows = [d for r in job.results for d in r.deliveries]
                 if not rows:
                     if job.state == JobState.ENCODED and not self._ctx.settings.delivery.destinations and job.results:
-                        # Nowhere to send: the results stay on disk and the job is finished.
-                        transition(s, self._ctx.auditor, job, JobState.DELIVERED, reason="no destination configured")
+                        # Nowhere to send: the results stay on disk, the job is finished, and
+                        # its state says so rather than claiming a delivery.
+                        where = kept_results_dir(self._ctx, job)
+                        transition(s, self._ctx.auditor, job, JobState.KEPT,
+                                   reason=f"no destination configured: results kept in {where}", results_dir=str(where))
                     continue
                 states = {d.state for d in rows}
                 if states == {DeliveryState.DELIVERED}:
@@ -125,3 +139,8 @@ class JobDispatcher:
                 elif DeliveryState.DEAD in states and job.state == JobState.ENCODED:
                     dead = sorted({d.destination for d in rows if d.state == DeliveryState.DEAD})
                     transition(s, self._ctx.auditor, job, JobState.FAILED, reason=f"{DEAD_LETTER_REASON}{', '.join(dead)}")
+
+
+def kept_results_dir(ctx: NodeContext, job: Job) -> Path:
+    """Where the pipeline wrote the job's results (``results_dir/<study>/r<revision>``)."""
+    return (ctx.results_dir / job.study.study_uid / f"r{job.revision}").resolve()

@@ -2,9 +2,14 @@
 
     selected -> queued -> running -> encoded -> delivered
                    ^         |          |
-                   +---------+          +--> failed (a delivery dead-lettered; a resend can still
-               (interrupted: requeued)        deliver it later: failed -> delivered)
+                   +---------+          +--> kept (no destination configured: the results stay
+               (interrupted: requeued)  |         in the results folder, nothing is sent)
+                                        +--> failed (a delivery dead-lettered; a resend can still
+                                                 deliver it later: failed -> delivered)
     any non-terminal state -> failed (with reason)
+
+The study of the job's revision follows: ``failed`` (with the job's reason) when the job
+failed, ``done`` when it was delivered or kept.
 
 Transitions are idempotent (moving to the current state is a no-op) and every real one is
 audited. Because the state lives in the database, any process can resume any job after a crash.
@@ -25,8 +30,9 @@ ALLOWED: dict[str, set[str]] = {
     S.SELECTED: {S.QUEUED, S.FAILED},
     S.QUEUED: {S.RUNNING, S.FAILED, S.SELECTED},
     S.RUNNING: {S.ENCODED, S.FAILED, S.QUEUED},
-    S.ENCODED: {S.DELIVERED, S.FAILED},
+    S.ENCODED: {S.DELIVERED, S.KEPT, S.FAILED},
     S.DELIVERED: set(),
+    S.KEPT: set(),
     S.FAILED: {S.DELIVERED},
 }
 
@@ -55,8 +61,8 @@ def transition(
     job.updated_at = utcnow()
     study = job.study
     if to in S.TERMINAL and study.revision == job.revision:
-        study.state = StudyState.DONE
-        study.state_reason = reason if to == S.FAILED else None
+        study.state = StudyState.FAILED if to == S.FAILED else StudyState.DONE
+        study.state_reason = reason if to in (S.FAILED, S.KEPT) else None
     outcome = SERIOUS_FAILURE if to == S.FAILED else (MINOR_FAILURE if previous == S.RUNNING and to == S.QUEUED else SUCCESS)
     auditor.record(
         "job_transition",
@@ -74,13 +80,41 @@ def transition(
     return True
 
 
+DEAD_LETTER_REASON = "delivery dead-lettered: "
+
+#: Coarse causes of a failed job, for the ``dsm_jobs_failed`` gauge (the full reason is on the
+#: job and its study): the prefix of the reason each failing path writes.
+FAILURE_CAUSES = (
+    ("volume assembly:", "input"),
+    ("series ", "input"),
+    (DEAD_LETTER_REASON, "delivery"),
+    ("interrupted ", "interrupted"),
+)
+
+
+def failure_cause(reason: str | None) -> str:
+    """``input``, ``delivery``, ``interrupted`` or ``error`` (anything else) for a job's reason."""
+    for prefix, cause in FAILURE_CAUSES:
+        if (reason or "").startswith(prefix):
+            return cause
+    return "error"
+
+
 def lock_job(session: Session, job_id: int) -> Job | None:
     """The job row, locked for update where the database supports it (PostgreSQL)."""
     return session.scalars(select(Job).where(Job.id == job_id).with_for_update()).one_or_none()
 
 
-def stale_running(session: Session, older_than: dt.timedelta) -> list[Job]:
-    """Running jobs whose worker stopped sending heartbeats (killed, crashed, machine gone)."""
+def interrupted_running(session: Session, older_than: dt.timedelta, data_dir: Any) -> dict[int, str]:
+    """Running jobs whose worker is gone -> why: its process ended (known at once, see
+    dsm_node.liveness), or it sent no heartbeat for ``older_than`` (any other worker)."""
+    from ..liveness import holder_gone
+
     limit = utcnow() - older_than
-    jobs = session.scalars(select(Job).where(Job.state == S.RUNNING)).all()
-    return [j for j in jobs if (j.heartbeat_at or j.updated_at) < limit]
+    found: dict[int, str] = {}
+    for job in session.scalars(select(Job).where(Job.state == S.RUNNING)).all():
+        if holder_gone(data_dir, job.worker):
+            found[job.id] = "process_ended"
+        elif (job.heartbeat_at or job.updated_at) < limit:
+            found[job.id] = "heartbeat_stale"
+    return found

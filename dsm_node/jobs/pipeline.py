@@ -28,7 +28,7 @@ class DSMPipeline:
     def process(self, ctx: NodeContext, job: Job, paths: list[Path], timings: dict[str, float]) -> dict[str, Any]:
         t = time.perf_counter()
         try:
-            volume = assemble_volume(paths)
+            volume = assemble_volume(paths, max_voxels=ctx.settings.inference.max_voxels)
         except VolumeError as exc:
             raise JobInputError(f"volume assembly: {exc}") from None
         timings["assembly"] = time.perf_counter() - t

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -23,12 +21,19 @@ from ..audit import SERIOUS_FAILURE
 from ..context import NodeContext
 from ..db.engine import transaction
 from ..db.models import Instance, Job, JobState, Series, utcnow
+from ..liveness import HOLDER, holder_gone
 from ..metrics import JOB_STAGE_SECONDS
 from .machine import transition
 
 log = logging.getLogger("dsm_node.jobs")
 
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+#: This process as a job holder (``host:pid:token``, see dsm_node.liveness).
+WORKER_ID = HOLDER
+
+#: What the task returns when it put the job back to ``queued`` after an unexpected error with
+#: attempts left: whoever ran it submits it again (both executors do), or it would wait in
+#: ``queued`` until the next start.
+REQUEUED = "requeued"
 
 
 class JobInputError(Exception):
@@ -89,15 +94,7 @@ class JobRunner:
             return "failed"
         except Exception as exc:  # unexpected: retried up to executor.max_attempts
             log.exception("job %s failed", job_id)
-            with transaction(ctx.sessions) as s:
-                job = s.get(Job, job_id, with_for_update=True)
-                if job.state != JobState.RUNNING:
-                    return "lost"
-                if job.attempts >= ctx.settings.executor.max_attempts:
-                    transition(s, ctx.auditor, job, JobState.FAILED, reason=f"{type(exc).__name__}: {exc}"[:1000])
-                    return "failed"
-                transition(s, ctx.auditor, job, JobState.QUEUED, reason=f"retry after {type(exc).__name__}: {exc}"[:1000])
-            return "requeued"
+            return _retry_or_fail(ctx, job_id, f"{type(exc).__name__}: {exc}")
 
     # -- steps ---------------------------------------------------------------------------------
     def _claim(self, job_id: int) -> bool:
@@ -108,7 +105,8 @@ class JobRunner:
             if job is None:
                 log.warning("job %s does not exist (database reset?)", job_id)
                 return False
-            if job.state == JobState.RUNNING and (job.heartbeat_at or job.updated_at) >= stale:
+            ended = job.state == JobState.RUNNING and holder_gone(ctx.settings.storage.data_dir, job.worker)
+            if job.state == JobState.RUNNING and (job.heartbeat_at or job.updated_at) >= stale and not ended:
                 return False  # another worker is on it
             if job.state not in (JobState.QUEUED, JobState.SELECTED, JobState.RUNNING):
                 return False  # finished already: a duplicate task delivery
@@ -116,8 +114,10 @@ class JobRunner:
                 ctx.auditor.record(
                     "job_interrupted", outcome=SERIOUS_FAILURE, session=s, study_uid=job.study.study_uid,
                     series_uid=job.series_uid, job_id=job.id, worker=job.worker,
+                    cause="process_ended" if ended else "heartbeat_stale",
                 )
-                transition(s, ctx.auditor, job, JobState.QUEUED, reason=f"worker {job.worker} stopped responding")
+                said = "ended" if ended else "stopped responding"
+                transition(s, ctx.auditor, job, JobState.QUEUED, reason=f"worker {job.worker} {said}")
             if job.state == JobState.SELECTED:
                 transition(s, ctx.auditor, job, JobState.QUEUED)
             job.attempts += 1
@@ -164,6 +164,29 @@ class JobRunner:
         finally:
             stop.set()
             thread.join(timeout=5)
+
+
+def interrupted(ctx: NodeContext, job_id: int, reason: str) -> str:
+    """The process running ``job_id`` died (crash, out-of-memory kill): audit it, then retry or
+    fail the job like any unexpected error. Returns ``requeued``, ``failed`` or ``lost``."""
+    return _retry_or_fail(ctx, job_id, reason, interrupted=True)
+
+
+def _retry_or_fail(ctx: NodeContext, job_id: int, reason: str, *, interrupted: bool = False) -> str:
+    with transaction(ctx.sessions) as s:
+        job = s.get(Job, job_id, with_for_update=True)
+        if job is None or job.state != JobState.RUNNING:
+            return "lost"
+        if interrupted:
+            ctx.auditor.record(
+                "job_interrupted", outcome=SERIOUS_FAILURE, session=s, study_uid=job.study.study_uid,
+                series_uid=job.series_uid, job_id=job.id, worker=job.worker, reason=reason[:1000],
+            )
+        if job.attempts >= ctx.settings.executor.max_attempts:
+            transition(s, ctx.auditor, job, JobState.FAILED, reason=reason[:1000])
+            return "failed"
+        transition(s, ctx.auditor, job, JobState.QUEUED, reason=f"retry after {reason}"[:1000])
+    return REQUEUED
 
 
 def _detached(ctx: NodeContext, job_id: int) -> Job:

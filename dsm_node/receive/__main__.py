@@ -19,6 +19,9 @@ from ..settings import ConfigError, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..fsmodes import restrict_umask
+
+    restrict_umask()  # files 0640, folders 0750 at most, whatever the caller's umask
     parser = argparse.ArgumentParser(prog="python -m dsm_node.receive", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML configuration file")
     parser.add_argument("--data-dir", help="storage.data_dir")

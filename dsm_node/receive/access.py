@@ -54,6 +54,16 @@ class AccessPolicy:
             (p.ae_title.strip(), [ipaddress.ip_network(n, strict=False) for n in p.networks]) for p in dicom.peers
         ]
 
+    def address_allowed(self, address: str) -> bool:
+        """Whether ``address`` lies in any peer's networks (loopback when no peers are
+        configured): checked at accept time, before anything is read from the connection."""
+        ip = parse_address(address)
+        if ip is None:
+            return False
+        if not self.peers:
+            return is_loopback(str(ip))
+        return any(ip.version == net.version and ip in net for _, nets in self.peers for net in nets)
+
     def check(self, calling_ae: str, called_ae: str, address: str) -> AccessDecision:
         calling = (calling_ae or "").strip()
         called = (called_ae or "").strip()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,10 +61,18 @@ TRANSFER_SYNTAXES: list[str] = [
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
 _MAX_INFLATED = 4 * 1024**3
+#: A deflated data set is inflated in pieces of this size; only the part before the pixel data
+#: is kept (doubling from 1 MiB up to MAX_DEFLATED_HEADER), the rest is counted and dropped.
+_INFLATE_CHUNK = 1 << 20
+MAX_DEFLATED_HEADER = 64 << 20
 
 
 class UnparseableDataset(ValueError):
     """The received bytes are not a readable DICOM data set (0xC210)."""
+
+
+class DatasetTooLarge(UnparseableDataset):
+    """The data set is larger than allowed once inflated (0xC214), or its header is."""
 
 
 @dataclass
@@ -125,13 +134,17 @@ def _stop_at_pixels(tag: int, vr: str | None, length: int) -> bool:
     return tag in _PIXEL_TAGS
 
 
-def _check_pixel_element(view: memoryview, pos: int, implicit: bool, little: bool, encapsulated: bool = False) -> None:
+def _check_pixel_element(view: memoryview, pos: int, implicit: bool, little: bool, encapsulated: bool = False,
+                         total: int | None = None, tail: bytes | None = None) -> None:
     """Verify the pixel data element at ``pos`` is complete, without copying its value, and
     that it is encapsulated exactly when the transfer syntax says so (otherwise nothing could
-    ever decode it: refuse now rather than fail the job later)."""
-    total = len(view)
+    ever decode it: refuse now rather than fail the job later).
+
+    ``view`` holds at least the element header; ``total`` is the data set's full length and
+    ``tail`` its last bytes when ``view`` is only its beginning (an inflated deflate stream)."""
+    total = len(view) if total is None else total
     end = "<" if little else ">"
-    if total - pos < 12:
+    if min(total, len(view)) - pos < 12:
         raise UnparseableDataset(f"truncated: pixel data element header at byte {pos} of {total}")
     if implicit:
         length = struct.unpack_from(end + "I", view, pos + 4)[0]
@@ -150,10 +163,75 @@ def _check_pixel_element(view: memoryview, pos: int, implicit: bool, little: boo
         # Encapsulated: the fragments end with a sequence delimitation item, normally the last
         # 8 bytes of the data set (allow some trailing data, e.g. Data Set Trailing Padding).
         delimiter = _SEQ_DELIMITER_LE if little else _SEQ_DELIMITER_BE
-        if bytes(view[max(start, total - 4096) :]).find(delimiter) < 0:
+        last = tail if tail is not None else bytes(view[max(start, total - 4096) :])
+        if last.find(delimiter) < 0:
             raise UnparseableDataset("truncated: encapsulated pixel data has no sequence delimiter")
     elif start + length > total:
         raise UnparseableDataset(f"truncated: pixel data declares {length} bytes, {total - start} received")
+
+
+def _inflated_chunks(data: memoryview) -> Iterator[bytes]:
+    """The inflated deflate stream, ``_INFLATE_CHUNK`` bytes at most at a time."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pos = 0
+    while not inflater.eof:
+        if inflater.unconsumed_tail:
+            src: bytes | memoryview = inflater.unconsumed_tail
+        elif pos < len(data):
+            src, pos = data[pos : pos + _INFLATE_CHUNK], pos + _INFLATE_CHUNK
+        else:
+            rest = inflater.flush()
+            if rest:
+                yield rest
+            return
+        out = inflater.decompress(src, _INFLATE_CHUNK)
+        if out:
+            yield out
+
+
+def _reaches_pixels(head: bytes | bytearray, little: bool, implicit: bool) -> bool:
+    """Whether the element headers in ``head`` lead to a complete pixel data element header."""
+    try:
+        fp = io.BytesIO(head)
+        read_dataset(fp, implicit, little, stop_when=_stop_at_pixels)
+    except Exception:  # cut in the middle of an element: need more
+        return False
+    pos = fp.tell()
+    return pos + 12 <= len(head) and int.from_bytes(head[pos : pos + 2], "little" if little else "big") == 0x7FE0
+
+
+def _inflate(buf: io.BytesIO, max_inflated: int) -> tuple[io.BytesIO, int, bytes]:
+    """Inflate a deflated data set without ever holding more of it than its beginning.
+
+    Returns (the beginning, up to and including the pixel data element's header; the whole
+    data set when it is smaller or has no pixel data), the inflated length, its last 4096 bytes.
+    Refuses (:class:`DatasetTooLarge`) beyond ``max_inflated`` bytes, or a header (everything
+    before the pixel data) beyond :data:`MAX_DEFLATED_HEADER`.
+    """
+    head = bytearray()
+    want = _INFLATE_CHUNK
+    complete = False  # the head reaches the pixel data element
+    total = 0
+    tail = b""
+    try:
+        with buf.getbuffer() as data:
+            for out in _inflated_chunks(data):
+                total += len(out)
+                if total > max_inflated:
+                    raise DatasetTooLarge(f"deflated data set inflates beyond {max_inflated} bytes")
+                tail = (tail + out)[-4096:]
+                if complete:
+                    continue
+                head += out
+                if len(head) >= want:
+                    complete = _reaches_pixels(head, little=True, implicit=False)
+                    want *= 2
+                    if not complete and len(head) > MAX_DEFLATED_HEADER:
+                        raise DatasetTooLarge(
+                            f"deflated data set: no pixel data within the first {MAX_DEFLATED_HEADER} bytes")
+    except zlib.error as exc:
+        raise UnparseableDataset(f"deflated data set could not be inflated: {exc}") from None
+    return io.BytesIO(bytes(head)), total, tail
 
 
 def parse_dataset(buf: bytes | io.BytesIO, transfer_syntax: str, max_inflated: int = _MAX_INFLATED) -> ParsedInstance:
@@ -161,22 +239,18 @@ def parse_dataset(buf: bytes | io.BytesIO, transfer_syntax: str, max_inflated: i
 
     ``buf`` is the data set as received on the presentation context whose transfer syntax is
     ``transfer_syntax`` (no preamble, no file meta): pynetdicom's ``request.DataSet`` or bytes.
+    A deflated data set is inflated piecewise up to ``max_inflated`` bytes (more raises
+    :class:`DatasetTooLarge`), keeping only what comes before the pixel data.
     Reading stops at the pixel data, whose element header and length are checked without
     copying the value. Detects truncation (an element shorter than declared) and data with no
     SOP Class/Instance UID. Never decodes pixel data.
     """
     ts = UID(transfer_syntax)
     fp = buf if isinstance(buf, io.BytesIO) else io.BytesIO(bytes(buf))  # bytes: shared, no copy
+    total: int | None = None
+    tail: bytes | None = None
     if ts == DeflatedExplicitVRLittleEndian:
-        try:
-            fp.seek(0)
-            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            data = inflater.decompress(fp.read(), max_inflated)
-            if inflater.unconsumed_tail:
-                raise UnparseableDataset("deflated data set inflates beyond the size limit")
-        except zlib.error as exc:
-            raise UnparseableDataset(f"deflated data set could not be inflated: {exc}") from None
-        fp = io.BytesIO(data)
+        fp, total, tail = _inflate(fp, max_inflated)
     fp.seek(0)
     implicit = ts == ImplicitVRLittleEndian
     little = ts != ExplicitVRBigEndian
@@ -186,7 +260,7 @@ def parse_dataset(buf: bytes | io.BytesIO, transfer_syntax: str, max_inflated: i
         with fp.getbuffer() as view:
             stopped_early = pos < len(view)
             if stopped_early:
-                _check_pixel_element(view, pos, implicit, little, ts.is_encapsulated)
+                _check_pixel_element(view, pos, implicit, little, ts.is_encapsulated, total, tail)
         if not stopped_early:
             elements = list(ds._dict.values())  # raw elements as read (values undecoded)
             last = elements[-1] if elements else None

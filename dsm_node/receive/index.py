@@ -6,7 +6,9 @@ SQLite write lock (or the PostgreSQL row lock) before anything is read, so paral
 associations serialise cleanly instead of failing on a stale read snapshot.
 
 Rules:
-- a SOP Instance UID is stored once: a second copy is a *duplicate* (Success, no change);
+- a SOP Instance UID is stored once: a second copy in the same series with the same SOP class
+  is a *duplicate* (Success, no change); one that names another study, series or SOP class is
+  a *conflict* (:class:`SOPInstanceConflict`, refused; nothing is recorded);
 - a late instance for a study whose state is not ``receiving`` (complete, selected,
   no_eligible, done) starts a new revision: ``revision += 1``, state back to ``receiving``,
   ``study_revision`` audited in the same transaction (never a silent merge);
@@ -44,6 +46,20 @@ class IndexUnavailable(Exception):
 
 class IndexConflict(ValueError):
     """The instance contradicts what is indexed (e.g. its series belongs to another study)."""
+
+    kind = "series"
+
+
+class SOPInstanceConflict(IndexConflict):
+    """The SOP Instance UID is indexed already, in another series (or study) or SOP class."""
+
+    kind = "sop_instance"
+
+    def __init__(self, message: str, *, study_uid: str, series_uid: str, sop_class_uid: str) -> None:
+        super().__init__(message)
+        self.study_uid = study_uid
+        self.series_uid = series_uid
+        self.sop_class_uid = sop_class_uid
 
 
 @dataclass
@@ -88,6 +104,22 @@ class ExistingInstance:
     deleted_at: dt.datetime | None
     study_uid: str
     series_uid: str
+    sop_class_uid: str
+
+    def conflict_with(self, study_uid: str, series_uid: str, sop_class_uid: str) -> "SOPInstanceConflict | None":
+        """The conflict a new copy with these UIDs would be, or None when it is the same instance."""
+        return _conflict(self.study_uid, self.series_uid, self.sop_class_uid, study_uid, series_uid, sop_class_uid)
+
+
+def _conflict(old_study: str, old_series: str, old_class: str, study_uid: str, series_uid: str,
+              sop_class_uid: str) -> "SOPInstanceConflict | None":
+    if (old_study, old_series, old_class) == (study_uid, series_uid, sop_class_uid):
+        return None
+    where = "study" if old_study != study_uid else ("series" if old_series != series_uid else "SOP class")
+    return SOPInstanceConflict(
+        f"SOP Instance UID already stored in another {where}",
+        study_uid=old_study, series_uid=old_series, sop_class_uid=old_class,
+    )
 
 
 class _Duplicate(Exception):
@@ -128,11 +160,9 @@ _SERIES_BUMP = (
     .values(instance_count=series_t.c.instance_count + 1, last_received_at=bindparam("b_now"))
     .returning(series_t.c.id, series_t.c.study_id)
 )
-_INSTANCE_BY_UID = select(instances.c.id, instances.c.series_id, instances.c.deleted_at).where(
-    instances.c.sop_instance_uid == bindparam("b_uid")
-)
 _FIND_INSTANCE = (
-    select(instances.c.id, instances.c.path, instances.c.deleted_at, series_t.c.series_uid, studies.c.study_uid)
+    select(instances.c.id, instances.c.path, instances.c.deleted_at, series_t.c.series_uid, studies.c.study_uid,
+           instances.c.sop_class_uid, instances.c.series_id)
     .join(series_t, series_t.c.id == instances.c.series_id)
     .join(studies, studies.c.id == series_t.c.study_id)
     .where(instances.c.sop_instance_uid == bindparam("b_uid"))
@@ -186,7 +216,7 @@ def find_instance(engine: Engine, sop_instance_uid: str) -> ExistingInstance | N
         raise IndexUnavailable(f"database error: {type(exc).__name__}") from exc
     if row is None:
         return None
-    return ExistingInstance(row.id, row.path, row.deleted_at, row.study_uid, row.series_uid)
+    return ExistingInstance(row.id, row.path, row.deleted_at, row.study_uid, row.series_uid, row.sop_class_uid)
 
 
 def record_instance(ctx: "NodeContext", rec: InstanceRecord) -> IndexOutcome:
@@ -389,7 +419,9 @@ def _record(conn: Connection, ctx: "NodeContext", rec: InstanceRecord, now: dt.d
         series_id = srow.id
 
     # 4. Instance: insert; a conflict on the SOP Instance UID is a duplicate (roll back all)
-    #    unless retention had deleted the file, in which case the row is revived.
+    #    unless retention had deleted the file, in which case the row is revived. A copy that
+    #    names another series (so another study too, possibly) or SOP class is a conflict,
+    #    refused whether or not retention deleted the file: one UID, one object.
     values = dict(
         series_id=series_id,
         sop_class_uid=rec.sop_class_uid,
@@ -405,7 +437,12 @@ def _record(conn: Connection, ctx: "NodeContext", rec: InstanceRecord, now: dt.d
     if created is not None:
         instance_id, status = created.id, "stored"
     else:
-        existing = conn.execute(_INSTANCE_BY_UID, {"b_uid": rec.sop_instance_uid}).one()
+        existing = conn.execute(_FIND_INSTANCE, {"b_uid": rec.sop_instance_uid}).one()
+        if existing.series_id != series_id or existing.sop_class_uid != rec.sop_class_uid:
+            conflict = _conflict(existing.study_uid, existing.series_uid, existing.sop_class_uid,
+                                 rec.study_uid, rec.series_uid, rec.sop_class_uid)
+            assert conflict is not None
+            raise conflict
         if existing.deleted_at is None:
             raise _Duplicate(IndexOutcome("duplicate", study_id, existing.series_id, existing.id, revision))
         conn.execute(update(instances).where(instances.c.id == existing.id).values(deleted_at=None, **values))

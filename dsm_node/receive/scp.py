@@ -2,9 +2,10 @@
 
 Per C-STORE request (the hot path, kept lean):
   size limit -> SOP class policy -> element headers parsed (no pixel decode) -> UIDs validated
-  -> duplicate? -> space/quota -> spool write (temp + fsync + rename) -> index row (one
-  transaction) -> Success.
-Nothing is acknowledged that is not both on disk and in the database. Audit rows are written per
+  -> duplicate or conflict? -> space/quota -> temp file (write + fsync) -> index row (one
+  transaction) -> rename into place -> Success.
+Nothing is acknowledged that is not both on disk and in the database, and nothing reaches the
+spool without its row: a refused instance's temp file is deleted (see docs/receiving.md). Audit rows are written per
 association (accepted/rejected/released/aborted) and per association and series (a summary of
 the instances stored), failures per instance; see docs/receiving.md for the status codes.
 """
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import Verification
@@ -30,6 +32,7 @@ from ..audit import MAJOR_FAILURE, MINOR_FAILURE, SERIOUS_FAILURE
 from ..context import NodeContext
 from ..metrics import (
     ACTIVE_ASSOCIATIONS,
+    ASSOCIATION_LIMIT,
     ASSOCIATIONS,
     BYTES_RECEIVED,
     INSTANCES_RECEIVED,
@@ -39,9 +42,12 @@ from ..metrics import (
 from ..spool import InvalidUID, Spool, SpoolFull, relative_path, validate_uid
 from . import tls as tls_mod
 from .access import AccessPolicy
+from .gate import ConnectionGate, GuardedSocket, GuardedSSLSocket, StreamGuard, max_pdata_bytes
+from .throttle import RefusalAuditor
 from .dataset import (
     PROCESSED_SOP_CLASSES,
     TRANSFER_SYNTAXES,
+    DatasetTooLarge,
     UnparseableDataset,
     file_meta_bytes,
     header_summary,
@@ -49,7 +55,15 @@ from .dataset import (
     parse_dataset,
     text_value,
 )
-from .index import IndexConflict, IndexUnavailable, InstanceRecord, find_instance, record_instance, spool_usage
+from .index import (
+    IndexConflict,
+    IndexUnavailable,
+    InstanceRecord,
+    SOPInstanceConflict,
+    find_instance,
+    record_instance,
+    spool_usage,
+)
 
 log = logging.getLogger("dsm_node.receive")
 
@@ -62,8 +76,11 @@ DATASET_MISMATCH = 0xA900  # SOP Class UID of the data set differs from the requ
 UNPARSEABLE = 0xC210  # cannot understand: not a readable data set (truncated, garbage)
 INTERNAL_ERROR = 0xC211  # cannot understand: unexpected error in the handler (same as pynetdicom's)
 INVALID_UID = 0xC212  # cannot understand: a UID fails PS3.5 9.1 (nothing is written)
-UID_CONFLICT = 0xC213  # cannot understand: SOP Instance UID differs from the request's, or index conflict
+UID_CONFLICT = 0xC213  # cannot understand: UIDs contradict the request or what is stored (SOP UID conflict)
 TOO_LARGE = 0xC214  # refused: larger than dicom.max_instance_bytes
+
+# Refusals audited as ``instance_conflict``: the instance contradicts what is stored.
+_CONFLICT_CODES = frozenset({"sop_uid_conflict", "index_conflict"})
 
 FLUSH_INTERVAL_S = 60.0  # long associations get their per-series audit summary at least this often
 STOP_GRACE_S = 5.0
@@ -71,7 +88,7 @@ STOP_GRACE_S = 5.0
 
 class _Refused(Exception):
     def __init__(self, status: int, reason: str, code: str, *, study_uid: str | None = None,
-                 series_uid: str | None = None, sop_instance_uid: str | None = None) -> None:
+                 series_uid: str | None = None, sop_instance_uid: str | None = None, **detail: str) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
@@ -79,6 +96,7 @@ class _Refused(Exception):
         self.study_uid = study_uid
         self.series_uid = series_uid
         self.sop_instance_uid = sop_instance_uid
+        self.detail = detail  # more audit detail (the stored copy's UIDs for a conflict)
 
 
 @dataclass
@@ -107,6 +125,7 @@ class _AssocState:
     # incoming size of the C-STORE data set being received (EVT_PDU_RECV, DUL thread)
     incoming: int = 0
     oversize: bool = False
+    guard: StreamGuard | None = None  # the connection's PDU guard (its violation, if it closed it)
 
 
 def _status(code: int, comment: str | None = None) -> int | Dataset:
@@ -119,17 +138,25 @@ def _status(code: int, comment: str | None = None) -> int | Dataset:
 
 
 class _NodeServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with: TLS handshakes off the accept loop (audited when they
-    fail), optional SO_REUSEPORT, and a shutdown that does not wait for running associations."""
+    """pynetdicom's threaded server with the node's accept path in front of it (see
+    :mod:`dsm_node.receive.gate`): strangers and connections beyond the pending caps are closed
+    at accept, before any read and without a thread; every other socket is wrapped in a PDU
+    guard. Also: TLS handshakes off the accept loop (audited when they fail), optional
+    SO_REUSEPORT, and a shutdown that does not wait for running associations."""
 
     daemon_threads = True
     block_on_close = False
+    # The kernel's queue of connections not yet accepted (socketserver's default is 5): a burst
+    # of strangers must not make a real peer's SYN wait for a retransmission.
+    request_queue_size = 128
 
-    def __init__(self, *args: Any, node_tls: ssl.SSLContext | None = None, on_tls_failure: Any = None,
-                 handshake_timeout: float = 30.0, reuse_port: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, gate: ConnectionGate, guard_args: dict[str, Any],
+                 node_tls: ssl.SSLContext | None = None, on_tls_failure: Any = None,
+                 reuse_port: bool = False, **kwargs: Any) -> None:
+        self._gate = gate
+        self._guard_args = guard_args
         self._node_tls = node_tls
         self._on_tls_failure = on_tls_failure
-        self._handshake_timeout = handshake_timeout
         self._reuse_port = reuse_port
         super().__init__(*args, **kwargs)
 
@@ -141,22 +168,34 @@ class _NodeServer(ThreadedAssociationServer):
     def get_request(self) -> tuple[socket.socket, Any]:
         # Accept only; the TLS handshake runs in the connection's own thread so that a slow or
         # hostile client cannot stall the accept loop.
-        return self.socket.accept()
+        sock, address = self.socket.accept()
+        return GuardedSocket.adopt(sock), address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        # Runs in the accept loop: no read, no thread, no database write (refusals are
+        # audited by the RefusalAuditor's own thread).
+        pending = self._gate.admit(str(client_address[0]))
+        if pending is None:
+            return False  # socketserver closes it
+        request.guard = StreamGuard(pending, **self._guard_args)
+        return True
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         if self._node_tls is not None:
+            guard = request.guard
             try:
-                request.settimeout(self._handshake_timeout)
-                request = self._node_tls.wrap_socket(request, server_side=True)
-                request.settimeout(None)
+                request.settimeout(max(0.01, guard.deadline - time.monotonic()))
+                tls_sock = self._node_tls.wrap_socket(request, server_side=True)
             except (ssl.SSLError, OSError) as exc:
                 if self._on_tls_failure is not None:
                     self._on_tls_failure(client_address, exc)
                 try:
-                    request.close()
+                    request.close()  # detached by wrap_socket; releases the pending slot
                 except OSError:
                     pass
                 return
+            request.guard, tls_sock.guard = None, guard
+            request = tls_sock
         super().process_request_thread(request, client_address)
 
     def shutdown(self) -> None:
@@ -187,9 +226,17 @@ class StorageSCP:
             used_bytes=lambda: spool_usage(ctx.engine),
         )
         self.tls_context = tls_mod.server_context(d.tls)
+        if self.tls_context is not None:
+            self.tls_context.sslsocket_class = GuardedSSLSocket  # documented SSLContext attribute
+        self.max_associations = d.max_associations
+        self.refusals = RefusalAuditor(self._audit)
+        self.gate = ConnectionGate(d, self.access, self._on_connection_refused)
         ae = AE(ae_title=d.ae_title)
         ae.maximum_pdu_size = d.max_pdu
-        ae.maximum_associations = d.max_associations
+        # pynetdicom counts every connection, established or not, toward its own limit; the
+        # node counts established associations only (in _on_requested) and caps connections
+        # still waiting to associate separately, so pynetdicom's limit is only a backstop.
+        ae.maximum_associations = d.max_associations + d.max_pending + 16
         ae.acse_timeout = d.acse_timeout_s
         ae.dimse_timeout = d.dimse_timeout_s
         ae.network_timeout = d.network_timeout_s
@@ -237,11 +284,15 @@ class StorageSCP:
             ae_title=d.ae_title,
             evt_handlers=handlers,
             server_class=_NodeServer,
+            gate=self.gate,
+            guard_args={"acse_timeout": d.acse_timeout_s, "network_timeout": d.network_timeout_s,
+                        "max_pdata": max_pdata_bytes(d)},
             node_tls=self.tls_context,
             on_tls_failure=self._on_tls_failure,
-            handshake_timeout=d.acse_timeout_s,
             reuse_port=self._reuse_port,
         )
+        ASSOCIATION_LIMIT.set(d.max_associations)
+        self.refusals.start()
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="dsm-storescp", daemon=True)
@@ -261,7 +312,23 @@ class StorageSCP:
             assoc.abort()
         if self._thread is not None:
             self._thread.join(timeout=2)
+        self.refusals.stop()
         log.info("storage SCP stopped")
+
+    def load(self) -> dict[str, Any]:
+        """Slots in use, for /healthz: ``exhausted`` when no association or pending slot is free."""
+        with self._lock:
+            active = sum(1 for st in self._states.values() if st.established)
+            negotiating = len(self._states) - active
+        pending = self.gate.pending
+        return {
+            "active": active + negotiating,
+            "max_associations": self.max_associations,
+            "pending": pending,
+            "max_pending": self.gate.max_pending,
+            "refused_connections": self.gate.refused,
+            "exhausted": active + negotiating >= self.max_associations or pending >= self.gate.max_pending,
+        }
 
     # Association events -------------------------------------------------------------------
     def _state(self, assoc: Any) -> _AssocState | None:
@@ -276,13 +343,21 @@ class StorageSCP:
         decision = self.access.check(calling, called, address)
         if decision.allowed:
             with self._lock:
-                self._states[id(assoc)] = _AssocState(calling, address, called, self._tls_subject(assoc))
-            return
-        assoc.acse.send_reject(*decision.reject)
+                full = len(self._states) >= self.max_associations
+                if not full:
+                    self._states[id(assoc)] = _AssocState(calling, address, called, self._tls_subject(assoc))
+            if not full:
+                return
+            # Only associations count, never connections still negotiating: transient.
+            rsd, code, outcome = (0x02, 0x03, 0x02), "max_associations", MINOR_FAILURE
+            reason = f"too many associations (dicom.max_associations={self.max_associations})"
+        else:
+            rsd, code, outcome, reason = decision.reject, decision.code, SERIOUS_FAILURE, decision.reason
+        assoc.acse.send_reject(*rsd)
         ASSOCIATIONS.labels("rejected").inc()
-        REJECTIONS.labels(decision.code).inc()
-        self._audit("association_rejected", outcome=SERIOUS_FAILURE, actor_ae=calling, actor_address=address,
-                    reason=decision.reason, called_ae=called)
+        REJECTIONS.labels(code).inc()
+        self.refusals.record("association_rejected", address=address, reason=reason, outcome=outcome,
+                             actor_ae=calling, called_ae=called)
         assoc.kill()  # as pynetdicom does after its own rejections: wait for the peer to close
 
     def _on_rejected(self, event: Any) -> None:
@@ -293,15 +368,15 @@ class StorageSCP:
         prim = assoc.acceptor.primitive
         rsd = (getattr(prim, "result", None), getattr(prim, "result_source", None), getattr(prim, "diagnostic", None))
         if rsd == (0x02, 0x03, 0x02):
-            code, reason = "max_associations", f"too many associations (dicom.max_associations={self.ae.maximum_associations})"
+            code, reason = "max_associations", f"too many connections (pynetdicom's limit {self.ae.maximum_associations})"
         else:
             code, reason = "other", f"rejected by the association layer (result/source/diagnostic {rsd})"
         ASSOCIATIONS.labels("rejected").inc()
         REJECTIONS.labels(code).inc()
         rq = assoc.requestor.primitive
-        self._audit("association_rejected", outcome=MINOR_FAILURE if code == "max_associations" else SERIOUS_FAILURE,
-                    actor_ae=(st.calling_ae if st else str(getattr(rq, "calling_ae_title", "") or "").strip()),
-                    actor_address=str(assoc.requestor.address), reason=reason)
+        self.refusals.record("association_rejected", outcome=MINOR_FAILURE if code == "max_associations" else SERIOUS_FAILURE,
+                             actor_ae=(st.calling_ae if st else str(getattr(rq, "calling_ae_title", "") or "").strip()),
+                             address=str(assoc.requestor.address), reason=reason)
 
     def _on_established(self, event: Any) -> None:
         assoc = event.assoc
@@ -309,6 +384,9 @@ class StorageSCP:
         if st is None:
             return
         st.established = True
+        st.guard = self._guard_of(assoc)
+        if st.guard is not None:
+            st.guard.pending.release()  # from now on it counts as an association, not pending
         ASSOCIATIONS.labels("accepted").inc()
         ACTIVE_ASSOCIATIONS.inc()
         detail: dict[str, Any] = {"called_ae": st.called_ae, "accepted_contexts": len(assoc.accepted_contexts)}
@@ -333,9 +411,14 @@ class StorageSCP:
             st.finalized = True
         ACTIVE_ASSOCIATIONS.dec()
         self._flush(st)
+        outcome = 0 if event_type == "association_released" else MINOR_FAILURE
         if st.oversize:
             extra["reason"] = f"data set larger than twice dicom.max_instance_bytes ({self.max_instance_bytes})"
-        outcome = 0 if event_type == "association_released" else MINOR_FAILURE
+        if st.guard is not None and st.guard.violation:
+            extra["reason"] = st.guard.violation
+            outcome = SERIOUS_FAILURE
+            if st.guard.code:
+                REJECTIONS.labels(st.guard.code).inc()
         self._audit(event_type, outcome=outcome, actor_ae=st.calling_ae, actor_address=st.address,
                     duration_s=round(time.monotonic() - st.started, 3), **st.totals, **extra)
 
@@ -360,8 +443,16 @@ class StorageSCP:
         address = str(client_address[0]) if isinstance(client_address, tuple) else str(client_address)
         ASSOCIATIONS.labels("rejected").inc()
         REJECTIONS.labels("tls").inc()
-        self._audit("association_rejected", outcome=SERIOUS_FAILURE, actor_address=address,
-                    reason=f"TLS handshake failed: {type(exc).__name__}: {str(exc)[:200]}")
+        self.refusals.record("association_rejected", address=address, outcome=SERIOUS_FAILURE,
+                             reason=f"TLS handshake failed: {type(exc).__name__}: {str(exc)[:200]}")
+
+    def _on_connection_refused(self, address: str, code: str, reason: str) -> None:
+        self.refusals.record("connection_refused", address=address, reason=reason, outcome=SERIOUS_FAILURE, code=code)
+
+    @staticmethod
+    def _guard_of(assoc: Any) -> StreamGuard | None:
+        sock = getattr(getattr(assoc, "dul", None), "socket", None)
+        return getattr(getattr(sock, "socket", None), "guard", None)
 
     @staticmethod
     def _tls_subject(assoc: Any) -> str | None:
@@ -444,7 +535,7 @@ class StorageSCP:
         else:
             INSTANCES_RECEIVED.labels("rejected").inc()
         REJECTIONS.labels(r.code).inc()
-        detail = {"status": f"0x{r.status:04X}", "reason": r.reason}
+        detail = {"status": f"0x{r.status:04X}", "reason": r.reason, **r.detail}
         if r.sop_instance_uid:
             detail["sop_instance_uid"] = r.sop_instance_uid
         if r.status == OUT_OF_RESOURCES:
@@ -456,7 +547,8 @@ class StorageSCP:
             else:
                 log.warning("instance refused", extra={"calling_ae": st.calling_ae, **detail})
             return
-        self._audit("instance_rejected", outcome=SERIOUS_FAILURE, actor_ae=st.calling_ae, actor_address=st.address,
+        event = "instance_conflict" if r.code in _CONFLICT_CODES else "instance_rejected"
+        self._audit(event, outcome=SERIOUS_FAILURE, actor_ae=st.calling_ae, actor_address=st.address,
                     study_uid=r.study_uid, series_uid=r.series_uid, **detail)
 
     def _store(self, event: Any, st: _AssocState) -> int | Dataset:
@@ -474,11 +566,12 @@ class StorageSCP:
             if not self.ignore_others:
                 raise _Refused(SOP_CLASS_NOT_SUPPORTED, f"SOP class {cmd_class} not accepted by this node", "sop_class")
             study = series = None
-            try:
-                parsed = parse_dataset(buf, ts)
-                study, series = parsed.study_uid, parsed.series_uid
-            except UnparseableDataset:
-                pass
+            if ts != DeflatedExplicitVRLittleEndian:  # never inflate what is not kept
+                try:
+                    parsed = parse_dataset(buf, ts, self.max_instance_bytes)
+                    study, series = parsed.study_uid, parsed.series_uid
+                except UnparseableDataset:
+                    pass
             tally = st.ignored.setdefault(series or "", _Tally(study))
             tally.count += 1
             tally.sop_classes.add(cmd_class)
@@ -487,7 +580,9 @@ class StorageSCP:
             return SUCCESS
 
         try:
-            p = parse_dataset(buf, ts)
+            p = parse_dataset(buf, ts, self.max_instance_bytes)
+        except DatasetTooLarge as exc:
+            raise _Refused(TOO_LARGE, str(exc), "too_large") from None
         except UnparseableDataset as exc:
             raise _Refused(UNPARSEABLE, str(exc), "unparseable") from None
         study_uid, series_uid, sop_uid = p.study_uid, p.series_uid, p.sop_instance_uid
@@ -515,6 +610,7 @@ class StorageSCP:
         if tally is None:
             tally = st.stored[series_uid] = _Tally(study_uid)
         # Duplicate? Only a file already at its path can be one (a stat, no query, when new).
+        # Any other copy of a known SOP Instance UID is caught by the index in one transaction.
         had_file = self.spool.exists(rel)
         if had_file:
             try:
@@ -523,16 +619,23 @@ class StorageSCP:
                 raise _Refused(INDEX_UNAVAILABLE, "index database unavailable; retry later", "index_unavailable",
                                **ids) from exc
             if existing is not None and existing.deleted_at is None:
+                conflict = existing.conflict_with(study_uid, series_uid, cmd_class)
+                if conflict is not None:
+                    raise self._conflict(conflict, ids)
                 tally.duplicates += 1
                 st.totals["duplicates"] += 1
                 INSTANCES_RECEIVED.labels("duplicate").inc()
                 return SUCCESS
 
+        # Write order (the spool/index invariant): complete temp file -> index row committed ->
+        # rename into place. A refusal deletes the temp file, so nothing reaches the spool that
+        # has no row; a crash in between leaves a complete temp file that start-up recovery
+        # renames and the spool check (fsck) indexes, or quarantines when it conflicts.
         meta = file_meta_bytes(cmd_class, sop_uid, ts, st.calling_ae)
         total = len(meta) + size
         try:
             with buf.getbuffer() as view:
-                self.spool.write(rel, (meta, view), total)
+                staged = self.spool.stage(rel, (meta, view), total)
         except SpoolFull as exc:
             raise _Refused(OUT_OF_RESOURCES, str(exc), "no_space", **ids) from None
 
@@ -555,14 +658,24 @@ class StorageSCP:
         )
         try:
             outcome = record_instance(self.ctx, record)
-        except (IndexUnavailable, IndexConflict) as exc:
-            if not had_file:
-                self._discard(rel)
-            if isinstance(exc, IndexConflict):
-                raise _Refused(UID_CONFLICT, str(exc), "index_conflict", **ids) from None
+            if outcome.status == "duplicate":  # stored by a parallel association meanwhile
+                staged.discard()
+            else:
+                staged.commit()
+        except SOPInstanceConflict as exc:
+            staged.discard()
+            raise self._conflict(exc, ids) from None
+        except IndexConflict as exc:
+            staged.discard()
+            raise _Refused(UID_CONFLICT, str(exc), "index_conflict", conflict=exc.kind, **ids) from None
+        except IndexUnavailable as exc:
+            staged.discard()
             log.error("index unavailable", extra={"error": str(exc), **ids})
             raise _Refused(INDEX_UNAVAILABLE, "index database unavailable; retry later", "index_unavailable", **ids) from None
-        if outcome.status == "duplicate":  # stored by a parallel association meanwhile
+        except BaseException:
+            staged.discard()
+            raise
+        if outcome.status == "duplicate":
             tally.duplicates += 1
             st.totals["duplicates"] += 1
             INSTANCES_RECEIVED.labels("duplicate").inc()
@@ -575,8 +688,9 @@ class StorageSCP:
         BYTES_RECEIVED.inc(total)
         return SUCCESS
 
-    def _discard(self, rel: str) -> None:
-        try:
-            self.spool.remove(rel)
-        except OSError as exc:  # reconcile at the next start indexes it (a complete file)
-            log.error("could not remove unindexed spool file", extra={"path": rel, "error": str(exc)})
+    @staticmethod
+    def _conflict(exc: SOPInstanceConflict, ids: dict[str, str]) -> "_Refused":
+        """Refusal of a known SOP Instance UID under another study, series or SOP class."""
+        return _Refused(UID_CONFLICT, str(exc), "sop_uid_conflict", conflict=exc.kind,
+                        stored_study_uid=exc.study_uid, stored_series_uid=exc.series_uid,
+                        stored_sop_class_uid=exc.sop_class_uid, **ids)

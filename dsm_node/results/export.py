@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from model.catalog import CatalogError, load_catalog
 
     from ..volume import VolumeError, assemble_volume, find_series, load_labels
+    from .inputs import InputError, check_ct_source, checked_reading
     from .options import ResultOptions
     from .outputs import write_results
     from .seg import ResultError
@@ -88,10 +89,14 @@ def run(args: argparse.Namespace) -> int:
                                            model_name=args.model_name, revision=args.revision)
         if args.no_key_images:
             opts = replace(opts, key_images=False)
-        volume = assemble_volume(files)
+        with checked_reading():
+            volume = assemble_volume(files)
+        check_ct_source(volume)  # before the labels are read and anything is encoded
         labels = load_labels(labels_path, volume)
     except VolumeError as exc:
         return fail(f"{exc.reason}")
+    except InputError as exc:
+        return fail(f"{source}: {exc}")
     except ValueError as exc:
         return fail(str(exc))
     t1 = time.perf_counter()

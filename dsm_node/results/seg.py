@@ -144,8 +144,16 @@ def segment_text(method: str, included_tumours: tuple[str, ...]) -> str | None:
     return "incl. its tumours (none found); enclosed holes filled"
 
 
+def tracking_identifier(entry, options: ResultOptions, method: str | None = None) -> str:
+    """The human-readable Tracking ID of a segment: the same text in the SEG and in the SR's
+    measurement group (with the same Tracking UID), so viewers can match them by either. It says
+    when an organ segment includes its tumours."""
+    what = f"{entry.name} incl. tumours" if method == WITH_TUMOURS else entry.name
+    return f"{what} ({options.model_name})"[:64]
+
+
 def segment_description(entry, number: int, options: ResultOptions, tracking_uid: str,
-                        text: str | None = None) -> SegmentDescription:
+                        text: str | None = None, method: str | None = None) -> SegmentDescription:
     c = coding.resolve(entry)
     algorithm = AlgorithmIdentificationSequence(
         name=options.model_name, family=coding.ALGORITHM_FAMILY, version=str(options.model_version))
@@ -157,7 +165,7 @@ def segment_description(entry, number: int, options: ResultOptions, tracking_uid
         algorithm_type=SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm,
         tracking_uid=tracking_uid,
-        tracking_id=f"{entry.name} ({options.model_name} {options.model_version})"[:64],
+        tracking_id=tracking_identifier(entry, options, method),
         anatomic_regions=[c.anatomic_region] if c.anatomic_region is not None else None,
         display_color=CIELabColor.from_rgb(*entry.color),
     )
@@ -193,7 +201,7 @@ def build_seg(volume, labels: np.ndarray, catalog, options: ResultOptions, *,
         tracking = uids.tracking(p.entry.name)
         segments.append(SegmentInfo(p.number, p.entry, p.voxel_count, tracking, p.method, p.included_tumours))
         descriptions.append(segment_description(p.entry, p.number, options, tracking,
-                                                segment_text(p.method, p.included_tumours)))
+                                                segment_text(p.method, p.included_tumours), p.method))
     # Consecutive segment numbers (required for BINARY) let highdicom check a plain label map
     # with one max(); overlapping segments go through the partition (see segments.py).
     pixel = plan.partition

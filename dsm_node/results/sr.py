@@ -67,7 +67,8 @@ from .lesions import KnownLesion, Lesion, assign_identities, find_lesions, parse
 from .measurements import LabelMeasurement, mean_hu, measure_labels
 from .options import ResultOptions
 from .outlines import largest_slice, outline
-from .seg import ResultError, SegResult, character_set, check_source, quiet_source_warnings, save
+from .seg import (ResultError, SegResult, character_set, check_source, quiet_source_warnings, save,
+                  tracking_identifier)
 from .segments import TISSUE, WITH_TUMOURS, SegmentPlan, plan_segments
 from .uids import lesion_tracking_uid
 
@@ -166,9 +167,8 @@ def _finding_sites(entry) -> list[FindingSite]:
 
 
 def segment_identifier(segment, options: ResultOptions) -> str:
-    """Tracking identifier of a segment's volumetric group (says when tumours are included)."""
-    what = f"{segment.entry.name} incl. tumours" if segment.method == WITH_TUMOURS else segment.entry.name
-    return f"{what} ({options.model_name})"[:64]
+    """Tracking identifier of a segment's volumetric group: the segment's Tracking ID in the SEG."""
+    return tracking_identifier(segment.entry, options, segment.method)
 
 
 def _group(seg: SegResult, segment, m: LabelMeasurement, options: ResultOptions, source_series: str,

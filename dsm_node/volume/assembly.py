@@ -12,7 +12,11 @@ Rules (docs/results.md, spec "Volume assembly"):
   float32 HU; PixelPaddingValue (and PixelPaddingRangeLimit) become ``padding_hu``;
 * pixel data is decoded one slice / frame at a time into a preallocated array (the installed
   pydicom pixel decoders + pylibjpeg plugins cover JPEG, JPEG-LS, JPEG 2000 and RLE), and only
-  headers (no pixel data) are kept, for the result writers.
+  headers (no pixel data) are kept, for the result writers;
+* memory is bounded before anything is allocated or decoded: slices x Rows x Columns must not
+  exceed ``max_voxels``, and a JPEG / JPEG-LS / JPEG 2000 frame whose own codestream declares
+  another size than Rows x Columns is refused (a decoder allocates what the codestream says: a
+  few bytes can ask for gigabytes).
 """
 from __future__ import annotations
 
@@ -31,6 +35,9 @@ from .geometry import affine_from_dicom, lps_to_ras
 
 log = logging.getLogger(__name__)
 
+#: Default bound of slices x Rows x Columns (float32: 2 GiB), e.g. 2048 slices of 512 x 512.
+DEFAULT_MAX_VOXELS = 512 * 512 * 2048
+
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
 LEGACY_ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.2"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -41,7 +48,7 @@ class VolumeError(ValueError):
 
     ``code`` is a short machine-readable category: ``no_files``, ``unreadable``, ``not_image``,
     ``mixed_series``, ``multiframe``, ``orientation``, ``dimensions``, ``pixel_spacing``,
-    ``duplicate``, ``missing_slice``, ``spacing``, ``tilt``, ``decode``.
+    ``duplicate``, ``missing_slice``, ``spacing``, ``tilt``, ``decode``, ``too_large``.
     """
 
     def __init__(self, reason: str, code: str = "invalid") -> None:
@@ -366,6 +373,7 @@ def assemble_volume(
     spacing_abs_tol: float = 0.01,
     inplane_tol_fraction: float = 0.25,
     series_instance_uid: str | None = None,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
 ) -> Volume:
     """Read the files of ONE series and return its :class:`Volume` (float32 HU, (z, y, x)).
 
@@ -375,6 +383,7 @@ def assemble_volume(
     (max(abs, rel * median spacing)); in-plane drift of slice origins (fraction of the smallest
     pixel spacing) before the stack counts as tilted.
     ``series_instance_uid``: when given, files of other series raise instead of being mixed in.
+    ``max_voxels``: slices x Rows x Columns allowed (checked before any allocation or decoding).
     Raises :class:`VolumeError` with a reason.
     """
     paths = [str(p) for p in paths]
@@ -428,8 +437,14 @@ def assemble_volume(
     col_cos = ref.orientation[3:] / np.linalg.norm(ref.orientation[3:])
     affine = affine_from_dicom(ref.position, row_cos, col_cos, ref.pixel_spacing, normal * step)
 
-    # -- pixels: preallocate, decode one slice / frame at a time ----------------------------------
+    # -- pixels: bound, preallocate, decode one slice / frame at a time ----------------------------
     n, rows, cols = len(frames), ref.rows, ref.columns
+    if n * rows * cols > max_voxels:
+        raise VolumeError(
+            f"{n} slices of {rows} x {cols} pixels: {n * rows * cols} voxels exceed the limit of {max_voxels} "
+            f"(inference.max_voxels)", "too_large")
+    for f in {f.header_index: f for f in frames}.values():
+        _check_codestreams(f.path, headers[f.header_index], rows, cols)
     hu = np.empty((n, rows, cols), dtype=np.float32)
     if multi:
         _decode_multiframe(frames, headers[0], hu, padding_hu)
@@ -472,6 +487,46 @@ def _to_hu(raw: np.ndarray, out: np.ndarray, slope: float, intercept: float,
         lo, hi = padding
         mask = (raw == lo) if lo == hi else ((raw >= lo) & (raw <= hi))
         out[mask] = padding_hu
+
+
+def _codestream_size(frame: bytes, ts: str) -> tuple[int, int] | None:
+    """(rows, columns) a JPEG 2000 / JPEG / JPEG-LS frame declares itself, None if not found."""
+    from pydicom.pixels.utils import _get_jpg_parameters
+    from pydicom.uid import JPEG2000TransferSyntaxes
+
+    if ts in JPEG2000TransferSyntaxes:
+        start = frame.find(b"\xff\x4f\xff\x51")  # SOC + SIZ (after a JP2 header, if any)
+        if start < 0 or len(frame) < start + 28:
+            return None
+        xsiz, ysiz, xosiz, yosiz = (int.from_bytes(frame[start + o : start + o + 4], "big") for o in (8, 12, 16, 20))
+        return ysiz - yosiz, xsiz - xosiz
+    info = _get_jpg_parameters(frame)
+    if "height" in info and "width" in info:
+        return int(info["height"]), int(info["width"])
+    return None
+
+
+def _check_codestreams(path: str, header: Dataset, rows: int, cols: int) -> None:
+    """Refuse compressed frames whose codestream declares another size than Rows x Columns."""
+    from pydicom.encaps import generate_frames
+    from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
+
+    ts = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
+    if ts not in (*JPEG2000TransferSyntaxes, *JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes):
+        return  # native (pydicom checks the length against Rows x Columns) or RLE (decoded to it)
+    try:
+        ds = pydicom.dcmread(path, force=True, specific_tags=["PixelData", "NumberOfFrames"])
+        frames = generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1))
+        for index, frame in enumerate(frames, 1):
+            size = _codestream_size(frame, str(ts))
+            if size is not None and size != (rows, cols):
+                raise VolumeError(
+                    f"{os.path.basename(path)}: frame {index} codestream is {size[0]} x {size[1]} pixels, "
+                    f"the header says {rows} x {cols}", "decode")
+    except VolumeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - malformed encapsulation: the decoder would fail too
+        raise VolumeError(f"{os.path.basename(path)}: encapsulated pixel data not readable: {exc}", "decode") from None
 
 
 def _decode_single(f: _Frame, header: Dataset, out: np.ndarray, padding_hu: float) -> None:

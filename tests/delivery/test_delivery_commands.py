@@ -64,3 +64,17 @@ def test_resend_rearms_dead_and_delivered_rows_and_refuses_others(make_node, res
     assert node.cli(resend)[0] == 2  # neither ids nor --all-dead
     rc, out, _ = node.cli(resend, "--all-dead")
     assert rc == 0 and "re-armed 0" in out
+
+
+def test_resend_records_the_os_account_not_the_user_variable(make_node, result_files, monkeypatch):
+    import os
+    import pwd
+
+    node = _node_with_states(make_node, result_files)
+    _, sr, _ = node.rows()
+    for name in ("USER", "LOGNAME", "LNAME", "USERNAME"):  # what getpass.getuser() would believe
+        monkeypatch.setenv(name, "chief-radiologist")
+    assert node.cli(resend, str(sr.id))[0] == 0
+    (event,) = node.events("delivery_resend")
+    assert event.detail["operator"] == pwd.getpwuid(os.geteuid()).pw_name != "chief-radiologist"
+    assert event.detail["operator_uid"] == os.geteuid()

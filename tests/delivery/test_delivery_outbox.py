@@ -13,7 +13,14 @@ from pydicom.uid import generate_uid
 from dsm_node.db.engine import transaction
 from dsm_node.db.models import Delivery, DeliveryState, Study, utcnow
 from dsm_node.delivery import enqueue, resolve_destinations
-from dsm_node.delivery.outbox import backoff_delay, claim_due, reclaim_expired
+from dsm_node.delivery.outbox import (
+    LEASE_EXPIRED,
+    SENDER_ENDED,
+    backoff_delay,
+    claim_due,
+    holders_in_progress,
+    reclaim_expired,
+)
 from dsm_node.settings import load_settings
 
 
@@ -87,7 +94,48 @@ def test_expired_leases_return_to_pending_or_dead_and_live_ones_stay(make_node, 
         s.get(Delivery, expired[0].id).attempts = 2
     with transaction(node.ctx.sessions) as s:
         reclaimed = reclaim_expired(s, utcnow(), max_attempts=2)
-    assert sorted(reclaimed) == [(expired[0].id, DeliveryState.DEAD, 2), (expired[1].id, DeliveryState.PENDING, 1)]
+    assert sorted(reclaimed) == [(expired[0].id, DeliveryState.DEAD, 2, LEASE_EXPIRED),
+                                 (expired[1].id, DeliveryState.PENDING, 1, LEASE_EXPIRED)]
     states = {r.id: (r.state, r.last_status) for r in node.rows()}
     assert states[live[0].id] == (DeliveryState.IN_PROGRESS, None)
     assert states[expired[1].id] == (DeliveryState.PENDING, "interrupted")
+
+
+def test_leases_of_an_ended_sender_return_at_once_and_others_stay(make_node, result_files):
+    node = make_node(destinations=[pacs(11112)], max_attempts=5)
+    node.add_results([dataclasses.replace(result_files["SEG"], sop_instance_uid=generate_uid()) for _ in range(2)])
+    now, lease = utcnow(), utcnow() + dt.timedelta(minutes=5)
+    with transaction(node.ctx.sessions) as s:
+        dead_senders = claim_due(s, now, 1, lease_until=lease, holder="host:1:aaaaaa")
+        live_senders = claim_due(s, now, 1, lease_until=lease, holder="host:2:bbbbbb")
+        assert sorted(holders_in_progress(s)) == ["host:1:aaaaaa", "host:2:bbbbbb"]
+    with transaction(node.ctx.sessions) as s:
+        reclaimed = reclaim_expired(s, utcnow(), max_attempts=5, ended_holders=["host:1:aaaaaa"])
+    assert reclaimed == [(dead_senders[0].id, DeliveryState.PENDING, 1, SENDER_ENDED)]
+    rows = {r.id: r for r in node.rows()}
+    assert (rows[dead_senders[0].id].claimed_by, rows[dead_senders[0].id].last_error) == (None, SENDER_ENDED)
+    assert (rows[live_senders[0].id].state, rows[live_senders[0].id].claimed_by) == (DeliveryState.IN_PROGRESS,
+                                                                                     "host:2:bbbbbb")
+
+
+def test_reply_to_caller_uses_tls_when_studies_arrive_over_tls(tmp_path):
+    from dsm_node.delivery.targets import target_for_row
+
+    files = {k: tmp_path / f"{k}.pem" for k in ("cert", "key", "ca")}
+    node_tls = {"enabled": True, "cert_file": str(files["cert"]), "key_file": str(files["key"]),
+                "ca_file": str(files["ca"])}
+    study = Study(study_uid="1.2", calling_ae="MODALITY", peer_address="10.1.2.3")
+    (plain,) = resolve_destinations(_settings(), study)
+    assert plain.tls is None  # the node takes plain TCP: replies are plain too
+    settings = load_settings(overrides={"dicom.peers": [{"ae_title": "MODALITY", "networks": ["10.1.0.0/16"], "port": 104}],
+                                        "dicom.tls": node_tls, "delivery.reply_to_caller": True})
+    (target,) = resolve_destinations(settings, study)
+    assert target.tls is not None and target.tls.enabled
+    assert (target.tls.cert_file, target.tls.key_file, target.tls.ca_file) == (files["cert"], files["key"], files["ca"])
+    # A row re-read from the outbox gets the same transport.
+    again = target_for_row(settings, target.name, target.ae_title, target.host, target.port)
+    assert again.tls == target.tls
+    forced_off = settings.model_copy(update={"delivery": settings.delivery.model_copy(update={"reply_tls": "off"})})
+    assert resolve_destinations(forced_off, study)[0].tls is None
+    with pytest.raises(Exception, match="reply_tls 'on' needs dicom.tls.cert_file"):
+        _settings(reply_tls="on")

@@ -85,7 +85,10 @@ def test_dockerfile_lint(path):
             assert not re.search(r"(curl|wget)[^|;&]*\|\s*(ba|z)?sh", rest), "download piped into a shell"
             if "apt-get install" in rest:
                 assert "--no-install-recommends" in rest and "rm -rf /var/lib/apt/lists" in rest
-            if re.search(r"\bpip install\b", rest) and "constraints.txt" not in rest:
+            for command in re.split(r"&&|;", rest):
+                if re.search(r"\bpip install\b", command) and "--require-hashes" in command:
+                    assert "requirements.lock" in command, f"hash-checked install of what? {command}"
+            if re.search(r"\bpip install\b", rest) and "constraints.txt" not in rest and "requirements.lock" not in rest:
                 # Only the bootstrap of pip/setuptools/wheel itself may skip the constraints.
                 assert "--upgrade" in rest and "-e " not in rest, f"pip install without -c constraints.txt: {rest}"
 
@@ -163,3 +166,28 @@ def test_hadolint():
     out = subprocess.run([hadolint, "--no-color", "--failure-threshold", "info", *map(str, DOCKERFILES)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_cpu_image_installs_the_hash_locked_dependencies():
+    """deploy/requirements.lock pins every runtime dependency (but the torch group the CPU image
+    takes from the PyTorch CPU index) with a sha256, and the CPU image installs it hash-checked."""
+    import tomllib
+
+    lock = (DOCKER.parent / "requirements.lock").read_text()
+    entries = re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+) \\\n    --hash=sha256:([0-9a-f]{64})$", lock, re.M)
+    names = {name.lower().replace("_", "-") for name, _, _ in entries}
+    assert len(entries) == len(re.findall(r"^[A-Za-z0-9]", lock, re.M)), "every entry pinned with one sha256"
+    deps = tomllib.loads((DOCKER.parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:
+        name = re.split(r"[<>=\[; ]", dep, maxsplit=1)[0].lower().replace("_", "-")
+        if name not in ("torch", "torchvision"):
+            assert name in names, f"{name} missing from deploy/requirements.lock"
+    for pin in (DOCKER.parents[1] / "constraints.txt").read_text().splitlines():
+        if "==" in pin and not pin.startswith(("#", "torch", "hadolint", "kubernetes")):
+            name, version = pin.split("==")
+            pinned = {(n.lower().replace("_", "-"), v) for n, v, _ in entries}
+            assert (name.lower().replace("_", "-"), version) in pinned, pin
+    text = (DOCKER / "Dockerfile.cpu").read_text()
+    assert "pip install --require-hashes --no-deps -r requirements.lock" in text
+    assert "COPY constraints.txt deploy/requirements.lock ./" in text and "pip check" in text
+    assert "!deploy/requirements.lock" in (DOCKER.parents[1] / ".dockerignore").read_text()

@@ -102,3 +102,57 @@ def test_check_config_cli(tmp_path):
     out = run_cli("check-config", "--config", str(cfg))
     assert out.returncode == 2
     assert "dicom.portt: unknown key" in out.stderr
+
+
+def test_unknown_environment_section_is_an_error(monkeypatch):
+    monkeypatch.setenv("DSM_NODE__DATABSE__URL", "postgresql://x")
+    with pytest.raises(ConfigError, match=r"databse: unknown key \(from DSM_NODE__DATABSE__URL\)"):
+        load_settings()
+    monkeypatch.delenv("DSM_NODE__DATABSE__URL")
+    monkeypatch.setenv("DSM_NODE__DICOM__TLS__KEYFILE", "/x")
+    with pytest.raises(ConfigError, match="dicom.tls.keyfile: unknown key"):
+        load_settings()
+    monkeypatch.delenv("DSM_NODE__DICOM__TLS__KEYFILE")
+    monkeypatch.setenv("DSM_NODE__DICOM__TLS__ENABLED", "false")  # nested keys that exist are fine
+    monkeypatch.setenv("DSM_NODE__DATABASE__URL", "sqlite:///x.db")
+    assert load_settings().database_url == "sqlite:///x.db"
+
+
+def test_secrets_anywhere_in_a_url_are_masked():
+    from dsm_node.settings import mask_url
+
+    s = load_settings(overrides={
+        "database.url": "postgresql+psycopg://dsm:pw1@db/dsm?sslmode=verify-full&sslpassword=pw2",
+        "executor.broker_url": "rediss://:pw3@redis:6380/0?ssl_cert_reqs=required",
+        "delivery.destinations": [{"name": "x", "ae_title": "X", "host": "h", "port": 104}],
+    })
+    dumped = repr(masked_dump(s))
+    assert not any(p in dumped for p in ("pw1", "pw2", "pw3"))
+    assert "sslmode=verify-full" in dumped and "ssl_cert_reqs=required" in dumped
+    assert mask_url("redis://h/0?password=abc&db=1") == "redis://h/0?password=***&db=1"
+
+
+def test_every_private_key_file_is_checked(tmp_path):
+    keys = {name: tmp_path / f"{name}.key" for name in ("dicom", "dest", "syslog")}
+    for path in keys.values():
+        path.write_text("key")
+        os.chmod(path, 0o600)
+    s = load_settings(overrides={
+        "dicom.tls": {"enabled": True, "cert_file": str(tmp_path / "c.pem"), "key_file": str(keys["dicom"]),
+                      "require_client_cert": False},
+        "delivery.destinations": [{"name": "pacs", "ae_title": "PACS", "host": "h", "port": 104,
+                                   "tls": {"enabled": True, "key_file": str(keys["dest"]), "cert_file": str(tmp_path / "c.pem"),
+                                           "require_client_cert": False}}],
+        "audit.syslog": {"protocol": "tls", "key_file": str(keys["syslog"])},
+    })
+    assert not [w for w in config_warnings(s, None) if "private key" in w]
+    # The operator guide's layout: root:<node's group> 0640 is fine for the node's own group.
+    os.chmod(keys["dicom"], 0o640)
+    os.chown(keys["dicom"], -1, os.getgid())
+    assert not [w for w in config_warnings(s, None) if "private key" in w]
+    os.chmod(keys["dest"], 0o644)
+    os.chmod(keys["syslog"], 0o604)
+    warned = [w for w in config_warnings(s, None) if "private key" in w]
+    assert len(warned) == 2
+    assert any(w.startswith("delivery.destinations.0.tls.key_file") for w in warned)
+    assert any(w.startswith("audit.syslog.key_file") for w in warned)

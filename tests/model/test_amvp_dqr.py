@@ -3,32 +3,70 @@ from __future__ import annotations
 
 import torch
 
-from model.amvp import MaskedCrossAttention, anomaly_prompt, anomaly_score
+from model.amvp import MaskedCrossAttention, anomaly_prompt
 from model.dqr import diffusion_weights, semantic_diffusion
 
 
-def test_constant_organ_map_gives_zero_score_and_empty_prompt():
+def test_a_patch_fully_claimed_by_organs_gives_an_empty_prompt():
     logits = torch.full((2, 25, 4, 4, 4), 3.0)
-    score = anomaly_score(logits)
-    assert torch.isfinite(score).all() and (score == 0).all()
-    assert not anomaly_prompt(logits).any()
+    assert not anomaly_prompt(logits, (1.0, 1.0, 1.0)).any()
+    # Nothing claimed at all: no envelope, so no prompt either (a relative threshold would
+    # have selected the "least organ-like" half of the patch).
+    assert not anomaly_prompt(torch.full((1, 25, 4, 4, 4), -3.0), (1.0, 1.0, 1.0)).any()
 
 
-def test_anomaly_score_is_normalised_per_sample():
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(2, 25, 3, 3, 3, generator=g)
-    logits[1] *= 100  # a batch-wide min-max would squash sample 0 towards a constant
-    score = anomaly_score(logits)
-    for b in range(2):
-        s = score[b].flatten()
-        assert abs(s.min().item()) < 1e-6 and abs(s.max().item() - 1) < 1e-4
-        expected = -logits[b].amax(0)
-        expected = (expected - expected.min()) / (expected.max() - expected.min())
-        torch.testing.assert_close(score[b, 0], expected, rtol=1e-4, atol=1e-4)
-    # Voxels with the weakest organ response are the prompt.
-    prompt = anomaly_prompt(logits)
-    weakest = logits[0].amax(0).flatten().argmin()
-    assert prompt[0].flatten()[weakest]
+def _response_map() -> torch.Tensor:
+    """Synthetic organ responses R' (1, 25, 12, 12, 12): an organ (channel 5) occupying a ball,
+    with a lesion inside it that no organ claims, fat around it (nothing claims), and a second
+    organ (channel 7) cut by the border of the patch, three cells of fat away from the first
+    (closer organs are bridged by the closing: the envelope is that of all organ claims)."""
+    z, y, x = torch.meshgrid(*(torch.arange(12.0),) * 3, indexing="ij")
+    r = ((z - 5) ** 2 + (y - 5) ** 2 + (x - 4) ** 2).sqrt()
+    logits = torch.full((1, 25, 12, 12, 12), -4.0)
+    logits[0, 5][r < 3.8] = 4.0
+    logits[0, 5][r < 1.5] = -2.0  # the lesion: inside the organ, unclaimed
+    logits[0, 7][(x >= 11)] = 3.0  # an organ cut by the patch border at x = 11
+    return logits
+
+
+def test_prompt_selects_a_lesion_inside_an_organ_and_not_the_fat_around_it():
+    logits = _response_map()
+    prompt = anomaly_prompt(logits, (1.0, 1.0, 1.0))[0, 0]
+    z, y, x = torch.meshgrid(*(torch.arange(12.0),) * 3, indexing="ij")
+    r = ((z - 5) ** 2 + (y - 5) ** 2 + (x - 4) ** 2).sqrt()
+    lesion = r < 1.5
+    assert prompt[lesion].all(), "the unclaimed lesion inside the organ must be prompted"
+    fat = r > 4.5
+    assert not prompt[fat].any(), "fat outside the organ envelope must not be prompted"
+    assert int(prompt.sum()) == int(lesion.sum())
+    # Organ voxels are claimed, never prompted; the border organ is neither eroded nor grown.
+    assert not prompt[logits[0].amax(0) > 0].any()
+
+
+def test_prompt_radius_closes_a_lesion_open_to_the_organ_surface():
+    logits = _response_map()
+    z, y, x = torch.meshgrid(*(torch.arange(12.0),) * 3, indexing="ij")
+    r = ((z - 5) ** 2 + (y - 5) ** 2 + (x - 4) ** 2).sqrt()
+    notch = (r < 3.8) & (r >= 2.0) & (z < 4) & ((y - 5).abs() <= 1) & ((x - 4).abs() <= 1)
+    logits[0, 5][notch] = -2.0  # a lesion reaching the organ surface: not an enclosed hole
+    no_close = anomaly_prompt(logits, (0.0, 0.0, 0.0))[0, 0]
+    closed = anomaly_prompt(logits, (2.0, 2.0, 2.0))[0, 0]
+    assert not no_close[notch].all()
+    assert closed[notch].sum() > no_close[notch].sum()
+
+
+def test_torch_and_numpy_envelopes_agree():
+    import numpy as np
+
+    from model.envelope import envelope_np, envelope_t
+
+    g = torch.Generator().manual_seed(3)
+    masks = torch.rand(3, 1, 14, 12, 10, generator=g) > 0.55
+    for radius in ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (2.0, 1.0, 1.5)):
+        t = envelope_t(masks, radius)
+        for b in range(3):
+            n = envelope_np(masks[b, 0].numpy(), radius)
+            assert np.array_equal(t[b, 0].numpy(), n), radius
 
 
 def test_masked_attention_stays_inside_the_prompt_and_handles_empty_prompts():

@@ -29,7 +29,7 @@ def test_round_trip_cpu(saved, text_table):
     assert ck.config == model.cfg and ck.class_names == load_catalog().names
     assert ck.prompt_names[24] == "Celiac Truck"
     assert ck.preprocessing == {"orientation": "RAS", "spacing": [3.0, 3.0, 3.0], "hu_window": [-175.0, 250.0],
-                                "roi_size": [64, 64, 64]}
+                                "roi_size": [64, 64, 64], "crop_margin": 2}
     torch.testing.assert_close(ck.embeddings, text_table)
     rebuilt = ck.build_model()
     assert not rebuilt.training

@@ -44,7 +44,8 @@ def test_small_config_stage2_forward_backward(text_table):
     out = model(x)
     assert out["mask_logits"].shape == (1, 45, 64, 64, 64)
     assert [tuple(r.shape) for r in out["layer_logits"]] == [(1, 25, s, s, s) for s in LAYER_SIDES]
-    assert [tuple(p.shape) for p in out["prompts"]] == [(1, 1, s, s, s) for s in LAYER_SIDES]
+    assert [None if p is None else tuple(p.shape) for p in out["prompts"]] == \
+        [(1, 1, s, s, s) if on else None for s, on in zip(LAYER_SIDES, cfg.amvp.scales)]
     assert out["class_cos_logits"].shape == (1, 45, 45)
     assert out["anomaly"].shape == (1, 1, 64, 64, 64)
     assert "class_logits" not in out
@@ -87,6 +88,9 @@ def test_tumour_queries_attend_only_inside_the_prompt(tiny_stage2):
     partial = 0
     for prompt, w in zip(out["prompts"], weights):
         assert w.shape[:3] == (2, model.cfg.decoder.num_heads, 20)
+        if prompt is None:  # switched off at this scale (amvp.scales): attend everywhere
+            assert (w > 0).all()
+            continue
         for b in range(2):
             inside = prompt[b].flatten()
             wb = w[b]  # (heads, N_t, V)
@@ -112,8 +116,13 @@ def test_outputs_semantics(tiny_stage2):
     p = cos.softmax(-1)[0]
     voxel = masks[0, :, 10, 20, 30].sigmoid()
     torch.testing.assert_close(probs[0, :, 10, 20, 30], (p * voxel[:, None]).sum(0).clamp(max=1))
-    for prompt, refined in zip(out["prompts"], out["layer_logits"]):
+    for prompt, refined, on in zip(out["prompts"], out["layer_logits"], model.cfg.amvp.scales):
+        if not on:
+            assert prompt is None
+            continue
         assert prompt.dtype == torch.bool and prompt.shape[2:] == refined.shape[2:]
+    # Bounded mask logits: |M| <= s_max (cosine times the clamped learned scale).
+    assert masks.abs().max() <= model.cfg.decoder.mask_scale_range[1] + 1e-4
 
 
 def test_determinism_with_a_seed(tiny_stage2, text_table):

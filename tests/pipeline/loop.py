@@ -10,7 +10,8 @@ from sqlalchemy import select
 from dsm_node.db.models import AuditEvent, Job, Study
 
 
-def node_yaml(checkpoint: Path, pacs_port: int | None, *, executor: str = "local", broker: str | None = None) -> str:
+def node_yaml(checkpoint: Path, pacs_port: int | None, *, executor: str = "local", broker: str | None = None,
+              stale_after_s: float = 4) -> str:
     lines = [
         "inference:",
         f"  checkpoint: {checkpoint}",
@@ -18,7 +19,7 @@ def node_yaml(checkpoint: Path, pacs_port: int | None, *, executor: str = "local
         "executor:",
         f"  kind: {executor}",
         "  heartbeat_interval_s: 0.5",
-        "  stale_after_s: 4",
+        f"  stale_after_s: {stale_after_s}",
         "  visibility_timeout_s: 30",
     ]
     if broker:
@@ -68,5 +69,14 @@ def job_transitions(node: NodeProcess, job_id: int) -> list[tuple[str, str]]:
         with ctx.sessions() as s:
             events = s.scalars(select(AuditEvent).where(AuditEvent.event_type == "job_transition").order_by(AuditEvent.id))
             return [(e.detail["from_state"], e.detail["to_state"]) for e in events if e.detail.get("job_id") == job_id]
+    finally:
+        ctx.close()
+
+
+def audit_events(node: NodeProcess, event_type: str) -> list[AuditEvent]:
+    ctx = node.context()
+    try:
+        with ctx.sessions() as s:
+            return list(s.scalars(select(AuditEvent).where(AuditEvent.event_type == event_type).order_by(AuditEvent.id)))
     finally:
         ctx.close()

@@ -5,9 +5,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pydicom
-from loop import job_transitions, node_yaml, wait_job
+from loop import audit_events, job_transitions, node_yaml, wait_job
 from nodeproc import NodeProcess
 from peers import StoreSCP
 from tools import REPO, free_port, require_tool
@@ -57,15 +58,48 @@ def test_study_comes_back_as_seg_and_sr(tmp_path, tiny_checkpoint, phantom_study
     ]
 
 
+def test_without_a_destination_the_results_are_kept_and_the_states_say_so(tmp_path, tiny_checkpoint, phantom_study, net):
+    """The reported defect: with no destination a job went encoded -> delivered ("delivered",
+    green) although nothing was sent, and nothing said where the results were."""
+    node = NodeProcess(tmp_path / "node", quiet_period_s=1, net=net, extra_yaml=node_yaml(tiny_checkpoint, None))
+    try:
+        node.start()
+        results = (node.data_dir / "results").resolve()
+        assert f"no delivery destination configured: results stay in {results}/<StudyInstanceUID>/r<revision>/" \
+            in node.stderr.read_text()
+        assert node.send(phantom_study).returncode == 0
+        job = wait_job(node, {"kept"})
+        status, page = node.get("/status")
+    finally:
+        node.terminate()
+    study_uid = pydicom.dcmread(next(phantom_study.iterdir()), stop_before_pixels=True).StudyInstanceUID
+    where = results / study_uid / "r1"
+    assert job.reason == f"no destination configured: results kept in {where}"
+    assert job_transitions(node, job.id)[-1] == ("encoded", "kept")
+    assert (where / f"SR_{job.summary['sr_sop_instance_uid']}.dcm").is_file()
+    study = node.wait_for_state(study_uid, "done", timeout=0)
+    assert study.state_reason == job.reason
+    jobs_table = page.split('id="jobs"', 1)[1].split("</table>", 1)[0]
+    assert status == 200 and '<span class="st st-kept">kept</span>' in jobs_table and str(where) in jobs_table
+    assert "st st-delivered" not in page
+
+
 def test_a_node_killed_during_inference_finishes_the_job_after_restart(tmp_path, tiny_checkpoint, phantom_study, net):
+    """The restarted node takes its dead predecessor's job back at once: the heartbeat timeout
+    is set to 10 minutes here, longer than the test may wait, so only that path can pass."""
     pacs = start_pacs(net, tmp_path)
-    node = NodeProcess(tmp_path / "node", quiet_period_s=1, net=net, extra_yaml=node_yaml(tiny_checkpoint, pacs.port))
+    node = NodeProcess(tmp_path / "node", quiet_period_s=1, net=net,
+                       extra_yaml=node_yaml(tiny_checkpoint, pacs.port, stale_after_s=600))
     try:
         node.start()
         assert node.send(phantom_study).returncode == 0
-        wait_job(node, {"running"})
+        killed = wait_job(node, {"running"})
         node.kill9()
+        restart = time.monotonic()
         node.start()
+        listening = time.monotonic()
+        resumed = wait_job(node, {"running", "encoded", "delivered"}, predicate=lambda j: j.worker != killed.worker)
+        resumed_at = time.monotonic()
         job = wait_job(node, {"delivered"})
         received = pacs.received()
     finally:
@@ -73,7 +107,14 @@ def test_a_node_killed_during_inference_finishes_the_job_after_restart(tmp_path,
         pacs.stop()
     transitions = job_transitions(node, job.id)
     assert ("running", "queued") in transitions, transitions  # the interruption is on record
-    assert job.attempts == 2
+    assert job.attempts == 2 and resumed.worker != killed.worker
+    [interrupted] = audit_events(node, "job_interrupted")
+    assert interrupted.detail["cause"] == "process_ended" and interrupted.detail["worker"] == killed.worker
+    starts = audit_events(node, "application_start")
+    in_node = (interrupted.time - starts[-1].time).total_seconds()
+    print(f"\nkill -9 during inference: restart -> job running again {resumed_at - restart:.1f} s "
+          f"(process start {listening - restart:.1f} s, listening -> running {resumed_at - listening:.1f} s); "
+          f"application_start -> job_interrupted (taken back) {in_node:.2f} s; heartbeat timeout 600 s")
     # Exactly one SR (and at most one SEG) instance: deterministic UIDs make a re-run harmless.
     assert len([d for d in received.values() if d.SOPClassUID == SR_3D]) == 1
 

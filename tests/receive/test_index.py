@@ -14,9 +14,16 @@ from sqlalchemy import select, update
 from dsm_node.audit import query_events
 from dsm_node.context import build_context
 from dsm_node.db.engine import transaction
-from dsm_node.db.models import Instance, Series, Study, StudyState
+from dsm_node.db.models import Instance, Series, Study, StudyState, utcnow
 from dsm_node.receive.dataset import header_summary, parse_dataset
-from dsm_node.receive.index import IndexConflict, InstanceRecord, find_instance, record_instance, spool_usage
+from dsm_node.receive.index import (
+    IndexConflict,
+    InstanceRecord,
+    SOPInstanceConflict,
+    find_instance,
+    record_instance,
+    spool_usage,
+)
 from dsm_node.receive.synthetic import ct_dataset
 from dsm_node.settings import load_settings
 
@@ -92,6 +99,39 @@ def test_series_of_another_study_is_a_conflict(ctx):
         record_instance(ctx, record(generate_uid(), series))
     with transaction(ctx.sessions) as s:
         assert s.query(Study).count() == 1  # the second study's row was rolled back too
+
+
+def test_a_known_sop_instance_uid_under_another_study_series_or_class_is_a_conflict(ctx):
+    study, series = generate_uid(), generate_uid()
+    first = record(study, series)
+    record_instance(ctx, first)
+    sop = first.sop_instance_uid
+    other_study, other_series = generate_uid(), generate_uid()
+    cases = {
+        "study": record(other_study, other_series, sop),
+        "series": record(study, other_series, sop),
+    }
+    enhanced = record(study, series, sop)
+    enhanced.sop_class_uid = "1.2.840.10008.5.1.4.1.1.2.1"
+    cases["SOP class"] = enhanced
+    for where, rec in cases.items():
+        with pytest.raises(SOPInstanceConflict, match=f"already stored in another {where}") as exc:
+            record_instance(ctx, rec)
+        assert (exc.value.study_uid, exc.value.series_uid) == (study, series)
+    # Nothing of the refused copies was recorded: no study, series or instance row, no count.
+    with transaction(ctx.sessions) as s:
+        assert [st.study_uid for st in s.scalars(select(Study))] == [study]
+        assert [se.series_uid for se in s.scalars(select(Series))] == [series]
+        assert s.scalars(select(Study)).one().instance_count == 1
+        assert s.query(Instance).count() == 1
+    # The same copy again is still an idempotent duplicate.
+    assert record_instance(ctx, first).status == "duplicate"
+    # Retention deleting the file does not free the UID for another series.
+    with transaction(ctx.sessions) as s:
+        s.execute(update(Instance).values(deleted_at=utcnow()))
+    with pytest.raises(SOPInstanceConflict):
+        record_instance(ctx, cases["series"])
+    assert record_instance(ctx, first).status == "restored"
 
 
 def test_parallel_writers_serialise(ctx):

@@ -91,6 +91,52 @@ def test_storescu_series_stored_as_received(shared_node, series_dir):
     assert detail(dups[-1])["duplicates"] == 3 and detail(dups[-1])["count"] == 0
 
 
+def test_known_sop_instance_uid_in_another_study_is_refused_and_not_written(shared_node, tmp_path):
+    """The reported defect: slice 2's content under slice 1's SOP Instance UID with a new study
+    and series got Success and an orphan spool file. Now: 0xC213, audited, nothing written."""
+    series = write_ct_series(tmp_path / "orig", 3, 64)
+    assert storescu(shared_node.port, series.files).returncode == 0
+    before = {p: p.read_bytes() for p in shared_node.spool_files()}
+    first = dcmread(series.files[0])
+    forged = dcmread(series.files[1])
+    forged.SOPInstanceUID = forged.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    forged.StudyInstanceUID, forged.SeriesInstanceUID = generate_uid(), generate_uid()
+    forged.save_as(tmp_path / "other-study.dcm", enforce_file_format=True)
+    # The same UID and series under another SOP class (Enhanced CT) is a conflict as well.
+    other_class = dcmread(series.files[0])
+    other_class.SOPClassUID = other_class.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
+    other_class.save_as(tmp_path / "other-class.dcm", enforce_file_format=True)
+
+    res = storescu(shared_node.port, [tmp_path / "other-study.dcm", tmp_path / "other-class.dcm"],
+                   verbose=True, no_halt=True)
+    responses = [line for line in (res.stdout + res.stderr).splitlines() if "Received Store Response" in line]
+    # storescu -v names the status class; 0xC213 itself is in the audit row below.
+    assert len(responses) == 2 and all("Error: CannotUnderstand" in r for r in responses), res.stdout + res.stderr
+    assert "Success" not in "".join(responses)
+    # Nothing written: no file beside the original, the original untouched, no new rows.
+    assert {p: p.read_bytes() for p in shared_node.spool_files()} == before
+    assert not list(shared_node.spool.rglob(f"{forged.StudyInstanceUID}*"))
+    assert not shared_node.query("select id from studies where study_uid = :u", u=forged.StudyInstanceUID)
+    assert not shared_node.query("select id from series where series_uid = :u", u=forged.SeriesInstanceUID)
+    row = shared_node.query("select i.path, i.sop_class_uid from instances i where sop_instance_uid = :u",
+                            u=first.SOPInstanceUID)
+    assert [(r.path, r.sop_class_uid) for r in row] == [
+        (f"{series.study_uid}/{series.series_uid}/{first.SOPInstanceUID}.dcm", CTImageStorage)]
+    conflicts = [r for r in shared_node.wait_audit("instance_conflict", 2)
+                 if detail(r).get("sop_instance_uid") == first.SOPInstanceUID]
+    assert len(conflicts) == 2 and all(r.outcome == 8 for r in conflicts)
+    by_study = {r.study_uid: detail(r) for r in conflicts}
+    assert by_study[forged.StudyInstanceUID]["reason"] == "SOP Instance UID already stored in another study"
+    assert by_study[forged.StudyInstanceUID]["stored_study_uid"] == series.study_uid
+    assert by_study[forged.StudyInstanceUID]["stored_series_uid"] == series.series_uid
+    assert by_study[forged.StudyInstanceUID]["status"] == "0xC213"
+    assert by_study[series.study_uid]["reason"] == "SOP Instance UID already stored in another SOP class"
+    # Not counted as stored or duplicate in the association's summary.
+    summaries = [detail(r) for r in shared_node.audit("instances_stored")
+                 if r.series_uid in (forged.SeriesInstanceUID, series.series_uid)]
+    assert sum(s["count"] for s in summaries) == 3 and sum(s["duplicates"] for s in summaries) == 0
+
+
 def test_bad_uids_never_touch_the_filesystem(shared_node, tmp_path):
     before = set(shared_node.spool_files())
     items = []
@@ -201,11 +247,14 @@ def test_access_control_rejections_are_audited(node_factory):
 
 
 def test_loopback_only_by_default_and_foreign_peer_list(node_factory):
-    # A peer list that excludes 127.0.0.1 entirely: even loopback is refused.
+    # A peer list that excludes 127.0.0.1 entirely: even loopback is refused, at accept (the
+    # address is in no peer's networks, so nothing is read from the connection).
     node = node_factory(config={"dicom": {"peers": [{"ae_title": "TESTSCU", "networks": ["192.0.2.0/24"]}]}})
     assert echo(node.port, calling="TESTSCU") is None
-    row = node.wait_audit("association_rejected")[0]
-    assert "127.0.0.1 is not in the networks configured for peer 'TESTSCU'" in detail(row)["reason"]
+    row = node.wait_audit("connection_refused")[0]
+    assert "source address 127.0.0.1 is not in any configured peer's networks" in detail(row)["reason"]
+    assert row.event_code == "110113" and row.outcome == 8 and row.actor_address == "127.0.0.1"
+    assert node.audit("association_rejected") == []
 
 
 def test_other_sop_classes_reject(node_factory):

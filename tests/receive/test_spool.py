@@ -125,3 +125,27 @@ def test_recovery_completes_lost_renames_and_removes_partial_files(tmp_path):
     assert (folder / "1.4.dcm").read_bytes() == body
     assert sorted(p.name for p in folder.iterdir()) == ["1.4.dcm", "1.7.dcm"]
     assert spool.recover_temp_files() == ([], [])
+
+
+def test_staged_write_is_invisible_until_committed_and_discard_leaves_nothing(tmp_path):
+    spool = Spool(tmp_path / "spool", quota_bytes=100)
+    rel = relative_path("1.2", "1.3", "1.4")
+    staged = spool.stage(rel, [b"12345"])
+    assert not spool.exists(rel) and list(spool.iter_files()) == []  # only a temp file so far
+    assert spool.used_bytes() == 0
+    with pytest.raises(SpoolFull):  # the staged bytes count against the quota until settled
+        spool.stage(relative_path("1.2", "1.3", "1.5"), [b"x" * 96])
+    assert staged.commit().read_bytes() == b"12345"
+    assert list(spool.iter_files()) == [rel] and spool.used_bytes() == 5
+    # A refused instance: its temp file and the folders made for it are gone.
+    refused = spool.stage(relative_path("7.8", "7.9", "7.10"), [b"abc"])
+    refused.discard()
+    refused.discard()  # idempotent
+    assert sorted(p.relative_to(tmp_path / "spool").as_posix() for p in (tmp_path / "spool").rglob("*")) == [
+        "1.2", "1.2/1.3", "1.2/1.3/1.4.dcm"]
+    # Folders another write still uses stay; a folder pruned meanwhile is made again.
+    spool.stage(relative_path("1.2", "1.3", "1.6"), [b"abc"]).discard()
+    assert spool.exists(rel)
+    (tmp_path / "spool/1.2/1.3/1.4.dcm").unlink()
+    (tmp_path / "spool/1.2/1.3").rmdir()  # e.g. retention pruned it; the spool still caches it
+    assert spool.write(relative_path("1.2", "1.3", "1.7"), [b"abc"]).read_bytes() == b"abc"

@@ -6,10 +6,14 @@ namespace. The PACS is a pynetdicom peer that takes 3 s per C-STORE; the node is
 it is sending the results, restarted, and must finish the delivery. The same run then serves the
 status page (checked in headless Chromium), its logs are searched for the patient's name and ID,
 its listening sockets are inspected, and retention (max age 0) removes the delivered data.
+
+The restarted node takes back the leases its killed predecessor held at once (its process is
+known to have ended, dsm_node.liveness), not after they expire: the lease (4 x timeout_s + 60 s
+= 100 s here) is left as it is, and the test checks that the rows were taken back before it
+ran out.
 """
 from __future__ import annotations
 
-import datetime as dt
 import os
 import subprocess
 import time
@@ -20,9 +24,9 @@ import pydicom
 import pytest
 from nodeproc import NodeProcess
 from peers import ScriptedSCP
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from dsm_node.db.models import AuditEvent, Delivery, Job, Study, utcnow
+from dsm_node.db.models import AuditEvent, Delivery, Job, Study
 from dsm_node.receive.synthetic import write_ct_series
 from tools import REPO, free_port, require_tool
 
@@ -80,19 +84,20 @@ def loop(tmp_path_factory, tiny_checkpoint, net):
         time.sleep(1.0)  # inside the PACS's 3 s answer delay of the first C-STORE
         node.kill9()
         info["received_before_restart"] = list(pacs.received)
-        info["in_progress_at_kill"] = [d.id for d in _rows(node, Delivery, Delivery.state == "in_progress")]
-        # The node took a lease of 4 x timeout_s + 60 s on the rows it was sending; its expiry
-        # (proven in tests/delivery test_expired_lease_is_taken_back_...) is moved into the past
-        # here instead of waiting 100 s.
-        ctx = node.context()
-        with ctx.sessions.begin() as s:
-            s.execute(update(Delivery).where(Delivery.state == "in_progress")
-                      .values(next_attempt_at=utcnow() - dt.timedelta(seconds=1)))
-        ctx.close()
+        in_progress = _rows(node, Delivery, Delivery.state == "in_progress")
+        info["in_progress_at_kill"] = [d.id for d in in_progress]
+        info["lease_expiry"] = min(d.next_attempt_at for d in in_progress) if in_progress else None
         pacs._delay = 0.0
+        restart = time.monotonic()
         node.start()
+        # Resumed: the killed sender's rows are taken back (audited as interrupted attempts).
+        _wait("the interrupted deliveries taken back", lambda: [
+            e for e in _rows(node, AuditEvent, AuditEvent.event_type == "delivery_attempt")
+            if e.detail.get("status") == "interrupted"], 120)
+        info["restart_to_resumed_s"] = time.monotonic() - restart
         info["job"] = _wait("the job delivered",
                             lambda: next(iter(_rows(node, Job, Job.state == "delivered")), None), 120)
+        info["restart_to_delivered_s"] = time.monotonic() - restart
         info["wall_s"] = time.monotonic() - info["t0"]
         yield info
     finally:
@@ -108,7 +113,8 @@ def test_kill_during_delivery_pacs_gets_each_result_once(loop):
     received = list(pacs.received)
     print(f"\nkill during delivery: PACS saw {len(loop['received_before_restart'])} C-STORE(s) before the kill, "
           f"{len(received)} in all ({len(set(received))} distinct SOP Instance UIDs); expected {len(expected)}; "
-          f"loop wall {loop['wall_s']:.0f} s")
+          f"restart -> interrupted deliveries taken back {loop['restart_to_resumed_s']:.1f} s, "
+          f"-> job delivered {loop['restart_to_delivered_s']:.1f} s (lease 100 s); loop wall {loop['wall_s']:.0f} s")
     assert loop["in_progress_at_kill"], "the node was not killed mid-delivery"
     # Exactly one SOP Instance UID per result: a repeat after the crash overwrites, never adds.
     assert set(received) == expected
@@ -120,6 +126,9 @@ def test_kill_during_delivery_pacs_gets_each_result_once(loop):
     interrupted = [e for e in attempts if e.detail.get("status") == "interrupted"]
     assert interrupted and all(e.outcome == 8 for e in interrupted)
     assert "stopped before recording an outcome" in interrupted[0].detail["error"]
+    # Taken back because the sender's process ended, while its lease still ran: not by expiry.
+    assert all(e.detail["error"].endswith("(its process ended)") for e in interrupted)
+    assert max(e.time for e in interrupted) < loop["lease_expiry"]
     starts = _rows(loop["node"], AuditEvent, AuditEvent.event_type == "application_start")
     stops = _rows(loop["node"], AuditEvent, AuditEvent.event_type == "application_stop")
     assert len(starts) == 2 and len(stops) == 0  # the kill left no stop event: visible as such

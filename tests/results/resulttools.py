@@ -9,8 +9,9 @@ from segment_truth import expected_segment_masks  # noqa: F401 (re-exported for 
 from tools import require_extra_tool, require_tool
 
 # dciodvfy warnings that are expected on our SEG/SR and why (docs/results.md):
-#  - Device UID in the Contributing Equipment item: IHE AIR requires it; this dicom3tools
-#    snapshot (2022) does not list it for that sequence -> "Standard Extended SOP Class".
+#  - Device UID in the Contributing Equipment item: the IHE AIR algorithm item uses it and newer
+#    editions of PS3.3 allow it there; this dicom3tools snapshot (2022) predates that
+#    -> "Standard Extended SOP Class" (docs/results.md, "Validation status").
 #  - Study ID / Patient's Name form: copied from the source images (empty StudyID, a
 #    single-component name in the TCIA data).
 #  - 99DSMNODE: the local coding scheme of the SR's Measurement Method codes (what an organ

@@ -156,6 +156,12 @@ def test_binary_seg_and_sr_synthetic(tmp_path, synth, catalog, include):
     # -- SR ----------------------------------------------------------------------------------------
     sr_ds = _check_sr(sr.path, seg, vol, labels, catalog, include)
     _check_air(sr_ds, opts)
+    # One Tracking ID text per segment, the same in the SEG and the SR (with the same Tracking UID).
+    in_sr = {g.tracking_uid: g.tracking_identifier for g in sr_ds.content.get_volumetric_roi_measurement_groups()}
+    in_seg = {item.TrackingUID: item.TrackingID for item in ds.SegmentSequence}
+    first = seg.segments[0]
+    said = " incl. tumours" if first.method == "with_tumours" else ""  # an organ segment holding its tumours says so
+    assert in_seg == in_sr and in_seg[first.tracking_uid] == f"{first.entry.name}{said} (DSM)"
     assert sr_ds.StudyInstanceUID == vol.study_instance_uid == ds.StudyInstanceUID
     assert len({sr_ds.SeriesInstanceUID, ds.SeriesInstanceUID, vol.series_instance_uid}) == 3
     observer = sr_ds.content.get_observer_contexts()[0]

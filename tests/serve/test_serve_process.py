@@ -15,8 +15,8 @@ from dsm_node.cli import main
 from dsm_node.db.models import Job, StudyState
 
 # After selection the pipeline runs the job (these nodes have no model, so it fails fast and the
-# study is "done"); what these tests check is completeness and selection.
-SELECTED_OR_LATER = (StudyState.SELECTED, StudyState.DONE)
+# study is "failed"); what these tests check is completeness and selection.
+SELECTED_OR_LATER = (StudyState.SELECTED, StudyState.FAILED)
 
 QUIET_S = 4
 
@@ -116,6 +116,33 @@ def test_kill9_while_receiving_restart_completes_and_late_instance_revises(node,
     log = (n.data_dir / "logs" / "dsm-node.jsonl").read_text()
     assert all(json.loads(line) for line in log.splitlines())
     assert PATIENT_NAME not in log and PATIENT_NAME not in n.stdout.read_text()
+
+
+def test_a_failed_job_shows_as_failed_with_its_reason_everywhere(node, tmp_path, capsys):
+    """The reported defect: a study whose job failed was "done" with a green pill."""
+    require_tool("storescu")
+    study_uid, _ = write_study(tmp_path / "study", (SeriesSpec("venous", "ABD PORTAL VENOUS 2.0", 24, 2.0),))
+    n = node(quiet_period_s=1)
+    n.start()
+    # No destination configured: serve says at start-up where results would stay.
+    startup = n.stderr.read_text()
+    assert f"no delivery destination configured: results stay in {(n.data_dir / 'results').resolve()}/" in startup
+    assert n.send(tmp_path / "study").returncode == 0
+    study = n.wait_for_state(study_uid, StudyState.FAILED, timeout=60)
+    assert "no-model.pt" in study.state_reason  # the job's reason: its checkpoint does not exist
+
+    assert main(n.cli_args("studies", "--json")) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["state"], row["reason"]) == ("failed", study.state_reason)
+    status, page = n.get("/status")
+    assert status == 200
+    studies_table = page.split('id="studies"', 1)[1].split("</table>", 1)[0]
+    assert '<span class="st st-failed">failed</span>' in studies_table and "no-model.pt" in studies_table
+    assert ".st-failed" in page and "st-done" not in studies_table
+    metrics = n.metrics()
+    assert metrics['dsm_studies{state="failed"}'] == 1 and metrics['dsm_studies{state="done"}'] == 0
+    assert metrics['dsm_jobs{state="failed"}'] == 1 and metrics['dsm_jobs_failed{cause="error"}'] == 1
+    assert n.terminate() == 0
 
 
 def test_port_in_use_exits_with_a_clear_message(node):

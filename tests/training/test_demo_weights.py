@@ -27,3 +27,35 @@ def test_demo_weights_segment_a_held_out_phantom(tmp_path):
     assert summary["organ_dsc_mean"] > 0.8, json.dumps(per_class)[:2000]
     for organ in ("Liver", "Spleen", "Right Kidney", "Left Kidney"):
         assert per_class[organ]["dsc"] > 0.85, (organ, per_class[organ])
+
+
+@pytest.mark.timeout(900)
+def test_node_infer_and_eval_give_the_same_labels(tmp_path):
+    """`dsm-node infer` (the node's path) and `dsm-train eval` on the same phantom NIfTI: one
+    inference path, so the same labels voxel for voxel."""
+    import os
+    import subprocess
+    import sys
+
+    import nibabel as nib
+    import numpy as np
+
+    from training.phantoms import make_phantom, write_nifti_pair
+
+    image, label, affine = make_phantom(5004, spacing=4.0, tumour_types=["liver_tumor", "pancreas_tumor"],
+                                        tumour_prob=1.0)
+    write_nifti_pair(image, label, affine, tmp_path / "ct.nii.gz", tmp_path / "lab.nii.gz")
+    (tmp_path / "list.csv").write_text("image,label,dataset\nct.nii.gz,lab.nii.gz,phantom_all\n")
+    evaluate(DEFAULT_WEIGHTS, str(tmp_path / "list.csv"), tmp_path / "eval", device="cpu", overlays=0,
+             save_labels=True)
+    repo = DEFAULT_WEIGHTS.parents[1]
+    done = subprocess.run([sys.executable, "-m", "dsm_node", "infer", str(tmp_path / "ct.nii.gz"), "--out",
+                           str(tmp_path / "infer"), "--device", "cpu", "--no-overlays"],
+                          capture_output=True, text=True, cwd=repo, env={**os.environ}, timeout=800)
+    assert done.returncode == 0, done.stderr
+    node = np.asarray(nib.load(tmp_path / "infer" / "labels.nii.gz").dataobj)
+    (saved,) = (tmp_path / "eval" / "labels").glob("*.nii.gz")
+    ev = np.asarray(nib.load(saved).dataobj)
+    assert node.shape == ev.shape == label.shape
+    assert np.array_equal(node, ev)
+    assert len(np.unique(node)) > 10  # a real segmentation, not an empty one

@@ -20,7 +20,7 @@ from training.metrics import auroc, dice_score, fpr_at_tpr
 CAT = load_catalog()
 
 
-def test_multi_hot_tumour_counts_for_parent():
+def test_organ_target_is_tissue_only_tumour_voxels_are_parent_negatives():
     label = torch.zeros(1, 2, 2, 2, 2, dtype=torch.uint8)
     liver, lt = CAT.by_name("Liver").index, CAT.by_name("Liver Tumor").index
     label[0, 0, 0, 0, 0] = liver
@@ -28,9 +28,74 @@ def test_multi_hot_tumour_counts_for_parent():
     label[0, 1, 1, 1, 1] = liver  # parent map
     t = multi_hot(label, len(CAT))
     assert t.shape == (1, 45, 2, 2, 2)
-    assert t[0, liver - 1].sum() == 2 and t[0, lt - 1].sum() == 1
-    assert t[0, lt - 1, 1, 1, 1] == 1 and t[0, liver - 1, 1, 1, 1] == 1
-    assert t.sum() == 3
+    assert t[0, liver - 1].sum() == 1 and t[0, lt - 1].sum() == 1
+    assert t[0, lt - 1, 1, 1, 1] == 1 and t[0, liver - 1, 1, 1, 1] == 0  # the tumour is not liver
+    assert t.sum() == 2
+    # ... also in every deep-supervision layer: the loss sees the same target there.
+    logits = torch.zeros(1, 45, 2, 2, 2, requires_grad=True)
+    out = {"mask_logits": logits, "layer_logits": [torch.zeros(1, 25, 1, 1, 1, requires_grad=True)],
+           "class_cos_logits": torch.zeros(1, 45, 45)}
+    ann = torch.ones(1, 45, dtype=torch.bool)
+    loss, _ = dsm_loss(out, label, ann, len(CAT), stage=2)
+    loss.backward()
+    # Positive gradient (push down) on the liver channel at the tumour voxel.
+    assert logits.grad[0, liver - 1, 1, 1, 1] > 0 and logits.grad[0, liver - 1, 0, 0, 0] < 0
+
+
+def test_dice_counts_only_where_the_target_is_present():
+    logits = torch.full((1, 2, 4, 4, 4), -3.0, requires_grad=True)
+    target = torch.zeros(1, 2, 4, 4, 4)
+    target[0, 0, :2] = 1  # channel 0 present, channel 1 absent from the crop
+    ann = torch.ones(1, 2, dtype=torch.bool)
+    loss, dice, bce = partial_mask_loss(logits, target, ann)
+    d, b = dice_bce_per_channel(logits, target)
+    assert dice.item() == pytest.approx(d[0, 0].item())  # the absent channel's Dice is left out
+    assert bce.item() == pytest.approx(b.mean().item())  # BCE counts for both
+    loss.backward()
+    # The absent channel still learns (BCE) but with a gradient that does not saturate it:
+    # its push-down equals BCE's alone.
+    logits2 = logits.detach().clone().requires_grad_(True)
+    torch.nn.functional.binary_cross_entropy_with_logits(logits2[:, 1], target[:, 1]).div(2).backward()
+    torch.testing.assert_close(logits.grad[:, 1], logits2.grad[:, 1])
+
+
+def test_synthetic_lesion_voxels_are_host_negatives_and_ignored_by_tumour_channels():
+    from training.losses import LossWeights, host_rejection, synthetic_lesions, voxel_weights
+
+    liver, lt = CAT.by_name("Liver").index, CAT.by_name("Liver Tumor").index
+    label = torch.zeros(1, 2, 2, 2, 2, dtype=torch.uint8)
+    label[0, 0] = liver
+    label[0, 0, 1, 1, 1] = 0
+    label[0, 1, 1, 1, 1] = liver  # a synthetic lesion in the liver: class 0, host in the parent map
+    assert synthetic_lesions(label).sum() == 1
+    is_tumour = torch.tensor([e.is_tumor for e in CAT])
+    w = voxel_weights(label, is_tumour)
+    assert w[0, liver - 1, 1, 1, 1] == 1.0 and w[0, lt - 1, 1, 1, 1] == 0.0
+    t = multi_hot(label, len(CAT))
+    assert t[0, liver - 1, 1, 1, 1] == 0 and t[0, :, 1, 1, 1].sum() == 0  # never a positive
+    # The rejection term: BCE of the highest organ logit, averaged over lesion voxels only.
+    organ_logits = torch.full((1, 25, 2, 2, 2), -5.0)
+    organ_logits[0, liver - 1, 1, 1, 1] = 3.0
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor(3.0), torch.tensor(0.0))
+    torch.testing.assert_close(host_rejection(organ_logits, label), expected)
+    assert host_rejection(organ_logits, torch.zeros_like(label)) is None
+    start = torch.zeros(1, 45, 2, 2, 2)
+    start[0, liver - 1, 1, 1, 1] = 1.0  # the liver claims the lesion
+    logits = start.requires_grad_(True)
+    out = {"mask_logits": logits, "layer_logits": [], "class_cos_logits": torch.zeros(1, 45, 45)}
+    loss, parts = dsm_loss(out, label, torch.ones(1, 45, dtype=torch.bool), len(CAT), 2,
+                           LossWeights(dice=0.0, cls=0.0), is_tumour=is_tumour)
+    loss.backward()
+    g = logits.grad[0]
+    assert g[lt - 1, 1, 1, 1] == 0  # tumour channels ignore the synthetic voxel
+    spleen = CAT.by_name("Spleen").index
+    # The host gets the crop-wide BCE push plus the lesion-normalised one (8 voxels, 1 lesion voxel).
+    assert g[liver - 1, 1, 1, 1] > 5 * g[spleen - 1, 1, 1, 1] > 0
+    assert parts["reject"] == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(1.0))))
+    # Another organ claiming the lesion is pushed instead of the host.
+    organ_logits[0, spleen - 1, 1, 1, 1] = 6.0
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor(6.0), torch.tensor(0.0))
+    torch.testing.assert_close(host_rejection(organ_logits, label), expected)
 
 
 def test_unannotated_channels_get_exactly_zero_gradient():

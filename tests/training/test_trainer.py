@@ -112,3 +112,18 @@ def test_config_errors(tmp_path):
     p.write_text("stage: 1\noptim: {max_steps: 3}\nbogus: 1\n")
     with pytest.raises(TrainConfigError, match="bogus"):
         load_train_config(p)
+
+
+def test_a_training_state_exports_as_a_model_checkpoint(tiny, tmp_path):
+    from training.export import export_weights
+
+    cfg = load_train_config(tiny(2, "s2_state", 2))
+    Trainer(cfg, resume=False, stop_after=1).run()
+    state = tmp_path / "s2_state" / "checkpoints" / "last.pt"
+    out = export_weights(state, tmp_path / "step1.pt")
+    ck = load_checkpoint(out)
+    assert ck.config.stage == 2 and ck.training["steps"] == 1 and ck.version == "test-stage2-step1"
+    assert ck.training["seen_tumours"] == ["Kidney Cyst", "Kidney Tumor", "Liver Tumor"]
+    assert ck.calibration == {}
+    raw = torch.load(state, map_location="cpu", weights_only=True)["model"]
+    assert all(torch.equal(ck.state_dict[k], raw[k]) for k in raw)

@@ -406,8 +406,18 @@ async function runCase(context, c) {
             return { text, done: sc.scrollTop === before };
           });
           seen.push(r.text);
-          if (r.done) break;
-          await page.waitForTimeout(60);
+          // A virtualised table renders the rows of a new scroll position a few frames later
+          // (slower on a loaded CI machine): wait for two frames and a pause before reading.
+          await page.evaluate(() => new Promise(res =>
+            requestAnimationFrame(() => requestAnimationFrame(res))));
+          await page.waitForTimeout(r.done ? 300 : 100);
+          if (r.done) {
+            seen.push(await page.evaluate(() => {
+              const d = document.querySelector('[role="dialog"]');
+              return d ? d.innerText : '';
+            }));
+            break;
+          }
         }
         obs.sr.tagBrowser[term] = seen.join('\n');
       }

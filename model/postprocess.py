@@ -1,0 +1,178 @@
+"""Post-processing on the model grid (DSM spec, "Inference", items 10 and 11).
+
+From class probabilities and the raw anomaly channel to final per-class masks:
+
+* organs: probability >= threshold, largest connected component (lungs: the two largest
+  components of both lungs together, each to the side most of its voxels prefer, voxel by
+  voxel where a component holds both), components below the class's minimum volume dropped;
+* organ envelopes: each organ mask closed with a ball of ``close_mm`` and hole-filled; the
+  anomaly output is 1 - max organ probability inside their union, 0 outside;
+* tumours: a class trained with labels ("seen") is its probability P_c >= threshold; any other
+  tumour class (no trained query of its own meaning, or added by name) also gets the zero-shot
+  path Z_c = A * Env(parent) * w_c with w_c = P_c / (sum of P over the tumour classes sharing a
+  parent), and a voxel is decided for c when A * Env(parent) reaches the zero-shot threshold and
+  c has the largest w among those classes (the spec's Z_c thresholded after dividing by the
+  winner's w, so that two unseen siblings with similar text probabilities do not halve each
+  other's evidence); a tumour component is kept when at least ``gate_fraction`` of it lies in
+  its parent organ's envelope (lesions may reach outside their organ, islands elsewhere go).
+
+Every decision is returned as a score map normalised so that 1.0 is the class's threshold: the
+way to the source grid upsamples gated scores and thresholds them at 1.0 (smooth edges, same
+decisions).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from .catalog import ClassEntry
+from .envelope import ball_radius_vox, envelope_np
+
+_STRUCT = ndimage.generate_binary_structure(3, 1)
+LUNGS = ("Right Lung", "Left Lung")
+
+
+def largest_components(mask: np.ndarray, k: int = 1) -> np.ndarray:
+    """The k largest 6-connected components of a mask."""
+    labels, n = ndimage.label(mask, structure=_STRUCT)
+    if n <= k:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    keep = np.zeros(len(sizes), bool)
+    keep[np.argsort(sizes)[::-1][:k]] = True
+    keep[0] = False
+    return keep[labels]
+
+
+def drop_small(mask: np.ndarray, min_voxels: int) -> np.ndarray:
+    if min_voxels <= 1 or not mask.any():
+        return mask
+    labels, n = ndimage.label(mask, structure=_STRUCT)
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_voxels
+    keep[0] = False
+    return keep[labels]
+
+
+def keep_inside(mask: np.ndarray, region: np.ndarray, fraction: float) -> np.ndarray:
+    """Components of ``mask`` with at least ``fraction`` of their voxels inside ``region``."""
+    if not mask.any():
+        return mask
+    labels, n = ndimage.label(mask, structure=_STRUCT)
+    total = np.bincount(labels.ravel(), minlength=n + 1)
+    inside = np.bincount(labels[region].ravel(), minlength=n + 1)
+    keep = inside >= fraction * np.maximum(total, 1)
+    keep[0] = False
+    return keep[labels]
+
+
+def dilate(mask: np.ndarray, voxels: int) -> np.ndarray:
+    if voxels <= 0:
+        return mask
+    return ndimage.binary_dilation(mask, structure=_STRUCT, iterations=voxels)
+
+
+@dataclass
+class Decisions:
+    """Post-processing outcome on the model grid."""
+
+    masks: np.ndarray  # (C, X, Y, Z) bool, final per-class masks
+    scores: dict[int, np.ndarray]  # channel -> (X, Y, Z) float32 score, 1.0 = threshold (kept classes only)
+    anomaly: np.ndarray  # (X, Y, Z) float32: 1 - max organ probability inside the organ envelope
+    envelope: np.ndarray  # (X, Y, Z) bool: union of the organ envelopes
+    organ_envelopes: dict[int, np.ndarray] = field(default_factory=dict)  # organ channel -> envelope
+    zero_shot: dict[int, np.ndarray] = field(default_factory=dict)  # channel -> Z_c (zero-shot classes)
+
+
+def postprocess(
+    probs: np.ndarray,
+    anomaly_raw: np.ndarray,
+    entries: Sequence[ClassEntry],
+    thresholds: Sequence[float],
+    seen: set[str] | None,
+    zero_shot_threshold: float,
+    voxel_mm: Sequence[float],
+    close_mm: float,
+    gate_fraction: float = 0.5,
+) -> Decisions:
+    """Decide every class on the model grid.
+
+    probs (C, X, Y, Z) class probabilities P_c in the order of ``entries``; anomaly_raw
+    (X, Y, Z) = 1 - max over organ queries of sigmoid(M_q); thresholds per channel; ``seen``:
+    names of tumour classes trained with labels (None: every tumour class is treated as seen,
+    i.e. no zero-shot path — for checkpoints that do not record it).
+    """
+    c_total = probs.shape[0]
+    voxel_ml = float(np.prod(voxel_mm)) / 1000.0
+    radius = ball_radius_vox(close_mm, voxel_mm)
+    index = {e.name: i for i, e in enumerate(entries)}
+    masks = np.zeros(probs.shape, dtype=bool)
+    scores: dict[int, np.ndarray] = {}
+    t = np.asarray(thresholds, dtype=np.float32)
+
+    organ_ix = [i for i, e in enumerate(entries) if e.is_organ]
+    for i in organ_ix:
+        masks[i] = probs[i] >= t[i]
+    lungs = [index[n] for n in LUNGS if n in index]
+    if len(lungs) == 2:
+        r, l = lungs
+        both = largest_components(masks[r] | masks[l], 2)
+        prefers_right = probs[r] / t[r] >= probs[l] / t[l]
+        right = np.zeros_like(both)
+        comps, n = ndimage.label(both, structure=_STRUCT)
+        for k in range(1, n + 1):
+            comp = comps == k
+            share = float(prefers_right[comp].mean())
+            # A lung is one component: a clear majority decides its side as a whole; a component
+            # holding both lungs (joined across the mediastinum) is split voxel by voxel.
+            right |= comp if share >= 0.9 else (comp & prefers_right if share > 0.1 else False)
+        masks[r], masks[l] = right, both & ~right
+    for i in organ_ix:
+        if masks[i].any():
+            masks[i] = drop_small(largest_components(masks[i], 1), int(np.ceil(entries[i].min_volume_ml / voxel_ml)))
+
+    organ_env: dict[int, np.ndarray] = {}
+    envelope = np.zeros(probs.shape[1:], dtype=bool)
+    for i in organ_ix:
+        if masks[i].any():
+            organ_env[i] = envelope_np(masks[i], radius)
+            envelope |= organ_env[i]
+            scores[i] = probs[i] / t[i]
+    anomaly = np.where(envelope, anomaly_raw, 0.0).astype(np.float32)
+
+    tumour_ix = [i for i, e in enumerate(entries) if not e.is_organ]
+    parents_of = {i: [index[p] for p in entries[i].parents if p in index] for i in tumour_ix}
+    zero: dict[int, np.ndarray] = {}
+    for c in tumour_ix:
+        parents = parents_of[c]
+        region = np.zeros(envelope.shape, dtype=bool)
+        for p in parents:
+            if p in organ_env:
+                region |= organ_env[p]
+        if not region.any():
+            continue  # no parent organ found: no tumour of this class
+        score = probs[c] / t[c]
+        if seen is not None and entries[c].name not in seen:
+            siblings = [s for s in tumour_ix if set(parents_of[s]) & set(parents)]
+            total = probs[siblings].sum(axis=0)
+            flat = total <= 1e-6
+            w = np.where(flat, 1.0 / len(siblings), probs[c] / np.maximum(total, 1e-6))
+            w_max = np.where(flat, 1.0 / len(siblings), probs[siblings].max(axis=0) / np.maximum(total, 1e-6))
+            local = anomaly * region
+            zero[c] = (local * w).astype(np.float32)
+            top = w >= w_max - 1e-6
+            score = np.maximum(score, np.where(top, local / max(zero_shot_threshold, 1e-6), 0.0))
+        m = keep_inside(score >= 1.0, region, gate_fraction)
+        m = drop_small(m, int(np.ceil(entries[c].min_volume_ml / voxel_ml)))
+        if m.any():
+            masks[c] = m
+            scores[c] = score.astype(np.float32)
+    for i in range(c_total):
+        if not masks[i].any():
+            scores.pop(i, None)
+    return Decisions(masks=masks, scores=scores, anomaly=anomaly, envelope=envelope, organ_envelopes=organ_env,
+                     zero_shot=zero)

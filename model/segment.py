@@ -1,0 +1,261 @@
+"""The one inference path: a CT volume on its own grid in; labels, the anomaly map and class
+probabilities on the same grid out (DSM spec, "Inference — one path for the node and for
+evaluation").
+
+``dsm-node serve``, ``dsm-node infer`` and ``dsm-train eval`` all call ``VolumeSegmenter``, so
+an evaluation figure measures exactly what the node sends to a PACS. Everything that changes
+the result comes from the checkpoint (``InferenceSettings.from_checkpoint``): orientation,
+spacing, HU window, crop margin, ROI, overlap, blend mode, per-class thresholds and the
+zero-shot threshold calibrated at the end of training, the envelope radius, the seen tumours.
+
+Steps: reorient to RAS and resample to the model spacing in index space (model/grid.py), HU
+window, crop to the body with the training margin, pad to the ROI, MONAI sliding window
+(outputs blended on the CPU; AMP on CUDA), post-processing on the model grid
+(model/postprocess.py), then each kept class's gated score upsampled to the source grid and
+thresholded there; organs compete by score, tumours are drawn over organs.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from . import grid
+from .catalog import Catalog, ClassEntry, load_catalog
+from .checkpoint import LoadedCheckpoint, load_checkpoint
+from .inference import Predictor
+from .postprocess import Decisions, dilate, postprocess
+
+DEFAULT_ZERO_SHOT_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """What inference must reproduce, read from a checkpoint (typed)."""
+
+    orientation: str
+    spacing: tuple[float, float, float]
+    hu_window: tuple[float, float]
+    roi_size: tuple[int, int, int]
+    crop_margin: int
+    overlap: float
+    blend_mode: str
+    sw_batch_size: int
+    close_mm: float
+    thresholds: dict[str, float] = field(default_factory=dict)  # calibrated; others: catalog threshold
+    zero_shot_threshold: float = DEFAULT_ZERO_SHOT_THRESHOLD
+    seen_tumors: tuple[str, ...] | None = None  # None: not recorded -> no zero-shot path
+    gate_fraction: float = 0.5
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: LoadedCheckpoint, overlap: float | None = None,
+                        sw_batch_size: int | None = None) -> "InferenceSettings":
+        pp, inf = ckpt.preprocessing, ckpt.config.inference
+        cal = ckpt.calibration or {}
+        if pp.get("orientation", "RAS") != "RAS":
+            raise ValueError(f"{ckpt.path}: orientation {pp['orientation']!r} is not supported (RAS only)")
+        seen = ckpt.seen_tumors
+        return cls(
+            orientation="RAS",
+            spacing=tuple(float(s) for s in pp["spacing"]),  # type: ignore[arg-type]
+            hu_window=tuple(float(v) for v in pp["hu_window"]),  # type: ignore[arg-type]
+            roi_size=tuple(int(r) for r in pp["roi_size"]),  # type: ignore[arg-type]
+            crop_margin=int(pp.get("crop_margin", 2)),
+            overlap=inf.overlap if overlap is None else float(overlap),
+            blend_mode=inf.blend_mode,
+            sw_batch_size=int(sw_batch_size or inf.sw_batch_size),
+            close_mm=float(ckpt.config.amvp.close_mm),
+            thresholds={str(k): float(v) for k, v in (cal.get("thresholds") or {}).items()},
+            zero_shot_threshold=float(cal.get("zero_shot_threshold", DEFAULT_ZERO_SHOT_THRESHOLD)),
+            seen_tumors=None if seen is None else tuple(seen),
+        )
+
+    def threshold_of(self, entry: ClassEntry) -> float:
+        return self.thresholds.get(entry.name, entry.threshold)
+
+
+@dataclass
+class ModelGridOutput:
+    """Network output on the model grid (the body box), before post-processing."""
+
+    probs: np.ndarray  # (C, X, Y, Z) float32 P_c
+    anomaly_raw: np.ndarray  # (X, Y, Z) float32: 1 - max organ probability, ungated
+    gmap: grid.GridMap
+    box: tuple[slice, slice, slice]
+
+
+@dataclass
+class VolumeSegmentation:
+    """Result on the source grid (same axes and shape as the input array)."""
+
+    labels: np.ndarray  # 1-based index into ``catalog`` per voxel, 0 = background
+    catalog: Catalog  # the classes of the channels, in channel order
+    anomaly: np.ndarray | None  # float32 in [0, 1], gated by the predicted organ envelope
+    found: dict[str, int]  # class name -> voxels on the source grid
+    timings: dict[str, float]
+    decisions: Decisions = field(repr=False)
+    model_output: ModelGridOutput = field(repr=False)
+
+    def probability(self, name: str, output: bool = False) -> np.ndarray:
+        """P_c of one class on the source grid (float32). ``output=True``: for zero-shot classes
+        the output probability max(P_c, Z_c) instead of the raw P_c."""
+        c = self.catalog.names.index(name)
+        m = self.model_output
+        values = m.probs[c]
+        if output and c in self.decisions.zero_shot:
+            values = np.maximum(values, self.decisions.zero_shot[c])
+        return to_source(values, m.gmap, m.box)
+
+
+def to_source(values: np.ndarray, gmap: grid.GridMap, box: tuple[slice, ...]) -> np.ndarray:
+    """A model-grid (box) map onto the source grid, trilinear, zero outside the body box."""
+    full = np.zeros(gmap.model_shape, dtype=np.float32)
+    full[box] = values
+    up = grid.resample(torch.from_numpy(full)[None], gmap.oriented_shape)[0].numpy()
+    return gmap.from_oriented(up)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {requested!r} requested but CUDA is not available on this machine")
+    return device
+
+
+class VolumeSegmenter:
+    """A loaded model and its inference settings; ``segment`` runs one volume."""
+
+    def __init__(self, predictor: Predictor, catalog: Catalog, settings: InferenceSettings,
+                 device: torch.device | str = "cpu", amp: bool = True, model_version: str = "") -> None:
+        if list(catalog.names) != list(predictor.class_names):
+            raise ValueError("catalog order must equal the predictor's channels")
+        self.device = torch.device(device)
+        self.predictor = predictor.to(self.device).eval()
+        self.catalog = catalog
+        self.settings = settings
+        self.amp = amp and self.device.type == "cuda"
+        self.model_version = model_version
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path | LoadedCheckpoint,
+        catalog: Catalog | None = None,
+        device: str = "auto",
+        overlap: float | None = None,
+        sw_batch_size: int | None = None,
+        amp: bool = True,
+        clip_checkpoint: str | Path | None = None,
+        extra_names: Sequence[str] = (),
+    ) -> "VolumeSegmenter":
+        """``catalog``: the site's catalog (the checkpoint's classes first, appended classes become
+        zero-shot channels); default: the shipped catalog."""
+        site = catalog if catalog is not None else load_catalog()
+        loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(
+            checkpoint, map_location="cpu", expect_catalog=site)
+        predictor = Predictor.from_checkpoint(loaded, catalog=site, clip_checkpoint=clip_checkpoint,
+                                              extra_names=extra_names)
+        by_name = {e.name: e for e in site}
+        missing = [n for n in predictor.class_names if n not in by_name]
+        if missing:
+            raise ValueError(f"classes {missing} need catalog entries (kind, parents, coding)")
+        channels = Catalog([by_name[n] for n in predictor.class_names])
+        settings = InferenceSettings.from_checkpoint(loaded, overlap=overlap, sw_batch_size=sw_batch_size)
+        return cls(predictor, channels, settings, pick_device(device), amp, loaded.version)
+
+    def with_settings(self, **changes: Any) -> "VolumeSegmenter":
+        """The same model with other inference settings (calibration, experiments)."""
+        return VolumeSegmenter(self.predictor, self.catalog, replace(self.settings, **changes), self.device,
+                               self.amp, self.model_version)
+
+    # ---------------------------------------------------------------- stages
+    @torch.no_grad()
+    def predict(self, image_hu: np.ndarray, affine_ras: np.ndarray, progress: bool = False,
+                timings: dict[str, float] | None = None) -> ModelGridOutput:
+        """Preprocess and run the sliding window; probabilities on the model grid (body box)."""
+        from monai.inferers import sliding_window_inference
+
+        timings = timings if timings is not None else {}
+        s = self.settings
+        t0 = time.perf_counter()
+        gmap = grid.plan(tuple(image_hu.shape), affine_ras, s.spacing)  # type: ignore[arg-type]
+        oriented = torch.from_numpy(gmap.to_oriented(np.asarray(image_hu, dtype=np.float32)))
+        hu = grid.resample(oriented[None], gmap.model_shape)[0].numpy()
+        del oriented
+        image = grid.window(hu, *s.hu_window)
+        del hu
+        box = grid.foreground_box(image, s.crop_margin)
+        crop = np.ascontiguousarray(image[box])
+        pad = [max(0, r - n) for r, n in zip(s.roi_size, crop.shape)]
+        x = torch.from_numpy(np.pad(crop, [(0, p) for p in pad]))[None, None].to(self.device)
+        timings["preprocess_s"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+        with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
+            out = sliding_window_inference(
+                x, s.roi_size, s.sw_batch_size, self.predictor, overlap=s.overlap, mode=s.blend_mode,
+                sw_device=self.device, device=torch.device("cpu"), progress=progress,
+            )
+        out = out[0].float()[(slice(None), *(slice(0, n) for n in crop.shape))].numpy()
+        timings["inference_s"] = time.perf_counter() - t1
+        n = len(self.catalog)
+        return ModelGridOutput(probs=out[:n], anomaly_raw=out[n], gmap=gmap, box=box)
+
+    def decide(self, output: ModelGridOutput) -> Decisions:
+        s = self.settings
+        seen = None if s.seen_tumors is None else set(s.seen_tumors)
+        return postprocess(
+            output.probs, output.anomaly_raw, list(self.catalog), [s.threshold_of(e) for e in self.catalog], seen,
+            s.zero_shot_threshold, output.gmap.model_spacing, s.close_mm, s.gate_fraction,
+        )
+
+    def segment(self, image_hu: np.ndarray, affine_ras: np.ndarray, want_anomaly: bool = True,
+                progress: bool = False) -> VolumeSegmentation:
+        """image_hu: (i, j, k) HU array; affine_ras: its 4x4 voxel -> RAS mm affine."""
+        timings: dict[str, float] = {}
+        output = self.predict(image_hu, affine_ras, progress, timings)
+        t2 = time.perf_counter()
+        decisions = self.decide(output)
+        labels, found = self._labels(output, decisions)
+        anomaly = to_source(decisions.anomaly, output.gmap, output.box) if want_anomaly else None
+        timings["postprocess_s"] = time.perf_counter() - t2
+        return VolumeSegmentation(labels=labels, catalog=self.catalog, anomaly=anomaly, found=found, timings=timings,
+                                  decisions=decisions, model_output=output)
+
+    def _labels(self, output: ModelGridOutput, d: Decisions) -> tuple[np.ndarray, dict[str, int]]:
+        """Label volume on the source grid: each kept class's score, gated by its (1-voxel dilated)
+        mask on the model grid, upsampled and thresholded at 1.0; organs compete by score, tumours
+        are drawn over organs (and compete among themselves)."""
+        gmap, box = output.gmap, output.box
+        dtype = np.uint8 if len(self.catalog) < 256 else np.uint16
+        labels = np.zeros(gmap.oriented_shape, dtype=dtype)
+        best = np.zeros(gmap.oriented_shape, dtype=np.float32)
+        tumour_best = np.zeros(gmap.oriented_shape, dtype=np.float32)
+        order = [i for i, e in enumerate(self.catalog) if e.is_organ] + \
+                [i for i, e in enumerate(self.catalog) if not e.is_organ]
+        for i in order:
+            if i not in d.scores:
+                continue
+            entry = self.catalog[i]
+            gated = np.zeros(gmap.model_shape, dtype=np.float32)
+            gated[box] = np.where(dilate(d.masks[i], 1), d.scores[i], 0.0)
+            up = grid.resample(torch.from_numpy(gated)[None], gmap.oriented_shape)[0].numpy()
+            above = up >= 1.0
+            if entry.is_organ:
+                sel = above & (up > best) & (tumour_best == 0)
+                best[sel] = up[sel]
+            else:
+                sel = above & (up > tumour_best)
+                tumour_best[sel] = up[sel]
+            labels[sel] = entry.index
+        source = gmap.from_oriented(labels)
+        counts = np.bincount(source.ravel(), minlength=len(self.catalog) + 1)
+        found = {e.name: int(counts[e.index]) for e in self.catalog if counts[e.index] > 0}
+        return source, found

@@ -1,0 +1,123 @@
+"""Post-processing on hand-made probability maps: organ envelopes, the gated anomaly output,
+the zero-shot tumour path (spec items 10, 11) and the tumour gate."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.catalog import Catalog, ClassEntry, load_catalog
+from model.postprocess import postprocess
+
+CAT = load_catalog()
+SEEN = {"Liver Tumor", "Kidney Tumor", "Kidney Cyst"}
+VOXEL_MM = (4.0, 4.0, 4.0)
+
+
+def _ball(shape, centre, radius):
+    g = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum((a - c) ** 2 for a, c in zip(g, centre)) <= radius ** 2
+
+
+def _scene():
+    """A pancreas (ball) with an unclaimed lesion inside, a liver far away, fat elsewhere."""
+    shape = (40, 30, 30)
+    probs = np.full((len(CAT), *shape), 0.01, np.float32)
+    pancreas, liver = CAT.index_of("Pancreas"), CAT.index_of("Liver")
+    organ = _ball(shape, (12, 15, 15), 7)
+    lesion = _ball(shape, (12, 15, 15), 3)
+    probs[pancreas][organ & ~lesion] = 0.95
+    probs[liver][_ball(shape, (31, 15, 15), 8)] = 0.95  # 137 ml: above the liver's 100 ml minimum
+    anomaly_raw = 1.0 - probs[[i for i, e in enumerate(CAT) if e.is_organ]].max(0)
+    return probs, anomaly_raw, lesion, organ
+
+
+def _run(probs, anomaly_raw, seen=SEEN, zt=0.5, entries=None, **kw):
+    entries = list(entries or CAT)
+    return postprocess(probs, anomaly_raw, entries, [e.threshold for e in entries], seen, zt, VOXEL_MM, 10.0, **kw)
+
+
+def test_zero_shot_names_an_anomaly_inside_the_pancreas_pancreas_tumor():
+    probs, anomaly_raw, lesion, organ = _scene()
+    d = _run(probs, anomaly_raw)
+    pt = CAT.index_of("Pancreas Tumor")
+    assert d.masks[pt][lesion].all() and not d.masks[pt][~organ].any()
+    # Z_c = A * Env(parent) * w_c with w = 1 for the pancreas' only tumour class.
+    np.testing.assert_allclose(d.zero_shot[pt][lesion], d.anomaly[lesion], rtol=1e-6)
+    # No other tumour class claims it: seen classes need their own probability, and the
+    # liver's envelope does not reach the pancreas.
+    others = [i for i, e in enumerate(CAT) if e.is_tumor and i != pt]
+    assert not d.masks[others].any()
+    # The anomaly output is gated by the organ envelope: fat far from any organ is 0.
+    fat = np.ones(lesion.shape, bool)
+    fat[:, :, :] = False
+    fat[0:2] = True
+    assert (d.anomaly[fat] == 0).all() and (d.anomaly[lesion] > 0.9).all()
+
+
+def test_seen_tumour_classes_do_not_take_the_zero_shot_path():
+    probs, anomaly_raw, lesion, _ = _scene()
+    d = _run(probs, anomaly_raw, seen=SEEN | {"Pancreas Tumor"})
+    assert not d.masks[CAT.index_of("Pancreas Tumor")].any()  # P_c is 0.01: a seen class says no
+    assert CAT.index_of("Pancreas Tumor") not in d.zero_shot
+
+
+def test_no_recorded_seen_list_means_no_zero_shot_path():
+    probs, anomaly_raw, _, _ = _scene()
+    d = _run(probs, anomaly_raw, seen=None)
+    assert not d.masks[[i for i, e in enumerate(CAT) if e.is_tumor]].any()
+
+
+def test_zero_shot_threshold_applies_to_the_localisation():
+    probs, anomaly_raw, lesion, _ = _scene()
+    anomaly_raw = np.where(lesion, 0.4, anomaly_raw).astype(np.float32)
+    assert not _run(probs, anomaly_raw, zt=0.5).masks[CAT.index_of("Pancreas Tumor")].any()
+    assert _run(probs, anomaly_raw, zt=0.35).masks[CAT.index_of("Pancreas Tumor")][lesion].all()
+
+
+def test_a_class_added_by_name_with_a_parent_gets_the_zero_shot_path():
+    extra = ClassEntry(index=len(CAT) + 1, name="Pancreatic Cyst", prompt_name="Pancreatic Cyst", kind="tumor",
+                       parents=("Pancreas",))
+    entries = list(CAT) + [extra]
+    probs, anomaly_raw, lesion, _ = _scene()
+    probs = np.concatenate([probs, np.full((1, *probs.shape[1:]), 0.001, np.float32)])
+    # The text-aligned probabilities choose between the pancreas' tumour classes.
+    probs[CAT.index_of("Pancreas Tumor")][lesion] = 0.002
+    probs[-1][lesion] = 0.02
+    d = _run(probs, anomaly_raw, entries=entries)
+    assert d.masks[-1][lesion].all()
+    assert not d.masks[CAT.index_of("Pancreas Tumor")][lesion].any()
+
+
+def test_tumour_islands_outside_their_parent_envelope_are_dropped():
+    probs, anomaly_raw, lesion, organ = _scene()
+    lt = CAT.index_of("Liver Tumor")
+    inside = _ball(lesion.shape, (31, 15, 15), 2)
+    island = _ball(lesion.shape, (12, 15, 15), 2)  # in the pancreas, far from the liver
+    probs[lt][inside | island] = 0.9
+    d = _run(probs, anomaly_raw)
+    assert d.masks[lt][inside].all() and not d.masks[lt][island].any()
+
+
+def test_lungs_keep_two_components_and_each_voxel_goes_to_the_side_the_model_prefers():
+    shape = (40, 20, 20)
+    probs = np.full((len(CAT), *shape), 0.01, np.float32)
+    rl, ll = CAT.index_of("Right Lung"), CAT.index_of("Left Lung")
+    right, left = _ball(shape, (10, 10, 10), 6), _ball(shape, (30, 10, 10), 6)
+    probs[rl][right] = 0.9
+    probs[ll][left] = 0.9
+    probs[ll][_ball(shape, (10, 10, 10), 2)] = 0.95  # the model prefers "left" in a core of the right lung
+    probs[rl][_ball(shape, (20, 2, 2), 1)] = 0.9  # a speck
+    d = _run(probs, 1.0 - probs.max(0))
+    assert np.array_equal(d.masks[rl], right) and np.array_equal(d.masks[ll], left)
+    # Lungs joined across the midline: split voxel by voxel.
+    probs[rl][15:21, 8:12, 8:12] = 0.9
+    probs[ll][20:25, 8:12, 8:12] = 0.9
+    d = _run(probs, 1.0 - probs.max(0))
+    assert d.masks[rl][6, 10, 10] and d.masks[ll][30, 10, 10]
+    assert not (d.masks[rl] & d.masks[ll]).any()
+
+
+def test_catalog_index_helpers_exist():
+    assert isinstance(CAT, Catalog)
+    with pytest.raises(KeyError):
+        CAT.index_of("No Such Organ")

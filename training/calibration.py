@@ -1,0 +1,186 @@
+"""End-of-training calibration and training-time checks through the node's inference path.
+
+* ``calibrate``: per-class thresholds and the zero-shot threshold chosen on validation cases
+  (never on unseen tumour types, never on the real evaluation CTs), stored in the checkpoint's
+  ``calibration`` block, which ``model.segment`` reads.
+* ``rejection_rate``: share of freshly painted synthetic lesions (training/exposure.py) on
+  held-out cases whose mean anomaly output exceeds 0.5 — exposure works when this is high, and
+  only then does an unseen-tumour figure say anything about transfer (spec, "Anomaly exposure").
+
+Both run ``model.segment.VolumeSegmenter`` on the cases' own grids, like ``dsm-train eval``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from model.catalog import Catalog
+from model.config import ModelConfig
+from model.grid import resample
+from model.inference import Predictor
+from model.network import DSMNet
+from model.segment import InferenceSettings, ModelGridOutput, VolumeSegmenter
+
+from .exposure import ExposureConfig, paint_lesions
+from .registry import Registry
+from .transforms import LoadCased
+
+THRESHOLD_GRID = tuple(round(0.2 + 0.05 * i, 2) for i in range(13))  # 0.2 .. 0.8
+ZERO_SHOT_GRID = tuple(round(0.3 + 0.05 * i, 2) for i in range(13))  # 0.3 .. 0.9
+
+
+@dataclass
+class Case:
+    """One case on its own grid: HU (i, j, k), RAS affine, catalog class and parent maps."""
+
+    name: str
+    image: np.ndarray
+    affine: np.ndarray
+    classes: np.ndarray
+    parents: np.ndarray
+    annotated: np.ndarray  # (C,) bool
+
+
+def load_cases(items: Iterable[dict], registry: Registry) -> list[Case]:
+    load = LoadCased(registry)
+    out = []
+    for item in items:
+        d = load(item)
+        out.append(Case(name=str(item.get("case", d["image"].meta.get("filename_or_obj", ""))),
+                        image=np.asarray(d["image"][0], dtype=np.float32),
+                        affine=np.asarray(d["image"].meta["affine"], dtype=np.float64),
+                        classes=np.asarray(d["label"][0]), parents=np.asarray(d["label"][1]),
+                        annotated=np.asarray(d["annotated"], dtype=bool)))
+    return out
+
+
+def segmenter_for(net: DSMNet, catalog: Catalog, embeddings: torch.Tensor, model_cfg: ModelConfig,
+                  seen: Sequence[str] | None, device: torch.device | str, calibration: dict | None = None,
+                  ) -> VolumeSegmenter:
+    """A VolumeSegmenter around a network being trained (eval mode is the caller's business)."""
+    if model_cfg.stage == 1:
+        names = catalog.names[: net.n_organ]
+        predictor = Predictor(net, names)
+    else:
+        names = catalog.names
+        predictor = Predictor(net, names, embeddings)
+    channels = Catalog([catalog.by_name(n) for n in names])
+    pp, inf = model_cfg.preprocessing, model_cfg.inference
+    cal = calibration or {}
+    settings = InferenceSettings(
+        orientation="RAS", spacing=tuple(pp.spacing), hu_window=tuple(pp.hu_window),  # type: ignore[arg-type]
+        roi_size=tuple(pp.roi_size), crop_margin=pp.crop_margin, overlap=inf.overlap,  # type: ignore[arg-type]
+        blend_mode=inf.blend_mode, sw_batch_size=inf.sw_batch_size, close_mm=model_cfg.amvp.close_mm,
+        thresholds=dict(cal.get("thresholds", {})),
+        zero_shot_threshold=float(cal.get("zero_shot_threshold", 0.5)),
+        seen_tumors=None if seen is None else tuple(seen),
+    )
+    return VolumeSegmenter(predictor, channels, settings, device, amp=True)
+
+
+def _to_model_grid(values: np.ndarray, output: ModelGridOutput) -> np.ndarray:
+    """A source-grid label map onto the model grid box (nearest), for threshold search."""
+    g = output.gmap
+    oriented = torch.from_numpy(g.to_oriented(values.astype(np.int16)))[None].float()
+    return resample(oriented, g.model_shape, mode="nearest")[0].numpy().astype(np.int16)[output.box]
+
+
+def calibrate(segmenter: VolumeSegmenter, cases: Sequence[Case]) -> dict[str, Any]:
+    """Thresholds that maximise the pooled Dice on ``cases`` (probability >= t, before
+    post-processing), for every class annotated and present in at least one case; and the
+    zero-shot threshold that maximises the pooled Dice of A * Env(parent) >= t against the
+    seen tumour classes (the anomaly output on seen lesions, spec item 11)."""
+    names = segmenter.catalog.names
+    grid = np.asarray(THRESHOLD_GRID, dtype=np.float32)
+    zgrid = np.asarray(ZERO_SHOT_GRID, dtype=np.float32)
+    inter = np.zeros((len(names), len(grid)))
+    total = np.zeros((len(names), len(grid)))
+    present = np.zeros(len(names), dtype=int)
+    z_inter = np.zeros(len(zgrid))
+    z_total = np.zeros(len(zgrid))
+    z_lesions = 0
+    seen = set(segmenter.settings.seen_tumors or ())
+    base = segmenter.with_settings(thresholds={}, zero_shot_threshold=0.5)
+    for case in cases:
+        output = base.predict(case.image, case.affine)
+        gt = _to_model_grid(case.classes, output)
+        for c, name in enumerate(names):
+            entry = segmenter.catalog[c]
+            if entry.index - 1 >= len(case.annotated) or not case.annotated[entry.index - 1]:
+                continue
+            truth = gt == entry.index
+            present[c] += int(truth.any())
+            p = output.probs[c]
+            for k, t in enumerate(grid):
+                pred = p >= t
+                inter[c, k] += np.logical_and(pred, truth).sum()
+                total[c, k] += pred.sum() + truth.sum()
+        tumours = [e for e in segmenter.catalog if e.is_tumor and e.name in seen and case.annotated[e.index - 1]]
+        if tumours:
+            d = base.decide(output)
+            index = {e.name: i for i, e in enumerate(segmenter.catalog)}
+            region = np.zeros(d.anomaly.shape, bool)
+            truth = np.zeros(d.anomaly.shape, bool)
+            for e in tumours:
+                truth |= gt == e.index
+                for p in e.parents:
+                    if p in index and index[p] in d.organ_envelopes:
+                        region |= d.organ_envelopes[index[p]]
+            local = d.anomaly * region
+            z_lesions += int(ndimage.label(truth)[1])
+            for k, t in enumerate(zgrid):
+                pred = local >= t
+                z_inter[k] += np.logical_and(pred, truth).sum()
+                z_total[k] += pred.sum() + truth.sum()
+    thresholds: dict[str, float] = {}
+    dice_at: dict[str, float] = {}
+    for c, name in enumerate(names):
+        if present[c] == 0:
+            continue
+        dice = 2 * inter[c] / np.maximum(total[c], 1)
+        k = int(np.argmax(dice))
+        thresholds[name] = round(float(grid[k]), 3)
+        dice_at[name] = round(float(dice[k]), 4)
+    result: dict[str, Any] = {"thresholds": thresholds, "dice_at_threshold": dice_at, "cases": len(cases),
+                              "grid": list(map(float, grid))}
+    if z_lesions:
+        zdice = 2 * z_inter / np.maximum(z_total, 1)
+        k = int(np.argmax(zdice))
+        result.update({"zero_shot_threshold": round(float(zgrid[k]), 3), "zero_shot_dice_on_seen": round(float(zdice[k]), 4),
+                       "zero_shot_seen_lesions": z_lesions})
+    return result
+
+
+def rejection_rate(segmenter: VolumeSegmenter, cases: Sequence[Case], cfg: ExposureConfig, seed: int) -> dict[str, Any]:
+    """Paint fresh synthetic lesions (seed distinct from training) into each case and report the
+    share whose mean anomaly output exceeds 0.5, overall and per host organ."""
+    organs = [e.index for e in segmenter.catalog if e.is_organ]
+    cfg = replace(cfg, enabled=True)
+    hit = total = 0
+    per_host: dict[str, list[int]] = {}
+    names = {e.index: e.name for e in segmenter.catalog}
+    for i, case in enumerate(cases):
+        rng = np.random.default_rng([seed, i, 0x5EED])
+        spacing = np.sqrt((case.affine[:3, :3] ** 2).sum(axis=0))
+        image, host, _ = paint_lesions(case.image, case.classes, spacing, organs, rng, cfg)
+        if not host.any():
+            continue
+        result = segmenter.segment(image, case.affine, want_anomaly=True)
+        lab, n = ndimage.label(host > 0)
+        if not n:
+            continue
+        mean_a = ndimage.mean(result.anomaly, lab, index=np.arange(1, n + 1))
+        host_of = ndimage.maximum(host, lab, index=np.arange(1, n + 1))
+        for m, h in zip(np.atleast_1d(mean_a), np.atleast_1d(host_of)):
+            ok = int(m > 0.5)
+            hit += ok
+            total += 1
+            per_host.setdefault(names.get(int(h), str(int(h))), [0, 0])
+            per_host[names.get(int(h), str(int(h)))][0] += ok
+            per_host[names.get(int(h), str(int(h)))][1] += 1
+    return {"rate": hit / total if total else float("nan"), "lesions": total,
+            "per_host": {k: round(v[0] / v[1], 3) for k, v in sorted(per_host.items())}}
