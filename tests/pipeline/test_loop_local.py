@@ -49,7 +49,9 @@ def test_study_comes_back_as_seg_and_sr(tmp_path, tiny_checkpoint, phantom_study
         assert SEG not in by_class and job.summary["seg_sop_instance_uid"] is None
     # SEG + SR + key images (an overview and one image per lesion), or the "no findings" SR alone
     key_images = [d for d in received.values() if d.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"]
-    assert len(key_images) == job.summary["key_images"] == ((1 + len(job.summary["lesions"])) if job.summary["segments"] else 0)
+    max_lesions = 6  # results.key_images_max_lesions, default
+    expected_images = (1 + min(len(job.summary["lesions"]), max_lesions)) if job.summary["segments"] else 0
+    assert len(key_images) == job.summary["key_images"] == expected_images
     assert len(received) == (2 + len(key_images) if job.summary["segments"] else 1)
     assert set(job.timings) >= {"assembly", "inference", "encoding", "total"}
     assert job.model_version == "test-tiny-0"

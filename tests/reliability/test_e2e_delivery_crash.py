@@ -26,7 +26,7 @@ from nodeproc import NodeProcess
 from peers import ScriptedSCP
 from sqlalchemy import select
 
-from dsm_node.db.models import AuditEvent, Delivery, Job, Study
+from dsm_node.db.models import AuditEvent, Delivery, Job, Result, Study
 from dsm_node.receive.synthetic import write_ct_series
 from tools import REPO, free_port, require_tool
 
@@ -107,9 +107,13 @@ def loop(tmp_path_factory, tiny_checkpoint, net):
 
 def test_kill_during_delivery_pacs_gets_each_result_once(loop):
     job, pacs = loop["job"], loop["pacs"]
-    expected = {job.summary["sr_sop_instance_uid"]}
+    # Every result object of the job: the SR, the SEG if anything was found, and the key images.
+    results = _rows(loop["node"], Result, Result.job_id == job.id)
+    expected = {r.sop_instance_uid for r in results}
+    assert job.summary["sr_sop_instance_uid"] in expected
     if job.summary.get("seg_sop_instance_uid"):
-        expected.add(job.summary["seg_sop_instance_uid"])
+        assert job.summary["seg_sop_instance_uid"] in expected
+    assert sum(r.kind == "SC" for r in results) == job.summary["key_images"]
     received = list(pacs.received)
     print(f"\nkill during delivery: PACS saw {len(loop['received_before_restart'])} C-STORE(s) before the kill, "
           f"{len(received)} in all ({len(set(received))} distinct SOP Instance UIDs); expected {len(expected)}; "
