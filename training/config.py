@@ -84,6 +84,11 @@ class TrainConfig:
     # Re-draw the learned query embeddings N(0, std^2) before training (null: keep the model's
     # init). Queries loaded from --init keep their trained values. See docs/training.md.
     init_query_std: float | None = None
+    # Stage 2 from Stage-1 weights: fit the fresh class projection so that p(c | q) starts as the
+    # identity (training/align.py) on the queries of this many training batches, for this many
+    # Adam steps; 0 turns it off.
+    align_class_steps: int = 200
+    align_class_batches: int = 4
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     crop: CropConfig = field(default_factory=CropConfig)

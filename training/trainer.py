@@ -242,6 +242,22 @@ class Trainer:
         report = net.load_stage1(state)
         self._log(f"initialised from {path}: {report}")
 
+    def _align_class_projection(self) -> None:
+        """Stage 2 from Stage-1 weights: p(c | q) starts as the identity (training/align.py), fitted
+        on the queries of a few training crops, before the first step."""
+        steps = self.cfg.align_class_steps
+        if self.model_cfg.stage != 2 or not self.init or not steps:
+            return
+        from .align import align_class_projection
+
+        o = self.cfg.optim
+        plan = epoch_plan(len(self.train_ds), self.cfg.run.seed + 7919, 0, self.rank, self.world)
+        n_batches = max(1, self.cfg.align_class_batches)
+        loader = planned_loader(self.train_ds, self.augment, plan[: n_batches * o.batch_size], o.batch_size, 0)
+        images = (b["image"].to(self.device).float() for b in loader)
+        report = align_class_projection(self.net, images, steps=steps)
+        self._log(str(report))
+
     # ---------------------------------------------------------------- checkpoints
     def state_path(self, step: int) -> Path:
         return self.ckpt_dir / f"step_{step:07d}.pt"
@@ -406,8 +422,10 @@ class Trainer:
         if resume is not None:
             self.load_state(resume)
             self._rewrite_log()
-        elif self.is_main and (self.out / "metrics.csv").exists():
-            (self.out / "metrics.csv").unlink()
+        else:
+            if self.is_main and (self.out / "metrics.csv").exists():
+                (self.out / "metrics.csv").unlink()
+            self._align_class_projection()
         cfg, o = self.cfg, self.cfg.optim
         n = len(self.train_ds)
         bar = None
