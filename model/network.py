@@ -141,13 +141,17 @@ class DSMNet(nn.Module):
         if self.stage == 1:
             out["class_logits"] = self.class_head(queries).squeeze(-1)
         else:
-            # float32 even under autocast: with tau = 0.01 a bf16 cosine error of 4e-3 would move
-            # a logit by 0.4, as much as separates a left organ from its right twin in CLIP space.
-            with torch.autocast(x.device.type, enabled=False):
-                q = F.normalize(self.class_proj(queries.float()), dim=-1)
-                out["class_cos_logits"] = q @ self._text(text_embeddings).float().t() / self.tau
+            out["class_cos_logits"] = self.class_cos_logits(queries, text_embeddings)
             out["prompts"] = prompts
         return out
+
+    def class_cos_logits(self, queries: Tensor, text_embeddings: Tensor | None = None) -> Tensor:
+        """Stage 2: cos(class_proj(q), text row) / tau for queries (B, N, C) -> (B, N, K)."""
+        # float32 even under autocast: with tau = 0.01 a bf16 cosine error of 4e-3 would move
+        # a logit by 0.4, as much as separates a left organ from its right twin in CLIP space.
+        with torch.autocast(queries.device.type, enabled=False):
+            q = F.normalize(self.class_proj(queries.float()), dim=-1)
+            return q @ self._text(text_embeddings).float().t() / self.tau
 
     def _text(self, table: Tensor | None) -> Tensor:
         if table is None:

@@ -55,36 +55,29 @@ def _queries(net: DSMNet, images: Iterable[Tensor]) -> Tensor:
     return torch.cat(seen)
 
 
-def _cos_logits(net: DSMNet, queries: Tensor, text: Tensor) -> Tensor:
-    return F.normalize(net.class_proj(queries), dim=-1) @ text.t() / net.tau
-
-
 def align_class_projection(net: DSMNet, images: Iterable[Tensor], steps: int = 200, lr: float = 3e-3) -> AlignReport:
     """Fit ``net.class_proj`` so that p(c | q) is the identity on the queries ``images`` produce."""
     if net.stage != 2:
         raise ValueError("only a Stage-2 network has a class projection")
     queries = _queries(net, images)
     n = queries.shape[1]
-    text = F.normalize(net.text_embeddings.float(), dim=-1)
-    if text.shape[0] < n:
-        raise ValueError(f"need at least {n} text rows, got {text.shape[0]}")
     target = torch.arange(n, device=queries.device).expand(queries.shape[0], n).reshape(-1)
 
     def accuracy() -> tuple[float, float]:
         with torch.no_grad():
-            p = _cos_logits(net, queries, text).softmax(-1)
+            p = net.class_cos_logits(queries).softmax(-1)
             own = p.reshape(-1, p.shape[-1]).gather(1, target[:, None]).mean().item()
             return (p.argmax(-1).reshape(-1) == target).float().mean().item(), own
 
     before, _ = accuracy()
     params = list(net.class_proj.parameters())
     opt = torch.optim.Adam(params, lr=lr)
-    with torch.autocast(queries.device.type, enabled=False):
-        for _ in range(steps):
-            loss = F.cross_entropy(_cos_logits(net, queries, text).reshape(-1, text.shape[0]), target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    for _ in range(steps):
+        logits = net.class_cos_logits(queries)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
     for p in params:
         p.grad = None
     after, own = accuracy()

@@ -251,6 +251,7 @@ class Trainer:
         from .align import align_class_projection
 
         o = self.cfg.optim
+        # Any training crops serve; the seed offset only picks a shuffle other than epoch 0's.
         plan = epoch_plan(len(self.train_ds), self.cfg.run.seed + 7919, 0, self.rank, self.world)
         n_batches = max(1, self.cfg.align_class_batches)
         loader = planned_loader(self.train_ds, self.augment, plan[: n_batches * o.batch_size], o.batch_size, 0)

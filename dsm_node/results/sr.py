@@ -166,11 +166,6 @@ def _finding_sites(entry) -> list[FindingSite]:
     return sites
 
 
-def segment_identifier(segment, options: ResultOptions) -> str:
-    """Tracking identifier of a segment's volumetric group: the segment's Tracking ID in the SEG."""
-    return tracking_identifier(segment.entry, options, segment.method)
-
-
 def _group(seg: SegResult, segment, m: LabelMeasurement, options: ResultOptions, source_series: str,
            with_tumours: LabelMeasurement | None = None):
     entry = segment.entry
@@ -185,7 +180,8 @@ def _group(seg: SegResult, segment, m: LabelMeasurement, options: ResultOptions,
                                         method=coding.METHOD_ORGAN_WITH_TUMOURS, algorithm_id=algo))
     method = coding.METHOD_ORGAN_WITH_TUMOURS if segment.method == WITH_TUMOURS else coding.METHOD_CLASS_VOXELS
     return VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=segment.tracking_uid, identifier=segment_identifier(segment, options)),
+        tracking_identifier=TrackingIdentifier(
+            uid=segment.tracking_uid, identifier=tracking_identifier(segment.entry, options, segment.method)),
         referenced_segment=ReferencedSegment(
             sop_class_uid=seg.dataset.SOPClassUID, sop_instance_uid=seg.dataset.SOPInstanceUID,
             segment_number=segment.number, source_series=SourceSeriesForSegmentation(source_series)),
@@ -224,7 +220,8 @@ def _outline_group(volume, seg: SegResult, segment, options: ResultOptions):
     poly = poly + (box[1].start, box[2].start)
     c = coding.resolve(segment.entry)
     return PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=segment.tracking_uid, identifier=segment_identifier(segment, options)),
+        tracking_identifier=TrackingIdentifier(
+            uid=segment.tracking_uid, identifier=tracking_identifier(segment.entry, options, segment.method)),
         referenced_region=ImageRegion(GraphicTypeValues.POLYLINE, scoord_points(poly), _image_of(volume, box[0].start + dz)),
         finding_type=c.type,
         finding_category=c.category,

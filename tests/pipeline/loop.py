@@ -8,6 +8,7 @@ from nodeproc import NodeProcess
 from sqlalchemy import select
 
 from dsm_node.db.models import AuditEvent, Job, Study
+from dsm_node.settings import Settings
 
 
 def node_yaml(checkpoint: Path, pacs_port: int | None, *, executor: str = "local", broker: str | None = None,
@@ -80,3 +81,15 @@ def audit_events(node: NodeProcess, event_type: str) -> list[AuditEvent]:
             return list(s.scalars(select(AuditEvent).where(AuditEvent.event_type == event_type).order_by(AuditEvent.id)))
     finally:
         ctx.close()
+
+
+def assert_results_received(received: dict, job: Job) -> None:
+    """The destination got SEG + SR + key images (an overview and one image per lesion, at most
+    ``results.key_images_max_lesions``), or the "no findings" SR alone."""
+    from pydicom.uid import SecondaryCaptureImageStorage
+
+    key_images = [d for d in received.values() if d.SOPClassUID == SecondaryCaptureImageStorage]
+    max_lesions = Settings().results.key_images_max_lesions
+    expected_images = (1 + min(len(job.summary["lesions"]), max_lesions)) if job.summary["segments"] else 0
+    assert len(key_images) == job.summary["key_images"] == expected_images
+    assert len(received) == (2 + len(key_images) if job.summary["segments"] else 1)

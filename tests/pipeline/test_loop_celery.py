@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from loop import job_transitions, node_yaml, wait_job
+from loop import assert_results_received, job_transitions, node_yaml, wait_job
 from nodeproc import NodeProcess
 from peers import StoreSCP
 from tools import REPO, free_port, require_tool
@@ -90,9 +90,4 @@ def test_two_celery_workers_and_one_killed_mid_job(tmp_path, tiny_checkpoint, ph
     assert ("running", "queued") in job_transitions(node, job.id)
     sr = [d for d in received.values() if d.SOPClassUID == SR_3D]
     assert len(sr) == 1 and sr[0].SOPInstanceUID == job.summary["sr_sop_instance_uid"]
-    # SEG + SR + key images (an overview and one image per lesion), or the "no findings" SR alone
-    key_images = [d for d in received.values() if d.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"]
-    max_lesions = 6  # results.key_images_max_lesions, default
-    expected_images = (1 + min(len(job.summary["lesions"]), max_lesions)) if job.summary["segments"] else 0
-    assert len(key_images) == job.summary["key_images"] == expected_images
-    assert len(received) == (2 + len(key_images) if job.summary["segments"] else 1)
+    assert_results_received(received, job)

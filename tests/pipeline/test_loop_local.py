@@ -8,7 +8,7 @@ import sys
 import time
 
 import pydicom
-from loop import audit_events, job_transitions, node_yaml, wait_job
+from loop import assert_results_received, audit_events, job_transitions, node_yaml, wait_job
 from nodeproc import NodeProcess
 from peers import StoreSCP
 from tools import REPO, free_port, require_tool
@@ -47,12 +47,7 @@ def test_study_comes_back_as_seg_and_sr(tmp_path, tiny_checkpoint, phantom_study
         assert {s.SegmentLabel for s in seg.SegmentSequence} == {s["name"] for s in job.summary["segments"]}
     else:
         assert SEG not in by_class and job.summary["seg_sop_instance_uid"] is None
-    # SEG + SR + key images (an overview and one image per lesion), or the "no findings" SR alone
-    key_images = [d for d in received.values() if d.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"]
-    max_lesions = 6  # results.key_images_max_lesions, default
-    expected_images = (1 + min(len(job.summary["lesions"]), max_lesions)) if job.summary["segments"] else 0
-    assert len(key_images) == job.summary["key_images"] == expected_images
-    assert len(received) == (2 + len(key_images) if job.summary["segments"] else 1)
+    assert_results_received(received, job)
     assert set(job.timings) >= {"assembly", "inference", "encoding", "total"}
     assert job.model_version == "test-tiny-0"
     assert job_transitions(node, job.id) == [
