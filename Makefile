@@ -58,6 +58,8 @@ demo: venv
 # hold the shipped schedule (704 + 665 steps, about 55 + 67 minutes on 2 CPU cores); set
 # DEMO_BUDGET1/2 (minutes) to cut it to a time budget instead. Loader workers and threads do not
 # change the result:  make demo-weights DEMO_SET="data.num_workers=12 run.threads=8"
+# The shipped 0.3 predates the Stage-2 class-projection alignment: DEMO_SET=align_class_steps=0
+# reproduces it exactly.
 DEMO_BUDGET1 ?=
 DEMO_BUDGET2 ?=
 runs/dsm-small-demo-0.2.pt:
