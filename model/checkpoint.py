@@ -165,6 +165,9 @@ def load_checkpoint(
     if "mask_log_scale" not in payload["state_dict"] and "bounded_masks" not in raw_config.get("decoder", {}):
         # Made before bounded mask logits (dsm-small-demo-0.2 and older): the plain dot product.
         raw_config["decoder"] = {**raw_config.get("decoder", {}), "bounded_masks": False}
+    if "tumor_mask_bias" not in payload["state_dict"] and "tumor_mask_prior" not in raw_config.get("decoder", {}):
+        # Made before the tumour mask prior (dsm-small-demo-0.3 and older): no bias.
+        raw_config["decoder"] = {**raw_config.get("decoder", {}), "tumor_mask_prior": None}
     try:
         config = ModelConfig.from_dict(raw_config)
     except (ConfigError, TypeError) as exc:

@@ -55,6 +55,12 @@ class DecoderConfig:
     # False only for checkpoints made before bounded masks (plain dot product <k, E>); they
     # stay loadable, see model/checkpoint.py.
     bounded_masks: bool = True
+    # Stage 2: prior probability of a fresh tumour query's mask voxel (a per-query bias
+    # -log((1 - p) / p) added to the tumour mask logits, learned from there). Without it a
+    # fresh tumour query covers about half of every crop (random sign of the cosine) and its
+    # first steps go to shrinking that: the 0.3 demo's "Kidney Cyst" channel ended on whole
+    # kidneys. None: no bias (checkpoints made before it, see model/checkpoint.py).
+    tumor_mask_prior: float | None = 0.01
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,9 @@ class ModelConfig:
         lo, hi = self.decoder.mask_scale_range
         if not 0 < lo <= self.decoder.mask_scale_init <= hi:
             raise ConfigError(f"decoder.mask_scale_init must lie in mask_scale_range {self.decoder.mask_scale_range}")
+        prior = self.decoder.tumor_mask_prior
+        if prior is not None and not 0.0 < prior < 1.0:
+            raise ConfigError(f"decoder.tumor_mask_prior must lie in (0, 1) or be null, got {prior!r}")
         if len(self.amvp.scales) != 4:
             raise ConfigError("amvp.scales needs one switch per query scale (4: strides 32, 16, 8, 4)")
         if self.amvp.close_mm < 0:

@@ -70,6 +70,9 @@ class DSMNet(nn.Module):
         # log of the mask-logit scale s; clamped in forward (see DecoderConfig.mask_scale_range)
         if dec.bounded_masks:
             self.mask_log_scale = nn.Parameter(torch.tensor(math.log(dec.mask_scale_init)))
+        if self.n_tumor and dec.tumor_mask_prior is not None:
+            prior = dec.tumor_mask_prior
+            self.tumor_mask_bias = nn.Parameter(torch.full((self.n_tumor,), -math.log((1.0 - prior) / prior)))
         spacing = cfg.preprocessing.spacing
         # AMVP closing radius in cells of each query scale (cells are spacing * stride mm).
         self.prompt_radius = [
@@ -133,6 +136,9 @@ class DSMNet(nn.Module):
             mask_logits = scale * torch.einsum("bnd,bdxyz->bnxyz", kernels, pixel)
         else:  # legacy checkpoints
             mask_logits = torch.einsum("bnd,bdxyz->bnxyz", self.mask_kernel(queries), pixel)
+        if hasattr(self, "tumor_mask_bias"):
+            bias = torch.cat([self.tumor_mask_bias.new_zeros(self.n_organ), self.tumor_mask_bias])
+            mask_logits = mask_logits + bias.to(mask_logits.dtype).view(1, -1, 1, 1, 1)
         out: dict[str, Tensor | list[Tensor]] = {
             "mask_logits": mask_logits,
             "layer_logits": layer_logits,

@@ -83,6 +83,14 @@ def tiny_stage2(text_table):
     return model, x, out, weights
 
 
+def test_fresh_tumour_masks_start_small_and_organ_masks_do_not(tiny_stage2):
+    model, _, out, _ = tiny_stage2
+    masks = out["mask_logits"].sigmoid()
+    organ, tumour = masks[:, : model.n_organ].mean().item(), masks[:, model.n_organ :].mean().item()
+    # without the prior both would cover about half of the crop (random sign of the cosine)
+    assert tumour < 0.15 < organ
+
+
 def test_tumour_queries_attend_only_inside_the_prompt(tiny_stage2):
     model, _, out, weights = tiny_stage2
     partial = 0
@@ -144,9 +152,12 @@ def test_stage2_loads_stage1_weights_non_strictly():
     torch.manual_seed(1)
     stage2 = DSMNet(tiny_config(stage=2))
     report = stage2.load_stage1(stage1.state_dict())
-    assert {k.split(".")[0] for k in report.missing} == {"tumor_queries", "dqr", "interaction", "class_proj"}
+    assert {k.split(".")[0] for k in report.missing} == {"tumor_queries", "tumor_mask_bias", "dqr", "interaction", "class_proj"}
     assert {k.split(".")[0] for k in report.unexpected} == {"class_head"}
     assert "missing: " in str(report) and "class_head" in str(report)
+    # fresh tumour masks start at the configured prior, not at half of every crop
+    prior = stage2.cfg.decoder.tumor_mask_prior
+    assert torch.allclose(stage2.tumor_mask_bias.sigmoid(), torch.full((stage2.n_tumor,), prior))
     s2 = stage2.state_dict()
     for k, v in stage1.state_dict().items():
         if not k.startswith("class_head"):
