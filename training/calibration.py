@@ -89,6 +89,21 @@ def _to_model_grid(values: np.ndarray, output: ModelGridOutput) -> np.ndarray:
     return resample(oriented, g.model_shape, mode="nearest")[0].numpy().astype(np.int16)[output.box]
 
 
+def best_threshold(dice: np.ndarray) -> int | None:
+    """Index of the threshold with the highest Dice, the highest threshold among ties (fewest
+    false positives); None when the class is found at no threshold (Dice 0 everywhere).
+
+    Without the None, every threshold ties at 0 and the lowest would win: the class would be
+    painted wherever its probability passes 0.2 — the first dsm-small-demo-0.4 calibration gave
+    Kidney Cyst and Liver Tumor 0.2 and labelled whole right kidneys as lesions. The caller
+    then keeps the catalog's threshold.
+    """
+    dice = np.asarray(dice, dtype=np.float64)
+    if dice.size == 0 or not dice.max() > 0.0:
+        return None
+    return int(dice.size - 1 - np.argmax(dice[::-1]))
+
+
 def calibrate(segmenter: VolumeSegmenter, cases: Sequence[Case]) -> dict[str, Any]:
     """Thresholds that maximise the pooled Dice on ``cases`` (probability >= t, before
     post-processing), for every class annotated and present in at least one case; and the
@@ -138,18 +153,26 @@ def calibrate(segmenter: VolumeSegmenter, cases: Sequence[Case]) -> dict[str, An
                 z_total[k] += pred.sum() + truth.sum()
     thresholds: dict[str, float] = {}
     dice_at: dict[str, float] = {}
+    no_signal: list[str] = []
     for c, name in enumerate(names):
         if present[c] == 0:
             continue
         dice = 2 * inter[c] / np.maximum(total[c], 1)
-        k = int(np.argmax(dice))
+        k = best_threshold(dice)
+        if k is None:
+            no_signal.append(name)
+            continue
         thresholds[name] = round(float(grid[k]), 3)
         dice_at[name] = round(float(dice[k]), 4)
     result: dict[str, Any] = {"thresholds": thresholds, "dice_at_threshold": dice_at, "cases": len(cases),
-                              "grid": list(map(float, grid))}
+                              "grid": list(map(float, grid)), "not_found": no_signal}
+    zdice = 2 * z_inter / np.maximum(z_total, 1)
     if z_lesions:
-        zdice = 2 * z_inter / np.maximum(z_total, 1)
-        k = int(np.argmax(zdice))
+        k = best_threshold(zdice)
+        if k is None:
+            # The anomaly output overlaps no seen lesion at any threshold: the zero-shot path
+            # has shown nothing, so it gets the most conservative threshold of the grid.
+            k = len(zgrid) - 1
         result.update({"zero_shot_threshold": round(float(zgrid[k]), 3), "zero_shot_dice_on_seen": round(float(zdice[k]), 4),
                        "zero_shot_seen_lesions": z_lesions})
     return result
