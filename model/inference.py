@@ -25,8 +25,9 @@ class Predictor(nn.Module):
 
     * channels 0 .. C-1: class probabilities P_c in [0, 1], in the order of ``class_names``
       (the checkpoint's classes, then classes appended by the site's catalog, then
-      ``extra_names``). Stage 2: P_c = sum_q p(c | q) sigmoid(M_q); classes without a query of
-      their own (appended/extra) get a map through text similarity only (zero-shot).
+      ``extra_names``). Stage 2: P_c = sum_q p(c | q) sigmoid(M_q) over the supervised queries
+      (organs and, when ``seen_tumors`` is given, the seen tumours); classes without a trained
+      query of their own get a map through text similarity only (zero-shot).
       Stage 1: P_c = sigmoid(M_c) for the organ classes.
     * channel C: the anomaly map sigmoid(S) = 1 - max over organ queries of sigmoid(M_q), in
       [0, 1], higher = less organ-like. It is a monotone map of S without per-patch
@@ -43,6 +44,7 @@ class Predictor(nn.Module):
         embeddings: Tensor | None = None,
         extra_names: Sequence[str] = (),
         extra_embeddings: Tensor | None = None,
+        seen_tumors: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -70,6 +72,13 @@ class Predictor(nn.Module):
                 raise ValueError(f"need at least {model.n_queries} classes (one per query), got {table.shape[0]}")
         self.class_names = names
         self.register_buffer("text", table.to(next(model.parameters()).device), persistent=False)
+        # Stage 2 with a recorded seen-tumour list: only supervised queries (organs, seen
+        # tumours) enter P_c (DSMNet.semantic_probs); None: every query (older checkpoints).
+        trained = None
+        if model.stage == 2 and seen_tumors is not None:
+            seen = set(seen_tumors)
+            trained = torch.tensor([q < model.n_organ or names[q] in seen for q in range(model.n_queries)])
+        self.register_buffer("trained", trained, persistent=False)
 
     @property
     def channel_names(self) -> list[str]:
@@ -78,7 +87,7 @@ class Predictor(nn.Module):
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         out = self.model(x, text_embeddings=self.text if self.model.stage == 2 else None)
-        probs = self.model.semantic_probs(out)
+        probs = self.model.semantic_probs(out, self.trained)
         anomaly = out["anomaly"].float().sigmoid()  # type: ignore[union-attr]
         return torch.cat([probs, anomaly], dim=1)
 
@@ -126,4 +135,5 @@ class Predictor(nn.Module):
         n_catalog = len(names)
         table = torch.cat([checkpoint.embeddings.cpu(), new[: n_catalog - len(checkpoint.class_names)]])
         extra = new[n_catalog - len(checkpoint.class_names):]
-        return cls(model, names, table, list(extra_names), extra if len(extra_names) else None)
+        return cls(model, names, table, list(extra_names), extra if len(extra_names) else None,
+                   seen_tumors=checkpoint.seen_tumors)

@@ -67,7 +67,7 @@ def segmenter_for(net: DSMNet, catalog: Catalog, embeddings: torch.Tensor, model
         predictor = Predictor(net, names)
     else:
         names = catalog.names
-        predictor = Predictor(net, names, embeddings)
+        predictor = Predictor(net, names, embeddings, seen_tumors=seen)
     channels = Catalog([catalog.by_name(n) for n in names])
     pp, inf = model_cfg.preprocessing, model_cfg.inference
     cal = calibration or {}
@@ -89,9 +89,16 @@ def _to_model_grid(values: np.ndarray, output: ModelGridOutput) -> np.ndarray:
     return resample(oriented, g.model_shape, mode="nearest")[0].numpy().astype(np.int16)[output.box]
 
 
-def best_threshold(dice: np.ndarray) -> int | None:
+# A best pooled Dice below this is no evidence for any threshold: between near-zero Dice values
+# the lowest threshold wins by painting more. dsm-small-demo-0.4: the zero-shot path reached
+# Dice 0.0026 on seen lesions at its lowest threshold 0.3, and that threshold painted unseen
+# tumour classes over most of the spleen (spleen DSC 0.81 -> 0.15).
+MIN_CALIBRATION_DICE = 0.1
+
+
+def best_threshold(dice: np.ndarray, min_dice: float = MIN_CALIBRATION_DICE) -> int | None:
     """Index of the threshold with the highest Dice, the highest threshold among ties (fewest
-    false positives); None when the class is found at no threshold (Dice 0 everywhere).
+    false positives); None when the best Dice is below ``min_dice`` (the class is not found).
 
     Without the None, every threshold ties at 0 and the lowest would win: the class would be
     painted wherever its probability passes 0.2 — the first dsm-small-demo-0.4 calibration gave
@@ -99,7 +106,7 @@ def best_threshold(dice: np.ndarray) -> int | None:
     then keeps the catalog's threshold.
     """
     dice = np.asarray(dice, dtype=np.float64)
-    if dice.size == 0 or not dice.max() > 0.0:
+    if dice.size == 0 or not dice.max() > 0.0 or dice.max() < min_dice:
         return None
     return int(dice.size - 1 - np.argmax(dice[::-1]))
 
@@ -170,8 +177,8 @@ def calibrate(segmenter: VolumeSegmenter, cases: Sequence[Case]) -> dict[str, An
     if z_lesions:
         k = best_threshold(zdice)
         if k is None:
-            # The anomaly output overlaps no seen lesion at any threshold: the zero-shot path
-            # has shown nothing, so it gets the most conservative threshold of the grid.
+            # The anomaly output finds no seen lesion at any threshold: the zero-shot path has
+            # shown nothing, so it gets the most conservative threshold of the grid.
             k = len(zgrid) - 1
         result.update({"zero_shot_threshold": round(float(zgrid[k]), 3), "zero_shot_dice_on_seen": round(float(zdice[k]), 4),
                        "zero_shot_seen_lesions": z_lesions})

@@ -44,6 +44,27 @@ def test_zero_shot_extra_class_gets_a_channel(tiny, text_table):
     torch.testing.assert_close(y[:, 46:], (-out["mask_logits"][:, :25].amax(1, keepdim=True)).sigmoid())
 
 
+def test_only_supervised_queries_enter_the_class_maps(tiny, text_table):
+    model, _, x = tiny
+    names = load_catalog().names
+    seen = ["Liver Tumor"]
+    pred = Predictor(model, names, text_table, seen_tumors=seen)
+    trained = torch.tensor([q < model.n_organ or names[q] in seen for q in range(model.n_queries)])
+    assert int(trained.sum()) == model.n_organ + 1
+    y = pred(x)
+    with torch.no_grad():
+        out = model(x, text_embeddings=text_table)
+    p = out["class_cos_logits"].softmax(-1)[0]  # (N, K)
+    masks = out["mask_logits"][0].sigmoid() * trained[:, None, None, None]
+    for c in (names.index("Liver"), names.index("Kidney Cyst")):
+        expected = (p[:, c, None, None, None] * masks).sum(0).clamp(max=1)
+        torch.testing.assert_close(y[0, c], expected)
+    # the gate changes the maps (an untrained query adds something without it) ...
+    assert not torch.allclose(y[:, :45], Predictor(model, names, text_table)(x)[:, :45])
+    # ... and leaves the anomaly channel (organ queries only) alone
+    torch.testing.assert_close(y[:, 45:], Predictor(model, names, text_table)(x)[:, 45:])
+
+
 def test_predictor_from_checkpoint_with_a_new_class_name(tiny, tmp_path):
     import open_clip
 

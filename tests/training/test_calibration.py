@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.calibration import THRESHOLD_GRID, best_threshold
+from training.calibration import MIN_CALIBRATION_DICE, THRESHOLD_GRID, best_threshold
 
 
 def test_the_threshold_with_the_best_dice_wins():
@@ -20,3 +20,10 @@ def test_a_class_found_at_no_threshold_is_not_calibrated():
     # All-zero Dice used to pick the first (lowest) threshold, 0.2: whole kidneys became "Kidney Cyst".
     assert best_threshold(np.zeros(len(THRESHOLD_GRID))) is None
     assert best_threshold(np.zeros(0)) is None
+
+
+def test_a_near_zero_best_dice_is_no_evidence():
+    # the lowest threshold "wins" a Dice of 0.003 by painting more: not a calibration
+    dice = np.array([0.0026, 0.001, 0.0, 0.0])
+    assert best_threshold(dice) is None
+    assert best_threshold(np.array([0.0, MIN_CALIBRATION_DICE, 0.05])) == 1
