@@ -12,6 +12,7 @@ BANNER = "DSM demonstration output - NOT FOR DIAGNOSTIC USE"
 
 def _display(hu: np.ndarray, level: float = 40.0, width: float = 400.0) -> np.ndarray:
     lo, hi = level - width / 2, level + width / 2
+    hu = np.asarray(hu, dtype=np.float32)  # int16 volumes: the same float32 arithmetic as before
     return np.clip((hu - lo) / (hi - lo), 0, 1)
 
 
