@@ -82,8 +82,8 @@ class InferenceSettings:
 class ModelGridOutput:
     """Network output on the model grid (the body box), before post-processing."""
 
-    probs: np.ndarray  # (C, X, Y, Z) float32 P_c
-    anomaly_raw: np.ndarray  # (X, Y, Z) float32: 1 - max organ probability, ungated
+    probs: np.ndarray | None  # (C, X, Y, Z) float32 P_c (None: let go, see segment())
+    anomaly_raw: np.ndarray | None  # (X, Y, Z) float32: 1 - max organ probability, ungated
     gmap: grid.GridMap
     box: tuple[slice, slice, slice]
 
@@ -105,6 +105,8 @@ class VolumeSegmentation:
         the output probability max(P_c, Z_c) instead of the raw P_c."""
         c = self.catalog.names.index(name)
         m = self.model_output
+        if m.probs is None:
+            raise ValueError("the model-grid probabilities were not kept (segment(keep_model_output=False))")
         values = m.probs[c]
         if output and c in self.decisions.zero_shot:
             values = np.maximum(values, self.decisions.zero_shot[c])
@@ -231,12 +233,18 @@ class VolumeSegmenter:
         )
 
     def segment(self, image_hu: np.ndarray, affine_ras: np.ndarray, want_anomaly: bool = True,
-                progress: bool = False) -> VolumeSegmentation:
-        """image_hu: (i, j, k) HU array; affine_ras: its 4x4 voxel -> RAS mm affine."""
+                progress: bool = False, keep_model_output: bool = True) -> VolumeSegmentation:
+        """image_hu: (i, j, k) HU array; affine_ras: its 4x4 voxel -> RAS mm affine.
+
+        ``keep_model_output=False``: the class probabilities on the model grid are let go once
+        post-processing has decided (the node does not need them): the source-grid stage then
+        runs without them in memory (``model_output`` keeps the grid map, ``probs`` is None)."""
         timings: dict[str, float] = {}
         output = self.predict(image_hu, affine_ras, progress, timings)
         t2 = time.perf_counter()
         decisions = self.decide(output)
+        if not keep_model_output:
+            output = ModelGridOutput(probs=None, anomaly_raw=None, gmap=output.gmap, box=output.box)
         labels, found = self._labels(output, decisions, like=image_hu)
         anomaly = to_source(decisions.anomaly, output.gmap, output.box, like=image_hu) if want_anomaly else None
         timings["postprocess_s"] = time.perf_counter() - t2
