@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip install -q -c constraints.txt
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv serve test bench bench-ingest bench-model bench-results bench-keyimages bench-e2e demo demo-weights view check-config docs clean
+.PHONY: venv serve test bench bench-ingest bench-model bench-results bench-keyimages bench-e2e bench-scale demo demo-weights view check-config docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench-keyimages: venv
 
 bench-e2e: venv
 	$(PY) bench/e2e.py $(ARGS)
+
+# Peak RSS and stage times of `dsm-node infer` on 150..1000-slice studies:  make bench-scale ARGS="--slices 150,600"
+bench-scale: venv
+	$(PY) bench/scale.py $(ARGS)
 
 # Node on embedded defaults + a local receiver; sends the real CT of ../shared/data/01 when
 # present (else a phantom study), prints segments/volumes/timings, leaves PNGs in var/demo.

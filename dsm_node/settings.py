@@ -195,6 +195,11 @@ class Inference(_Section):
         512 * 512 * 2048, ge=1,
         description="A series with more slices x rows x columns fails its job before anything is decoded (memory bound)",
     )
+    max_memory_mb: int | None = Field(
+        None, ge=1,
+        description="A series whose estimated inference peak (docs/memory.md) exceeds this fails its job before "
+                    "anything is decoded; empty = what the machine has available (MemAvailable) at job start",
+    )
 
 
 class Results(_Section):

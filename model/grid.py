@@ -35,6 +35,11 @@ class GridMap:
     def from_oriented(self, arr: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(nib.orientations.apply_orientation(arr, _inverse(self.ornt)))
 
+    def oriented_view(self, ijk: np.ndarray) -> np.ndarray:
+        """``ijk`` seen in (R, A, S) axis order without a copy (flips and a transpose); writing
+        into the view writes into ``ijk``."""
+        return nib.orientations.apply_orientation(ijk, self.ornt)
+
     @property
     def model_spacing(self) -> tuple[float, float, float]:
         return tuple(s * n / m for s, n, m in zip(self.spacing, self.oriented_shape, self.model_shape))  # type: ignore[return-value]

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from . import grid
+from . import grid, slabs
 from .catalog import Catalog, ClassEntry, load_catalog
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .inference import Predictor
@@ -82,8 +82,8 @@ class InferenceSettings:
 class ModelGridOutput:
     """Network output on the model grid (the body box), before post-processing."""
 
-    probs: np.ndarray  # (C, X, Y, Z) float32 P_c
-    anomaly_raw: np.ndarray  # (X, Y, Z) float32: 1 - max organ probability, ungated
+    probs: np.ndarray | None  # (C, X, Y, Z) float32 P_c (None: let go, see segment())
+    anomaly_raw: np.ndarray | None  # (X, Y, Z) float32: 1 - max organ probability, ungated
     gmap: grid.GridMap
     box: tuple[slice, slice, slice]
 
@@ -105,18 +105,34 @@ class VolumeSegmentation:
         the output probability max(P_c, Z_c) instead of the raw P_c."""
         c = self.catalog.names.index(name)
         m = self.model_output
+        if m.probs is None:
+            raise ValueError("the model-grid probabilities were not kept (segment(keep_model_output=False))")
         values = m.probs[c]
         if output and c in self.decisions.zero_shot:
             values = np.maximum(values, self.decisions.zero_shot[c])
         return to_source(values, m.gmap, m.box)
 
 
-def to_source(values: np.ndarray, gmap: grid.GridMap, box: tuple[slice, ...]) -> np.ndarray:
-    """A model-grid (box) map onto the source grid, trilinear, zero outside the body box."""
+def to_source(values: np.ndarray, gmap: grid.GridMap, box: tuple[slice, ...],
+              like: np.ndarray | None = None) -> np.ndarray:
+    """A model-grid (box) map onto the source grid, trilinear, zero outside the body box (float32).
+
+    Computed in slabs (model/slabs.py: the same values as one whole-volume interpolation), so
+    the only source-sized array is the result; ``like``: an array whose memory layout the
+    result takes (the input volume), so that a caller's transpose back needs no copy."""
     full = np.zeros(gmap.model_shape, dtype=np.float32)
     full[box] = values
-    up = grid.resample(torch.from_numpy(full)[None], gmap.oriented_shape)[0].numpy()
-    return gmap.from_oriented(up)
+    up = slabs.Upsampled(full, gmap.oriented_shape)
+    del full
+    out = np.zeros(gmap.source_shape, dtype=np.float32) if like is None else np.zeros_like(like, dtype=np.float32)
+    view = gmap.oriented_view(out)
+    X, Y, Z = gmap.oriented_shape
+    for z0, z1 in slabs.slab_ranges(Z, X * Y):
+        part = up.slab(z0, z1)
+        if part is not None:
+            y, z, vals = part
+            view[:, y, z] = vals
+    return out
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -185,9 +201,9 @@ class VolumeSegmenter:
         s = self.settings
         t0 = time.perf_counter()
         gmap = grid.plan(tuple(image_hu.shape), affine_ras, s.spacing)  # type: ignore[arg-type]
-        oriented = torch.from_numpy(gmap.to_oriented(np.asarray(image_hu, dtype=np.float32)))
-        hu = grid.resample(oriented[None], gmap.model_shape)[0].numpy()
-        del oriented
+        # The source stays in its own dtype (int16 HU from the assembly); only the model grid
+        # and a chunk of planes at a time exist as float32 (model/slabs.py, same values).
+        hu = slabs.downsample(gmap.oriented_view(image_hu), gmap.model_shape)
         image = grid.window(hu, *s.hu_window)
         del hu
         box = grid.foreground_box(image, s.crop_margin)
@@ -217,45 +233,68 @@ class VolumeSegmenter:
         )
 
     def segment(self, image_hu: np.ndarray, affine_ras: np.ndarray, want_anomaly: bool = True,
-                progress: bool = False) -> VolumeSegmentation:
-        """image_hu: (i, j, k) HU array; affine_ras: its 4x4 voxel -> RAS mm affine."""
+                progress: bool = False, keep_model_output: bool = True) -> VolumeSegmentation:
+        """image_hu: (i, j, k) HU array; affine_ras: its 4x4 voxel -> RAS mm affine.
+
+        ``keep_model_output=False``: the class probabilities on the model grid are let go once
+        post-processing has decided (the node does not need them): the source-grid stage then
+        runs without them in memory (``model_output`` keeps the grid map, ``probs`` is None)."""
         timings: dict[str, float] = {}
         output = self.predict(image_hu, affine_ras, progress, timings)
         t2 = time.perf_counter()
         decisions = self.decide(output)
-        labels, found = self._labels(output, decisions)
-        anomaly = to_source(decisions.anomaly, output.gmap, output.box) if want_anomaly else None
+        if not keep_model_output:
+            output = ModelGridOutput(probs=None, anomaly_raw=None, gmap=output.gmap, box=output.box)
+        labels, found = self._labels(output, decisions, like=image_hu)
+        anomaly = to_source(decisions.anomaly, output.gmap, output.box, like=image_hu) if want_anomaly else None
         timings["postprocess_s"] = time.perf_counter() - t2
         return VolumeSegmentation(labels=labels, catalog=self.catalog, anomaly=anomaly, found=found, timings=timings,
                                   decisions=decisions, model_output=output)
 
-    def _labels(self, output: ModelGridOutput, d: Decisions) -> tuple[np.ndarray, dict[str, int]]:
+    def _labels(self, output: ModelGridOutput, d: Decisions,
+                like: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, int]]:
         """Label volume on the source grid: each kept class's score, gated by its (1-voxel dilated)
         mask on the model grid, upsampled and thresholded at 1.0; organs compete by score, tumours
-        are drawn over organs (and compete among themselves)."""
+        are drawn over organs (and compete among themselves).
+
+        Slab by slab along the last oriented axis (model/slabs.py gives the values of one
+        whole-volume interpolation): the scores exist on the source grid one slab at a time, the
+        only source-sized array is the uint8 label map (laid out like ``like``)."""
         gmap, box = output.gmap, output.box
         dtype = np.uint8 if len(self.catalog) < 256 else np.uint16
-        labels = np.zeros(gmap.oriented_shape, dtype=dtype)
-        best = np.zeros(gmap.oriented_shape, dtype=np.float32)
-        tumour_best = np.zeros(gmap.oriented_shape, dtype=np.float32)
         order = [i for i, e in enumerate(self.catalog) if e.is_organ] + \
                 [i for i, e in enumerate(self.catalog) if not e.is_organ]
+        maps: list[tuple[ClassEntry, slabs.Upsampled]] = []
         for i in order:
             if i not in d.scores:
                 continue
-            entry = self.catalog[i]
             gated = np.zeros(gmap.model_shape, dtype=np.float32)
             gated[box] = np.where(dilate(d.masks[i], 1), d.scores[i], 0.0)
-            up = grid.resample(torch.from_numpy(gated)[None], gmap.oriented_shape)[0].numpy()
-            above = up >= 1.0
-            if entry.is_organ:
-                sel = above & (up > best) & (tumour_best == 0)
-                best[sel] = up[sel]
-            else:
-                sel = above & (up > tumour_best)
-                tumour_best[sel] = up[sel]
-            labels[sel] = entry.index
-        source = gmap.from_oriented(labels)
-        counts = np.bincount(source.ravel(), minlength=len(self.catalog) + 1)
+            maps.append((self.catalog[i], slabs.Upsampled(gated, gmap.oriented_shape)))
+        source = np.zeros(gmap.source_shape, dtype=dtype) if like is None else np.zeros_like(like, dtype=dtype)
+        view = gmap.oriented_view(source)
+        counts = np.zeros(len(self.catalog) + 1, dtype=np.int64)
+        X, Y, Z = gmap.oriented_shape
+        for z0, z1 in slabs.slab_ranges(Z, X * Y):
+            labels = np.zeros((X, Y, z1 - z0), dtype=dtype)
+            best = np.zeros(labels.shape, dtype=np.float32)
+            tumour_best = np.zeros(labels.shape, dtype=np.float32)
+            for entry, up in maps:
+                part = up.slab(z0, z1)
+                if part is None:  # the class's score is 0 throughout the slab: never >= 1.0
+                    continue
+                y, z, vals = part
+                at = (slice(None), y, slice(z.start - z0, z.stop - z0))
+                lab, bst, tum = labels[at], best[at], tumour_best[at]
+                above = vals >= 1.0
+                if entry.is_organ:
+                    sel = above & (vals > bst) & (tum == 0)
+                    bst[sel] = vals[sel]
+                else:
+                    sel = above & (vals > tum)
+                    tum[sel] = vals[sel]
+                lab[sel] = entry.index
+            view[..., z0:z1] = labels
+            counts += np.bincount(labels.ravel(), minlength=len(counts))[:len(counts)]
         found = {e.name: int(counts[e.index]) for e in self.catalog if counts[e.index] > 0}
         return source, found

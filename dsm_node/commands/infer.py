@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     # The input is read and checked before the model is loaded: a series that cannot be
     # processed is refused in seconds with one line, not after the inference with a traceback.
     volume = None
+    t_read = time.perf_counter()
     if source.is_dir():
         try:
             with checked_reading():
@@ -67,13 +68,15 @@ def run(args: argparse.Namespace) -> int:
             return refuse(f"not a readable NIfTI image ({type(exc).__name__}: {exc})")
         if ijk.ndim != 3:
             return refuse(f"expected a 3D image, got shape {ijk.shape}")
-        hu = np.ascontiguousarray(ijk.transpose(2, 1, 0))  # (i, j, k) -> (z, y, x)
+        hu = ijk.transpose(2, 1, 0)  # (i, j, k) -> (z, y, x), a view
         affine_ras = img.affine
         affine_lps = ras_to_lps(affine_ras)
         spacing = tuple(float(s) for s in img.header.get_zooms()[:3][::-1])
     else:
         return refuse("not a DICOM folder or a .nii/.nii.gz file")
 
+    read_s = time.perf_counter() - t_read
+    from ..infer.memory import MemoryRefused, segmenter_guard
     from ..infer.overlays import write_overlays
     from ..infer.segmenter import segmenter_from_settings
     from ..results.display import radiological
@@ -84,26 +87,39 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     segmenter = segmenter_from_settings(settings)
     print(f"model {segmenter.model_version} on {segmenter.device} ({time.perf_counter() - t0:.1f} s to load)", file=sys.stderr)
+    try:  # the series is read; before the model runs, refuse what this machine cannot hold
+        segmenter_guard(settings, segmenter, anomaly=True)(hu.shape, spacing)
+    except MemoryRefused as exc:
+        return refuse(f"memory: {exc}")
 
     t1 = time.perf_counter()
     result = segmenter.segment(hu, affine_lps, want_anomaly=True, progress=sys.stderr.isatty())
-    timings = {"inference_total_s": time.perf_counter() - t1, **result.timings}
+    timings = {"read_s": read_s, "model_load_s": t1 - t0, "inference_total_s": time.perf_counter() - t1,
+               **result.timings}
 
     def save_nifti(array: np.ndarray, name: str) -> None:
-        nib.save(nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), affine_ras), str(out / name))
+        # The (i, j, k) view of a (z, y, x) array is Fortran-ordered, which is NIfTI's own order:
+        # nibabel writes it as it is, without a source-sized copy.
+        nib.save(nib.Nifti1Image(array.transpose(2, 1, 0), affine_ras), str(out / name))
 
+    t2 = time.perf_counter()
     save_nifti(result.labels, "labels.nii.gz")
-    save_nifti(result.anomaly.astype(np.float32), "anomaly.nii.gz")
+    save_nifti(np.asarray(result.anomaly, dtype=np.float32), "anomaly.nii.gz")
+    timings["nifti_s"] = time.perf_counter() - t2
     written = ["labels.nii.gz", "anomaly.nii.gz"]
     if volume is not None:
         options = ResultOptions.from_settings(settings, model_version=args.model_version or segmenter.model_version)
-        written += [path.name for _kind, _ds, path in write_results(volume, result.labels, result.catalog, options, out).files()]
+        results = write_results(volume, result.labels, result.catalog, options, out)
+        timings.update(results.timings)
+        written += [path.name for _kind, _ds, path in results.files()]
+    t3 = time.perf_counter()
     if not args.no_overlays:
         # The overlay writer shows array rows/columns as they are: hand it radiological order.
         display_hu, display_spacing = radiological(hu, affine_lps)
         display_labels, _ = radiological(result.labels, affine_lps)
         pngs = write_overlays(display_hu, display_labels, display_spacing, result.catalog, out / "overlays", title=source.name)
         written += [f"overlays/{p.name}" for p in pngs]
+        timings["overlays_s"] = time.perf_counter() - t3
     voxel_ml = float(np.prod(spacing)) / 1000.0
     summary = {
         "input": str(source),

@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from scipy import ndimage
 
 BANNER = "DSM demonstration output - NOT FOR DIAGNOSTIC USE"
 
 
 def _display(hu: np.ndarray, level: float = 40.0, width: float = 400.0) -> np.ndarray:
     lo, hi = level - width / 2, level + width / 2
+    hu = np.asarray(hu, dtype=np.float32)  # int16 volumes: the same float32 arithmetic as before
     return np.clip((hu - lo) / (hi - lo), 0, 1)
 
 
@@ -33,6 +35,39 @@ def _views(hu: np.ndarray, labels: np.ndarray, centre: tuple[int, int, int]) -> 
         (f"coronal (row {y + 1})", hu[::-1, y, :], labels[::-1, y, :]),
         (f"sagittal (column {x + 1})", hu[::-1, :, x], labels[::-1, :, x]),
     ]
+
+
+def _slabs(labels: np.ndarray, voxels: int = 1 << 22):
+    step = max(1, voxels // max(1, labels.shape[1] * labels.shape[2]))
+    for z0 in range(0, labels.shape[0], step):
+        yield z0, labels[z0:z0 + step]
+
+
+def _counts(labels: np.ndarray, minlength: int) -> np.ndarray:
+    """Voxels per label value, slab by slab (a whole-volume bincount makes an int64 copy)."""
+    counts = np.zeros(minlength, dtype=np.int64)
+    for _z0, slab in _slabs(labels):
+        c = np.bincount(slab.ravel(), minlength=minlength)
+        if len(c) > len(counts):
+            c[:len(counts)] += counts
+            counts = c
+        else:
+            counts[:len(c)] += c
+    return counts
+
+
+def _centroid(labels: np.ndarray) -> np.ndarray:
+    """Mean (z, y, x) index of the labelled voxels: exact integer sums of the per-axis marginals,
+    the same float64 value as ``np.argwhere(labels > 0).mean(axis=0)`` without its (N, 3) list."""
+    sums = np.zeros(3, dtype=np.int64)
+    n = 0
+    for z0, slab in _slabs(labels):
+        inside = slab > 0
+        per_z, per_y, per_x = inside.sum(axis=(1, 2)), inside.sum(axis=(0, 2)), inside.sum(axis=(0, 1))
+        sums += [int((np.arange(z0, z0 + len(per_z)) * per_z).sum()), int((np.arange(len(per_y)) * per_y).sum()),
+                 int((np.arange(len(per_x)) * per_x).sum())]
+        n += int(per_z.sum())
+    return sums / n
 
 
 def write_overlays(
@@ -57,7 +92,7 @@ def write_overlays(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    counts = np.bincount(labels.ravel(), minlength=max(e.index for e in catalog) + 1)
+    counts = _counts(labels, max(e.index for e in catalog) + 1)
     present = [e for e in catalog if counts[e.index] > 0]
     colours = {e.index: tuple(e.color) for e in present}
     present.sort(key=lambda e: (e.kind != "tumor", -int(counts[e.index])))
@@ -80,15 +115,19 @@ def write_overlays(
         return fig
 
     if present:
-        zc, yc, xc = (int(v) for v in np.argwhere(labels > 0).mean(axis=0).round())
+        zc, yc, xc = (int(v) for v in _centroid(labels).round())
     else:
         zc, yc, xc = (s // 2 for s in labels.shape)
     fig = figure((zc, yc, xc), f"{title} overview: {len(present)} structures" if title else f"overview: {len(present)} structures", present)
     paths.append(out / "overview.png")
     fig.savefig(paths[-1], facecolor="black")
     plt.close(fig)
+    boxes = ndimage.find_objects(labels)
     for rank, entry in enumerate(present[:max_findings], start=1):
-        voxels = np.argwhere(labels == entry.index)
+        # Within the class's bounding box: the same voxels in the same (C) order as over the
+        # whole volume, without a volume-sized mask and coordinate list per class.
+        box = boxes[entry.index - 1]
+        voxels = np.argwhere(labels[box] == entry.index) + np.array([b.start for b in box])
         centre = tuple(int(v) for v in np.median(voxels, axis=0))
         # The median may fall outside a curved structure: snap to the nearest voxel of it.
         nearest = voxels[np.abs(voxels - np.array(centre)).sum(axis=1).argmin()]

@@ -80,7 +80,9 @@ class Segmenter:
         """hu (z, y, x) = (slice, row, column) with the LPS affine of (column, row, slice)."""
         ijk = hu.transpose(2, 1, 0)
         result = self.model.segment(ijk, LPS_TO_RAS @ np.asarray(affine_lps, dtype=np.float64),
-                                    want_anomaly=want_anomaly, progress=progress)
+                                    want_anomaly=want_anomaly, progress=progress, keep_model_output=False)
+        # The model lays its source-grid outputs out like its input (the (i, j, k) view of hu), so
+        # these transposes are C-contiguous views: no second source-sized copy.
         labels = np.ascontiguousarray(result.labels.transpose(2, 1, 0))
         anomaly = None if result.anomaly is None else np.ascontiguousarray(result.anomaly.transpose(2, 1, 0))
         return Segmentation(labels=labels, catalog=result.catalog, anomaly=anomaly, timings=result.timings,

@@ -11,6 +11,7 @@ from ..context import NodeContext
 from ..db.engine import transaction
 from ..db.models import Job, Result
 from ..delivery.outbox import enqueue_results
+from ..infer.memory import MemoryRefused, segmenter_guard
 from ..infer.segmenter import Segmenter, segmenter_from_settings
 from ..results.options import ResultOptions
 from ..results.outputs import earlier_lesions, write_results
@@ -28,9 +29,12 @@ class DSMPipeline:
     def process(self, ctx: NodeContext, job: Job, paths: list[Path], timings: dict[str, float]) -> dict[str, Any]:
         t = time.perf_counter()
         try:
-            volume = assemble_volume(paths, max_voxels=ctx.settings.inference.max_voxels)
+            volume = assemble_volume(paths, max_voxels=ctx.settings.inference.max_voxels,
+                                     budget=segmenter_guard(ctx.settings, self.segmenter))
         except VolumeError as exc:
             raise JobInputError(f"volume assembly: {exc}") from None
+        except MemoryRefused as exc:  # before decoding: a clear reason instead of the kernel's OOM kill
+            raise JobInputError(f"memory: {exc}") from None
         timings["assembly"] = time.perf_counter() - t
 
         t = time.perf_counter()

@@ -62,6 +62,7 @@ class KeyImagesResult:
 # ---- rendering --------------------------------------------------------------------------------
 def _grey(hu2d: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     level, width = window
+    hu2d = np.asarray(hu2d, dtype=np.float32)  # int16 volumes: the same float32 arithmetic as before
     return np.clip((hu2d - (level - width / 2)) / width, 0, 1)
 
 

@@ -4,7 +4,7 @@ Public API::
 
     from dsm_node.volume import assemble_volume, Volume, VolumeError
     vol = assemble_volume(paths)          # raises VolumeError(reason, code)
-    vol.hu            # (z, y, x) float32 HU, z ascending along the slice normal
+    vol.hu            # (z, y, x) HU: int16 (float32 when the rescale gives fractions), z ascending along the slice normal
     vol.affine_lps    # 4x4, (i=column, j=row, k=slice, 1) -> patient LPS mm
     vol.affine_ras    # same for nibabel (with vol.nifti_array())
 """

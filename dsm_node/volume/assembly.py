@@ -9,7 +9,10 @@ Rules (docs/results.md, spec "Volume assembly"):
   a gap (missing slices), non-uniform spacing, or slices that are not stacked along the normal
   (gantry tilt: resampling is not implemented);
 * stored values go through the Modality LUT (RescaleSlope/Intercept, per slice or per frame) to
-  float32 HU; PixelPaddingValue (and PixelPaddingRangeLimit) become ``padding_hu``;
+  HU; PixelPaddingValue (and PixelPaddingRangeLimit) become ``padding_hu``. The HU are int16
+  when every value is an integer in the int16 range (integer slope and intercept, no Modality
+  LUT Sequence: nearly every CT), float32 otherwise - the same numbers either way, int16 at half
+  the memory of the largest array the node holds (docs/memory.md);
 * pixel data is decoded one slice / frame at a time into a preallocated array (the installed
   pydicom pixel decoders + pylibjpeg plugins cover JPEG, JPEG-LS, JPEG 2000 and RLE), and only
   headers (no pixel data) are kept, for the result writers;
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +38,7 @@ from .geometry import affine_from_dicom, lps_to_ras
 
 log = logging.getLogger(__name__)
 
-#: Default bound of slices x Rows x Columns (float32: 2 GiB), e.g. 2048 slices of 512 x 512.
+#: Default bound of slices x Rows x Columns (int16: 1 GiB), e.g. 2048 slices of 512 x 512.
 DEFAULT_MAX_VOXELS = 512 * 512 * 2048
 
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -76,7 +79,7 @@ class Volume:
     the array's axis order.
     """
 
-    hu: np.ndarray
+    hu: np.ndarray  # int16 HU (float32 where the rescale gives fractions or leaves int16)
     affine_lps: np.ndarray
     spacing: tuple[float, float, float]
     frames: tuple[SourceFrame, ...]
@@ -374,8 +377,9 @@ def assemble_volume(
     inplane_tol_fraction: float = 0.25,
     series_instance_uid: str | None = None,
     max_voxels: int = DEFAULT_MAX_VOXELS,
+    budget: Callable[[tuple[int, int, int], tuple[float, float, float]], None] | None = None,
 ) -> Volume:
-    """Read the files of ONE series and return its :class:`Volume` (float32 HU, (z, y, x)).
+    """Read the files of ONE series and return its :class:`Volume` (int16 or float32 HU, (z, y, x)).
 
     ``paths``: the series' files (any order; the same instance given twice is used once).
     ``padding_hu``: HU written where PixelPaddingValue (range) marks padding.
@@ -384,6 +388,8 @@ def assemble_volume(
     pixel spacing) before the stack counts as tilted.
     ``series_instance_uid``: when given, files of other series raise instead of being mixed in.
     ``max_voxels``: slices x Rows x Columns allowed (checked before any allocation or decoding).
+    ``budget``: called with the (slices, rows, columns) shape and spacing before anything is
+    decoded (the memory guard, dsm_node.infer.memory); what it raises propagates.
     Raises :class:`VolumeError` with a reason.
     """
     paths = [str(p) for p in paths]
@@ -443,16 +449,16 @@ def assemble_volume(
         raise VolumeError(
             f"{n} slices of {rows} x {cols} pixels: {n * rows * cols} voxels exceed the limit of {max_voxels} "
             f"(inference.max_voxels)", "too_large")
+    if budget is not None:
+        budget((n, rows, cols), (float(step), float(ref.pixel_spacing[0]), float(ref.pixel_spacing[1])))
     for f in {f.header_index: f for f in frames}.values():
         _check_codestreams(f.path, headers[f.header_index], rows, cols)
-    hu = np.empty((n, rows, cols), dtype=np.float32)
-    if multi:
-        _decode_multiframe(frames, headers[0], hu, padding_hu)
-        ordered_headers = headers
-    else:
-        for k, f in enumerate(frames):
-            _decode_single(f, headers[f.header_index], hu[k], padding_hu)
-        ordered_headers = [headers[f.header_index] for f in frames]
+    integer = _integer_rescale(frames, padding_hu)
+    try:
+        hu = _decode(frames, headers, multi, (n, rows, cols), np.int16 if integer else np.float32, padding_hu)
+    except _NotInt16:  # a value outside int16 (e.g. 16-bit unsigned with an intercept): float32
+        hu = _decode(frames, headers, multi, (n, rows, cols), np.float32, padding_hu)
+    ordered_headers = headers if multi else [headers[f.header_index] for f in frames]
 
     thicknesses = {f.thickness for f in frames if f.thickness}
     h0 = ordered_headers[0]
@@ -473,9 +479,38 @@ def assemble_volume(
     return volume
 
 
+class _NotInt16(Exception):
+    """A slice has HU outside the int16 range: the volume is decoded again as float32."""
+
+
+def _integer_rescale(frames: list[_Frame], padding_hu: float) -> bool:
+    """Whether every HU is an integer: integer slope, intercept and padding, no LUT sequence."""
+    if not float(padding_hu).is_integer() or not -32768 <= padding_hu <= 32767:
+        return False
+    return all(not f.use_modality_lut_sequence and float(f.slope).is_integer() and float(f.intercept).is_integer()
+               for f in frames)
+
+
+def _decode(frames: list[_Frame], headers: list[Dataset], multi: list, shape: tuple[int, int, int], dtype,
+            padding_hu: float) -> np.ndarray:
+    hu = np.empty(shape, dtype=dtype)
+    if multi:
+        _decode_multiframe(frames, headers[0], hu, padding_hu)
+    else:
+        for k, f in enumerate(frames):
+            _decode_single(f, headers[f.header_index], hu[k], padding_hu)
+    return hu
+
+
 def _to_hu(raw: np.ndarray, out: np.ndarray, slope: float, intercept: float,
            padding: tuple[int, int] | None, padding_hu: float, lut_ds: Dataset | None = None) -> None:
-    if lut_ds is not None:
+    if out.dtype == np.int16:
+        # Integer rescale (see _integer_rescale): exact in int32, one slice at a time.
+        values = raw.astype(np.int32) * int(slope) + int(intercept)
+        if values.size and (values.min() < -32768 or values.max() > 32767):
+            raise _NotInt16
+        out[...] = values
+    elif lut_ds is not None:
         from pydicom.pixels import apply_modality_lut
 
         out[...] = apply_modality_lut(raw, lut_ds)
@@ -561,7 +596,7 @@ def _decode_multiframe(frames: list[_Frame], header: Dataset, hu: np.ndarray, pa
             f = frames[k]
             _to_hu(raw, hu[k], f.slope, f.intercept, padding, padding_hu)
             done += 1
-    except VolumeError:
+    except (VolumeError, _NotInt16):
         raise
     except Exception as exc:
         raise VolumeError(f"{os.path.basename(path)}: pixel data not decodable: {exc}", "decode") from None

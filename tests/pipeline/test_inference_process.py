@@ -121,3 +121,22 @@ def test_an_oversized_frame_fails_its_job_without_stopping_the_receiver(node, tm
     assert job.attempts == 1
     assert "3 slices of 65535 x 65535 pixels" in job.reason and "inference.max_voxels" in job.reason
     assert echo(scp.port) == 0
+
+
+def test_a_series_the_machine_cannot_hold_fails_before_decoding_with_the_reason_audited(node, tmp_path):
+    ctx, scp, run = node
+    run("fake_pipelines:guarded")
+    series = write_ct_series(tmp_path / "s", 3, 32)
+    assert send(scp.port, series.files) == [0, 0, 0]
+    job = wait_job(ctx, {"failed"})
+    assert job.attempts == 1  # not retried: the same series would be refused again
+    assert job.reason.startswith("memory: a series of 3 x 32 x 32 voxels needs about ")
+    assert "MemAvailable" in job.reason
+    with ctx.sessions() as s:
+        events = s.scalars(select(AuditEvent).where(AuditEvent.event_type == "job_transition")).all()
+    failed = [e.detail for e in events if e.detail.get("job_id") == job.id and e.detail.get("to_state") == "failed"]
+    assert len(failed) == 1 and failed[0]["reason"] == job.reason
+    with ctx.sessions() as s:  # red on /status: the study is failed with the same reason
+        study = s.get(Job, job.id).study
+        assert study.state == "failed" and study.state_reason == job.reason
+    assert echo(scp.port) == 0

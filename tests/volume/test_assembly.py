@@ -39,7 +39,7 @@ def test_shuffled_files_sorted_by_position_not_instance_number(tmp_path, ph):
     shuffled = list(paths)
     random.Random(1).shuffle(shuffled)
     vol = assemble_volume(shuffled)
-    assert vol.hu.dtype == np.float32 and vol.shape == hu.shape
+    assert vol.hu.dtype == np.int16 and vol.shape == hu.shape  # integer rescale: int16, the same HU
     np.testing.assert_array_equal(vol.hu, hu.astype(np.float32))
     assert vol.spacing == pytest.approx((2.5, 0.75, 0.8))
     assert [f.path for f in vol.frames] == [str(p) for p in paths]
@@ -75,6 +75,7 @@ def test_rescale_signed_and_padding(tmp_path, ph):
     vol = assemble_volume(paths, padding_hu=-1024.0)
     expected = hu.astype(np.float32)
     expected[pad] = -1024.0
+    assert vol.hu.dtype == np.float32  # slope 0.5: fractional HU stay float32
     np.testing.assert_allclose(vol.hu, expected, atol=0.5)  # slope 0.5 -> stored values round to 0.5 HU
 
 
@@ -272,3 +273,14 @@ def test_real_j2k_ct_with_empty_uids(tmp_path):
     assert repaired.series_instance_uid and repaired.spacing[0] == pytest.approx(2.0)
     np.testing.assert_array_equal(repaired.hu, raw.hu)
     assert -1100 <= float(repaired.hu.min()) and float(repaired.hu.max()) <= 1900
+
+
+def test_hu_outside_int16_are_kept_as_float32(tmp_path, ph):
+    """16-bit unsigned pixels with an intercept can exceed int16: the volume falls back to float32
+    with the exact HU instead of wrapping them."""
+    hu, _ = ph
+    hu = hu.astype(np.float32)
+    hu[2, 5, 7] = 40000.0
+    vol = assemble_volume(write_series(tmp_path, hu))
+    assert vol.hu.dtype == np.float32
+    np.testing.assert_array_equal(vol.hu, hu)
