@@ -1,4 +1,5 @@
-"""Generate config/node.yaml (documented defaults) and docs/configuration.md from the schema.
+"""Generate the documented defaults (dsm_node/defaults/node.yaml, linked from config/node.yaml)
+and docs/configuration.md from the schema.
 
 Both files are generated so they cannot drift from the code; a test regenerates them and fails
 when the committed copies are stale (`python -m dsm_node.config_doc --write`).
@@ -13,10 +14,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from .settings import REPO_ROOT, Settings
+from .settings import DEFAULT_CONFIG, Settings
 
-YAML_PATH = REPO_ROOT / "config" / "node.yaml"
-DOC_PATH = REPO_ROOT / "docs" / "configuration.md"
+YAML_PATH = DEFAULT_CONFIG
+# The reference page is documentation of the source repository, not package data: --write is a
+# development command and only runs inside a checkout.
+SOURCE_TREE = Path(__file__).resolve().parents[1]
+DOC_PATH = SOURCE_TREE / "docs" / "configuration.md"
 
 _HEADER = """\
 # dsm-node configuration: every key with its default value.
@@ -96,9 +100,11 @@ def render_markdown() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true", help="rewrite config/node.yaml and docs/configuration.md")
+    parser.add_argument("--write", action="store_true", help="rewrite the defaults file and docs/configuration.md (in a checkout)")
     args = parser.parse_args(argv)
     if args.write:
+        if not (SOURCE_TREE / "pyproject.toml").is_file():
+            parser.error(f"--write regenerates files of a source checkout; {SOURCE_TREE} is not one")
         YAML_PATH.write_text(render_yaml())
         DOC_PATH.parent.mkdir(exist_ok=True)
         DOC_PATH.write_text(render_markdown())

@@ -24,9 +24,9 @@ from pathlib import Path
 import psutil
 import pydicom
 
-from .settings import REPO_ROOT
+from training.real_data import shared_data_dir
 
-SHARED_CT = REPO_ROOT.parent / "shared" / "data" / "01_tcia_pancreatic-ct-cbct-seg_CB001" / "ct"
+SHARED_CT = shared_data_dir() / "01_tcia_pancreatic-ct-cbct-seg_CB001" / "ct"
 SEG_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
 SR_3D = "1.2.840.10008.5.1.4.1.1.88.34"
 
@@ -102,7 +102,7 @@ class NodeRun:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dsm_node", "serve", "--config", str(config), "--data-dir", str(self.root / "data"),
              "--port", str(self.port), "--http-port", str(self.http_port)],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+            stdout=self.log, stderr=subprocess.STDOUT,
         )
         # Loading torch and the model takes minutes on a busy 2-core machine: wait for the line.
         deadline = time.monotonic() + 600
@@ -251,7 +251,7 @@ def overlays_from_results(study: Path, seg_path: Path, out: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", type=Path, help="folder of one CT series to send")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "var" / "demo", help="where to leave results and PNGs")
+    parser.add_argument("--out", type=Path, default=Path("var") / "demo", help="where to leave results and PNGs")
     parser.add_argument("--quiet-period", type=float, default=2.0)
     parser.add_argument("--checkpoint", type=Path, help="default: the bundled demo weights")
     args = parser.parse_args(argv)

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -50,6 +51,8 @@ Handler = Callable[[], Response]
 
 
 def _states(holder: type) -> list[str]:
+    if issubclass(holder, Enum):  # StudyState, JobState (dsm_node.lifecycle)
+        return [state.value for state in holder]
     return [v for k, v in vars(holder).items() if k.isupper() and isinstance(v, str)]
 
 

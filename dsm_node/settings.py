@@ -19,9 +19,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO_ROOT / "config" / "node.yaml"
-DEFAULT_WEIGHTS = REPO_ROOT / "weights" / "dsm-small-demo.pt"
+from model.resources import package_file
+
+# Shipped inside the packages (the repository's config/ and weights/ link to these files).
+DEFAULT_CONFIG = package_file("dsm_node", "defaults", "node.yaml")
+DEFAULT_WEIGHTS = package_file("model", "weights", "dsm-small-demo.pt")
 
 _AE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
 

@@ -12,7 +12,9 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import yaml
 
-DEFAULT_CATALOG_PATH = Path(__file__).resolve().parents[1] / "config" / "classes.yaml"
+from .resources import package_file
+
+DEFAULT_CATALOG_PATH = package_file("model", "configs", "classes.yaml")
 PROMPT_TEMPLATE = "A computerized tomography of a {name}"
 # libyaml parses the 45-class file ~5x faster than the pure-Python loader.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -13,7 +13,9 @@ from typing import Any, Mapping
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+from .resources import package_file
+
+CONFIG_DIR = package_file("model", "configs")
 
 
 class ConfigError(ValueError):

@@ -1,5 +1,8 @@
 import os
 
+# The skipped tests grouped by reason at the end of the run (a hook, found here by name).
+from skip_summary import pytest_terminal_summary  # noqa: F401
+
 # Keep the CPU tests deterministic and polite on 2-core machines.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

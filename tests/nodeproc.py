@@ -89,7 +89,11 @@ class NodeProcess:
         self.proc.kill()
         self.proc.wait(10)
 
-    def terminate(self, timeout: float = 30) -> int:
+    def terminate(self, timeout: float = 30) -> int | None:
+        """SIGTERM and the exit status; None when it was never started (a test that skipped or
+        failed before ``start`` cleans up only what it started)."""
+        if self.proc is None:
+            return None
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
 

@@ -32,6 +32,7 @@ from scipy import ndimage
 
 from model.catalog import Catalog, load_catalog
 from model.envelope import ball, ball_radius_vox
+from model.resources import package_file
 from model.segment import VolumeSegmentation, VolumeSegmenter
 
 from .calibration import Case, load_cases
@@ -42,7 +43,7 @@ from .plots import plot_overlay
 from .real_data import MERGED_REFERENCES, real_items
 from .registry import load_registry
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "dsm-small-demo.pt"
+DEFAULT_WEIGHTS = package_file("model", "weights", "dsm-small-demo.pt")
 # Organs that lie below the diaphragm (the esophagus, aorta and postcava cross it; lungs above).
 ABDOMINAL = ("Spleen", "Right Kidney", "Left Kidney", "Gall Bladder", "Liver", "Stomach", "Portal Vein and Splenic Vein",
              "Pancreas", "Right Adrenal Gland", "Left Adrenal Gland", "Duodenum", "Hepatic Vessel", "Colon",

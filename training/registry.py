@@ -9,8 +9,9 @@ from typing import Any, Mapping
 import yaml
 
 from model.catalog import Catalog, load_catalog
+from model.resources import package_file
 
-DEFAULT_REGISTRY = Path(__file__).resolve().parents[1] / "config" / "datasets.yaml"
+DEFAULT_REGISTRY = package_file("training", "configs", "datasets.yaml")
 ROLES = ("organ", "tumor", "unseen_tumor", "phantom", "evaluation")
 
 

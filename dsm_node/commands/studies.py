@@ -9,7 +9,7 @@ from ..db.models import Study, StudyState
 from .common import add_data_dir, add_format, context_from_args, emit
 
 COLUMNS = ["study_uid", "revision", "instances", "state", "selected_series", "reason", "last_received"]
-STATES = [v for k, v in vars(StudyState).items() if k.isupper()]
+STATES = [state.value for state in StudyState]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

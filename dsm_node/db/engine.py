@@ -8,7 +8,9 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
+from model.resources import package_file
+
+MIGRATIONS = package_file("dsm_node", "migrations")
 
 
 def make_engine(url: str) -> Engine:

@@ -12,6 +12,10 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+# The study and job states and their transition tables live in dsm_node.lifecycle; imported
+# here too because most code reads them next to the rows.
+from ..lifecycle import JOB_INITIAL, STUDY_INITIAL, JobState, StudyState  # noqa: F401
+
 UID = String(64)
 
 
@@ -40,26 +44,6 @@ class Base(DeclarativeBase):
     type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON}
 
 
-class StudyState:
-    RECEIVING = "receiving"  # instances arriving; quiet period not yet over
-    COMPLETE = "complete"  # quiet period over, waiting for selection
-    SELECTED = "selected"  # a series was chosen; a job exists
-    NO_ELIGIBLE = "no_eligible"  # closed: no series passed selection
-    DONE = "done"  # the job of the current revision finished: results delivered (or kept)
-    FAILED = "failed"  # the job of the current revision failed (the reason is in state_reason)
-
-
-class JobState:
-    SELECTED = "selected"
-    QUEUED = "queued"
-    RUNNING = "running"
-    ENCODED = "encoded"
-    DELIVERED = "delivered"
-    KEPT = "kept"  # no destination configured: the results stay in the results folder, nothing is sent
-    FAILED = "failed"
-    TERMINAL = (DELIVERED, KEPT, FAILED)
-
-
 class DeliveryState:
     PENDING = "pending"
     IN_PROGRESS = "in_progress"
@@ -73,7 +57,7 @@ class Study(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_uid: Mapped[str] = mapped_column(UID, unique=True)
     revision: Mapped[int] = mapped_column(Integer, default=1)
-    state: Mapped[str] = mapped_column(String(16), default=StudyState.RECEIVING, index=True)
+    state: Mapped[str] = mapped_column(String(16), default=STUDY_INITIAL.value, index=True)
     state_reason: Mapped[str | None] = mapped_column(Text)
     first_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
@@ -135,7 +119,7 @@ class Job(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     revision: Mapped[int] = mapped_column(Integer)
     series_uid: Mapped[str] = mapped_column(UID)
-    state: Mapped[str] = mapped_column(String(16), default=JobState.SELECTED, index=True)
+    state: Mapped[str] = mapped_column(String(16), default=JOB_INITIAL.value, index=True)
     reason: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(128))

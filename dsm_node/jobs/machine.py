@@ -1,12 +1,4 @@
-"""The job state machine.
-
-    selected -> queued -> running -> encoded -> delivered
-                   ^         |          |
-                   +---------+          +--> kept (no destination configured: the results stay
-               (interrupted: requeued)  |         in the results folder, nothing is sent)
-                                        +--> failed (a delivery dead-lettered; a resend can still
-                                                 deliver it later: failed -> delivered)
-    any non-terminal state -> failed (with reason)
+"""Job state writes (the states and the table of allowed moves: dsm_node.lifecycle).
 
 The study of the job's revision follows: ``failed`` (with the job's reason) when the job
 failed, ``done`` when it was delivered or kept.
@@ -23,22 +15,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..audit import Auditor, MINOR_FAILURE, SERIOUS_FAILURE, SUCCESS
-from ..db.models import Job, JobState, Study, StudyState, utcnow
+from ..db.models import Job, utcnow
+from ..lifecycle import JOB_TERMINAL, JobState, StudyState, check_job, check_study
 
 S = JobState
-ALLOWED: dict[str, set[str]] = {
-    S.SELECTED: {S.QUEUED, S.FAILED},
-    S.QUEUED: {S.RUNNING, S.FAILED, S.SELECTED},
-    S.RUNNING: {S.ENCODED, S.FAILED, S.QUEUED},
-    S.ENCODED: {S.DELIVERED, S.KEPT, S.FAILED},
-    S.DELIVERED: set(),
-    S.KEPT: set(),
-    S.FAILED: {S.DELIVERED},
-}
-
-
-class TransitionError(Exception):
-    pass
 
 
 def transition(
@@ -53,17 +33,22 @@ def transition(
     """Move ``job`` to ``to``; return False when it already was there. Raises on a forbidden move."""
     if job.state == to:
         return False
-    if to not in ALLOWED[job.state]:
-        raise TransitionError(f"job {job.id}: {job.state} -> {to} is not allowed")
+    target = check_job(job.state, to, f"job {job.id}")
+    study = job.study
+    study_to = None
+    if target in JOB_TERMINAL and study.revision == job.revision:
+        study_to = StudyState.FAILED if target == S.FAILED else StudyState.DONE
+        if study.state != study_to:
+            study_to = check_study(study.state, study_to, f"study of job {job.id}")
     previous = job.state
-    job.state = to
+    job.state = target.value
     job.reason = reason
     job.updated_at = utcnow()
-    study = job.study
-    if to in S.TERMINAL and study.revision == job.revision:
-        study.state = StudyState.FAILED if to == S.FAILED else StudyState.DONE
-        study.state_reason = reason if to in (S.FAILED, S.KEPT) else None
-    outcome = SERIOUS_FAILURE if to == S.FAILED else (MINOR_FAILURE if previous == S.RUNNING and to == S.QUEUED else SUCCESS)
+    if study_to is not None:
+        study.state = study_to.value
+        study.state_reason = reason if target in (S.FAILED, S.KEPT) else None
+    outcome = SERIOUS_FAILURE if target == S.FAILED else (
+        MINOR_FAILURE if previous == S.RUNNING and target == S.QUEUED else SUCCESS)
     auditor.record(
         "job_transition",
         outcome=outcome,
@@ -73,7 +58,7 @@ def transition(
         job_id=job.id,
         revision=job.revision,
         from_state=previous,
-        to_state=to,
+        to_state=target.value,
         **({"reason": reason} if reason else {}),
         **detail,
     )

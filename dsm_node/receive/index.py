@@ -30,7 +30,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from ..db.models import Instance, Series, Study, StudyState, utcnow
+from ..db.models import Instance, Series, Study, utcnow
+from ..lifecycle import STUDY_INITIAL, StudyState, check_study, study_sources
 
 if TYPE_CHECKING:
     from ..context import NodeContext
@@ -141,10 +142,10 @@ _STUDY_BUMP = (
 )
 _STUDY_REVISION = (
     update(studies)
-    .where(studies.c.id == bindparam("b_id"))
+    .where(studies.c.id == bindparam("b_id"), studies.c.state.in_(study_sources(StudyState.RECEIVING)))
     .values(
         revision=studies.c.revision + 1,
-        state=StudyState.RECEIVING,
+        state=StudyState.RECEIVING.value,
         state_reason=None,
         completed_at=None,
         selected_series_uid=None,
@@ -306,7 +307,7 @@ def _fast_record(engine: Engine, rec: InstanceRecord, now: dt.datetime) -> Index
         raw = conn.connection.dbapi_connection
         cur = raw.cursor()
         try:
-            cur.execute(*_fast_params(dialect, "study", {"b_uid": rec.study_uid, "b_state": StudyState.RECEIVING,
+            cur.execute(*_fast_params(dialect, "study", {"b_uid": rec.study_uid, "b_state": StudyState.RECEIVING.value,
                                                          "b_now": now}))
             row = cur.fetchone()
             if row is not None:
@@ -361,7 +362,7 @@ def _record(conn: Connection, ctx: "NodeContext", rec: InstanceRecord, now: dt.d
             dict(
                 study_uid=rec.study_uid,
                 revision=1,
-                state=StudyState.RECEIVING,
+                state=STUDY_INITIAL.value,
                 first_received_at=now,
                 last_received_at=now,
                 instance_count=1,
@@ -372,7 +373,7 @@ def _record(conn: Connection, ctx: "NodeContext", rec: InstanceRecord, now: dt.d
             "study_uid",
         )
         if created is not None:
-            study_id, state, revision, new_study = created.id, StudyState.RECEIVING, 1, True
+            study_id, state, revision, new_study = created.id, STUDY_INITIAL, 1, True
         else:  # created by a parallel association a moment ago
             row = conn.execute(_STUDY_BUMP, {"b_uid": rec.study_uid, "b_now": now}).one()
     if row is not None:
@@ -384,6 +385,7 @@ def _record(conn: Connection, ctx: "NodeContext", rec: InstanceRecord, now: dt.d
     previous_state = None
     if state != StudyState.RECEIVING:
         previous_state = state
+        check_study(state, StudyState.RECEIVING, f"study {rec.study_uid}")
         revision = conn.execute(
             _STUDY_REVISION, {"b_id": study_id, "b_ae": calling_ae, "b_addr": peer_address}
         ).scalar_one()

@@ -14,7 +14,8 @@ from sqlalchemy import func, select, update
 
 from ..context import NodeContext
 from ..db.engine import transaction
-from ..db.models import Instance, Series, Study, StudyState, utcnow
+from ..db.models import Instance, Series, Study, utcnow
+from ..lifecycle import StudyState, study_sources
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,12 @@ def _complete(
             .where(
                 Study.id == study_id,
                 Study.revision == revision,
-                Study.state == StudyState.RECEIVING,
+                Study.state.in_(study_sources(StudyState.COMPLETE)),
                 Study.last_received_at <= cutoff,
             )
             # A previous revision's decision no longer applies; selection makes a new one.
             .values(
-                state=StudyState.COMPLETE, completed_at=now, state_reason=None,
+                state=StudyState.COMPLETE.value, completed_at=now, state_reason=None,
                 selected_series_uid=None, selection_reason=None,
             )
             .execution_options(synchronize_session=False)

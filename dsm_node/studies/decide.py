@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session, selectinload
 from ..audit import MINOR_FAILURE
 from ..context import NodeContext
 from ..db.engine import transaction
-from ..db.models import Job, JobState, Series, Study, StudyState
+from ..db.models import Job, Series, Study
+from ..lifecycle import JOB_INITIAL, StudyState, study_sources
 from .selection import NO_ELIGIBLE_REASON, SelectionOutcome, SeriesSummary, select_series
 
 
@@ -63,9 +64,9 @@ def _decide_one(ctx: NodeContext, session: Session, study_id: int, revision: int
     new_state = StudyState.SELECTED if chosen else StudyState.NO_ELIGIBLE
     claimed = session.execute(
         update(Study)
-        .where(Study.id == study_id, Study.state == StudyState.COMPLETE, Study.revision == revision)
+        .where(Study.id == study_id, Study.state.in_(study_sources(new_state)), Study.revision == revision)
         .values(
-            state=new_state,
+            state=new_state.value,
             selected_series_uid=chosen.series_uid if chosen else None,
             selection_reason=outcome.reason,
             state_reason=None if chosen else NO_ELIGIBLE_REASON,
@@ -81,7 +82,7 @@ def _decide_one(ctx: NodeContext, session: Session, study_id: int, revision: int
     if chosen is not None:
         job = session.scalar(select(Job).where(Job.study_id == study_id, Job.revision == revision))
         if job is None:
-            job = Job(study_id=study_id, revision=revision, series_uid=chosen.series_uid, state=JobState.SELECTED)
+            job = Job(study_id=study_id, revision=revision, series_uid=chosen.series_uid, state=JOB_INITIAL.value)
             session.add(job)
             session.flush()
         job_id = job.id

@@ -29,6 +29,7 @@ from dsm_node.db.models import (
     JobState,
     Result,
     Study,
+    StudyState,
     utcnow,
 )
 from dsm_node.delivery import DeliveryService, enqueue_results
@@ -83,6 +84,9 @@ class Node:
                 s.add(study)
                 s.flush()
             job = Job(study=study, revision=len(study.jobs) + 1, series_uid="1.2.3.4", state=JobState.ENCODED)
+            # The study stands where selection leaves it for this revision (dsm_node.lifecycle:
+            # the job's end moves it to done or failed from there).
+            study.revision, study.state = job.revision, StudyState.SELECTED.value
             s.add(job)
             s.flush()
             results = []

@@ -42,6 +42,7 @@ def test_node_infer_and_eval_give_the_same_labels(tmp_path):
     import os
     import subprocess
     import sys
+    from pathlib import Path
 
     import nibabel as nib
     import numpy as np
@@ -54,7 +55,7 @@ def test_node_infer_and_eval_give_the_same_labels(tmp_path):
     (tmp_path / "list.csv").write_text("image,label,dataset\nct.nii.gz,lab.nii.gz,phantom_all\n")
     evaluate(DEFAULT_WEIGHTS, str(tmp_path / "list.csv"), tmp_path / "eval", device="cpu", overlays=0,
              save_labels=True)
-    repo = DEFAULT_WEIGHTS.parents[1]
+    repo = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-m", "dsm_node", "infer", str(tmp_path / "ct.nii.gz"), "--out",
                            str(tmp_path / "infer"), "--device", "cpu", "--no-overlays"],
                           capture_output=True, text=True, cwd=repo, env={**os.environ}, timeout=800)
