@@ -15,7 +15,7 @@ from model.text import class_embeddings
 from training.cli import main
 from training.evaluate import _summarise, markdown_report
 
-from .conftest import TINY_MODEL
+from training_helpers import TINY_MODEL
 
 CAT = load_catalog()
 KEYS = ("organ_dsc_mean", "seen_tumor_dsc_mean", "unseen_tumor_dsc_mean", "unseen_tumor_auroc_mean",

@@ -13,7 +13,7 @@ from training.config import load_train_config
 from training.losses import dsm_loss
 from training.trainer import STATE_FORMAT, Trainer, lr_lambda
 
-from .conftest import TINY_MODEL
+from training_helpers import TINY_MODEL
 
 
 def _rows(path):
