@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -110,8 +111,13 @@ class DSMNet(nn.Module):
         self.text_embeddings = F.normalize(table.detach().float(), dim=-1).to(device)
 
     def forward(self, x: Tensor, text_embeddings: Tensor | None = None) -> dict[str, Tensor | list[Tensor]]:
-        feats = self.backbone(x)
-        batch = x.shape[0]
+        return self.decode(self.backbone(x), text_embeddings)
+
+    def decode(self, feats: dict[str, Any], text_embeddings: Tensor | None = None) -> dict[str, Tensor | list[Tensor]]:
+        """Everything after the backbone: queries, prompts, masks and class logits from the
+        backbone's features (``self.backbone(x)``), so that a study of the decoder alone can
+        reuse features computed once."""
+        batch = feats["pixel"].shape[0]
         organ = self.organ_queries.unsqueeze(0).expand(batch, -1, -1)
         tumor = self.tumor_queries.unsqueeze(0).expand(batch, -1, -1) if self.stage == 2 else None
         layer_logits: list[Tensor] = []

@@ -61,6 +61,10 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
     grad_clip: float | None = 1.0
     amp: str = "auto"  # auto (bf16 on GPUs that have it, else fp16; off on CPU) | off | bf16 | fp16
+    # Parameter-name prefixes held fixed (not in the optimizer), e.g. [backbone, pixel_proj,
+    # organ_queries, kmmm] for a Stage-2 warm-up of the fresh tumour modules on features that
+    # already separate lesions from tissue; a frozen backbone also runs without autograd.
+    freeze: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

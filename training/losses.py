@@ -156,6 +156,10 @@ class LossWeights:
     # after (at full weight from step 0, a fine-tune on new phantoms lost liver, spleen and
     # kidneys within 200 steps: the features could not yet tell a lesion from the organ).
     synthetic_ramp: float = 0.0
+    # 0: tumour channels share one Dice/BCE mean with the organs, where one lesion present in a
+    # crop weighs ~1/25 of the Dice term. w > 0: the tumour channels' Dice and BCE are averaged
+    # on their own and added with weight w (the seen tumours then weigh as much as all organs).
+    tumor_group: float = 0.0
 
 
 def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage: int,
@@ -166,8 +170,9 @@ def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage:
     out: model output dict (mask_logits (B,N,...), layer_logits list of (B,N_o,...), and
     class_logits (Stage 1) or class_cos_logits (Stage 2)); label (B,2,...); annotated (B,C);
     is_tumour (C,) bool per catalog channel (needed when the batch holds synthetic lesions).
-    ``stats``: if given, filled with "present" (B, N) bool and "max_prob" (B, N) float — the
-    highest probability of each channel in each crop — for the dying-channel check.
+    ``stats``: if given, filled with "present" (B, N) bool, "max_prob" (B, N) float — the
+    highest probability of each channel in each crop — for the dying-channel check, and
+    "target_prob" (B, N): the mean probability on the channel's target voxels.
     ``progress``: step / total steps, for the ramp of the rejection weight.
     """
     w = w or LossWeights()
@@ -179,14 +184,26 @@ def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage:
     weights = None
     if is_tumour is not None:
         weights = voxel_weights(label, is_tumour.to(label.device))
-    loss, dice, bce = partial_mask_loss(masks, tgt, ann, w.dice, w.bce, w.dice_smooth,
-                                        None if weights is None else weights[:, :n])
-    parts = {"dice": dice.item(), "bce": bce.item()}
+    wn = None if weights is None else weights[:, :n]
+    if w.tumor_group > 0 and is_tumour is not None and bool(is_tumour[:n].any()):
+        tum = is_tumour[:n].to(ann.device)
+        loss, dice, bce = partial_mask_loss(masks, tgt, ann & ~tum, w.dice, w.bce, w.dice_smooth, wn)
+        t_loss, t_dice, t_bce = partial_mask_loss(masks, tgt, ann & tum, w.dice, w.bce, w.dice_smooth, wn)
+        loss = loss + w.tumor_group * t_loss
+        parts = {"dice": dice.item(), "bce": bce.item(), "tumor_dice": t_dice.item(), "tumor_bce": t_bce.item()}
+    else:
+        loss, dice, bce = partial_mask_loss(masks, tgt, ann, w.dice, w.bce, w.dice_smooth, wn)
+        parts = {"dice": dice.item(), "bce": bce.item()}
     pres = presence(tgt)
     if stats is not None:
         with torch.no_grad():
             stats["present"] = (pres > 0) & ann
             stats["max_prob"] = masks.detach().float().flatten(2).amax(-1).sigmoid()
+            # mean probability on the channel's own voxels: a channel that fires elsewhere in
+            # the crop has a high max_prob and still misses its class
+            prob = masks.detach().float().sigmoid().flatten(2)
+            t = tgt.flatten(2).float()
+            stats["target_prob"] = (prob * t).sum(-1) / t.sum(-1).clamp(min=1.0)
     if stage == 1:
         c = class_bce(out["class_logits"], pres, ann)
     else:

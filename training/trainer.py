@@ -40,9 +40,9 @@ from .transforms import augment_transforms, preprocess_transforms
 from .validation import validate
 
 STATE_FORMAT = "dsm-train-state/1"
-LOG_FIELDS = ["step", "epoch", "lr", "loss", "dice", "bce", "cls", "reject", "deep", "val_dice", "val_rejection",
+LOG_FIELDS = ["step", "epoch", "lr", "loss", "dice", "bce", "tumor_dice", "tumor_bce", "cls", "reject", "deep", "val_dice", "val_rejection",
               "seconds"]
-HEALTH_FIELDS = ["step", "class", "crops", "max_prob_mean", "max_prob_min", "dead"]
+HEALTH_FIELDS = ["step", "class", "crops", "max_prob_mean", "max_prob_min", "target_prob_mean", "dead"]
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -221,7 +221,8 @@ class Trainer:
         else:
             warm = 0
         self.warmup = warm
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        trainable = self._trainable(o.freeze)
+        self.optimizer = torch.optim.AdamW(trainable, lr=o.lr, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.total_steps, warm, o.min_lr_ratio))
         self.amp_dtype = _amp_dtype(o.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -230,6 +231,28 @@ class Trainer:
         self._log(f"stage {self.model_cfg.stage}, {sum(p.numel() for p in self.net.parameters()) / 1e6:.2f} M parameters, "
                   f"{self.total_steps} steps ({self.steps_per_epoch:.2f} per epoch), warm-up {warm}, device {self.device}"
                   + (f", AMP {self.amp_dtype}" if self.amp_dtype else "") + (f", world {self.world}" if self.world > 1 else ""))
+
+    def _trainable(self, freeze: tuple[str, ...]) -> list[torch.nn.Parameter]:
+        """The parameters the optimizer updates; those named by a ``freeze`` prefix are fixed."""
+        prefixes = tuple(str(f).rstrip(".") for f in freeze)
+        names = dict(self.net.named_parameters())
+        unknown = [f for f in prefixes if not any(n == f or n.startswith(f + ".") for n in names)]
+        if unknown:
+            raise ValueError(f"optim.freeze: no parameter is named {unknown}; top-level modules: "
+                             f"{sorted({n.split('.')[0] for n in names})}")
+        keep = []
+        for name, param in names.items():
+            frozen = any(name == f or name.startswith(f + ".") for f in prefixes)
+            param.requires_grad_(not frozen)
+            if not frozen:
+                keep.append(param)
+        if prefixes:
+            fixed = sum(p.numel() for p in names.values() if not p.requires_grad)
+            self._log(f"frozen: {', '.join(prefixes)} ({fixed / 1e6:.2f} M parameters); "
+                      f"training {sum(p.numel() for p in keep) / 1e6:.2f} M")
+        if not keep:
+            raise ValueError("optim.freeze leaves no parameter to train")
+        return keep
 
     def _load_init(self, net: DSMNet, path: str | Path) -> None:
         """Stage-1 weights into this model, non-strictly (new Stage-2 modules start fresh)."""
@@ -361,12 +384,14 @@ class Trainer:
     def _track_health(self, stats: dict) -> None:
         """Per class: crops where it is present, and the highest probability it reached there."""
         present, top = stats["present"].cpu(), stats["max_prob"].cpu()
+        inside = stats["target_prob"].cpu()
         for c in torch.nonzero(present.any(0)).flatten().tolist():
             vals = top[:, c][present[:, c]]
-            h = self._health.setdefault(c, [0, 0.0, 1.0])
+            h = self._health.setdefault(c, [0, 0.0, 1.0, 0.0])
             h[0] += len(vals)
             h[1] += float(vals.sum())
             h[2] = min(h[2], float(vals.min()))
+            h[3] += float(inside[:, c][present[:, c]].sum())
 
     def _write_health(self) -> None:
         """channel_health.csv: a class whose probability stayed below 0.5 on every crop that
@@ -382,13 +407,14 @@ class Trainer:
             w = csv.DictWriter(fh, fieldnames=HEALTH_FIELDS)
             if new:
                 w.writeheader()
-            for c, (n, total, low) in sorted(self._health.items()):
+            for c, (n, total, low, target) in sorted(self._health.items()):
                 mean = total / max(n, 1)
                 is_dead = mean < 0.5 and n >= 4
                 if is_dead:
                     dead.append(self.catalog[c].name)
                 w.writerow({"step": self.step, "class": self.catalog[c].name, "crops": n,
-                            "max_prob_mean": round(mean, 4), "max_prob_min": round(low, 4), "dead": int(is_dead)})
+                            "max_prob_mean": round(mean, 4), "max_prob_min": round(low, 4),
+                            "target_prob_mean": round(target / max(n, 1), 4), "dead": int(is_dead)})
         if dead:
             self._log(f"step {self.step}: channels below 0.5 on the crops that contain them: {', '.join(dead)}")
         self._health = {}

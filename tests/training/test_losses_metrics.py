@@ -11,6 +11,7 @@ from model.catalog import load_catalog
 from training.losses import (
     cosine_class_bce,
     dice_bce_per_channel,
+    LossWeights,
     dsm_loss,
     multi_hot,
     partial_mask_loss,
@@ -195,3 +196,31 @@ def test_fpr95_known_values():
     assert fpr_at_tpr(s, y, 0.95) == 0.0  # 19/20 = 95 % reached before any negative
     assert fpr_at_tpr(s, y, 1.0) == pytest.approx(8 / 20)
     assert fpr_at_tpr([0.2, 0.9], [1, 0]) == 1.0
+
+
+def test_tumor_group_gives_a_lesion_the_weight_of_all_organs():
+    # One liver, one liver tumour in the crop: in the shared mean the tumour channel is one Dice
+    # pair among several; with tumor_group it is averaged on its own and added.
+    label = torch.zeros(1, 2, 8, 8, 8, dtype=torch.uint8)
+    label[0, 0, 1:7, 1:7, 1:7] = CAT.by_name("Liver").index
+    label[0, 0, 3:5, 3:5, 3:5] = CAT.by_name("Liver Tumor").index
+    label[0, 1, 3:5, 3:5, 3:5] = CAT.by_name("Liver").index
+    n = len(CAT)
+    ann = torch.ones(1, n, dtype=torch.bool)
+    is_tumor = torch.tensor([e.is_tumor for e in CAT], dtype=torch.bool)
+    t = CAT.by_name("Liver Tumor").index - 1
+
+    def tumour_grad(group: float) -> tuple[float, dict]:
+        torch.manual_seed(0)
+        logits = torch.randn(1, n, 8, 8, 8, requires_grad=True)
+        out = {"mask_logits": logits, "layer_logits": [], "class_cos_logits": torch.randn(1, n, n)}
+        loss, parts = dsm_loss(out, label, ann, n, stage=2, w=LossWeights(tumor_group=group), is_tumour=is_tumor)
+        loss.backward()
+        return float(logits.grad[0, t].abs().sum()), parts
+
+    shared, p0 = tumour_grad(0.0)
+    grouped, p1 = tumour_grad(1.0)
+    assert "tumor_dice" not in p0 and {"tumor_dice", "tumor_bce"} <= set(p1)
+    # Liver and Liver Tumor are the present pairs: the tumour's Dice share goes from 1/2 to 1,
+    # its BCE share from 1/45 to 1/20 (plus the organ mean of the other 25 channels).
+    assert grouped > 1.5 * shared
