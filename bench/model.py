@@ -42,7 +42,7 @@ class PeakRSS:
         self.proc = psutil.Process()
         self.peak_mib = 0.0
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.base = self.proc.memory_info().rss
         self.top = self.base
         self.running = True

@@ -43,7 +43,7 @@ class Response:
     body: bytes
 
     @classmethod
-    def json(cls, status: int, payload: Any) -> "Response":
+    def json(cls, status: int, payload: Any) -> Response:
         return cls(status, "application/json", json.dumps(payload, indent=2, default=str).encode() + b"\n")
 
 

@@ -25,7 +25,6 @@ from sqlalchemy import select
 
 from .audit import MAJOR_FAILURE, SERIOUS_FAILURE, SUCCESS
 from .context import NodeContext
-from .db.engine import transaction
 from .db.models import AuditEvent, Job, utcnow
 from .delivery.outbox import backoff_delay
 from .delivery.web import auth_headers, connect, failure_word

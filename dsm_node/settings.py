@@ -70,7 +70,7 @@ class TLS(_Section):
     require_client_cert: bool = Field(True, description="Reject peers without a certificate signed by ca_file")
 
     @model_validator(mode="after")
-    def _files(self) -> "TLS":
+    def _files(self) -> TLS:
         if self.enabled:
             missing = [k for k in ("cert_file", "key_file") if getattr(self, k) is None]
             if self.require_client_cert and self.ca_file is None:
@@ -153,7 +153,7 @@ class Rule(_Section):
     max: float | None = None
 
     @model_validator(mode="after")
-    def _one_test(self) -> "Rule":
+    def _one_test(self) -> Rule:
         if self.regex is None and self.min is None and self.max is None:
             raise ValueError("a rule needs regex, min or max")
         if self.regex is not None:
@@ -252,7 +252,7 @@ class WebAuth(_Section):
     token: SecretStr | None = Field(None, description="Bearer token (sent as 'Authorization: Bearer ...')")
 
     @model_validator(mode="after")
-    def _complete(self) -> "WebAuth":
+    def _complete(self) -> WebAuth:
         if self.type == "basic" and (not self.username or self.password is None):
             raise ValueError("basic auth needs username and password")
         if self.type == "bearer" and (self.token is None or not self.token.get_secret_value()):
@@ -292,7 +292,7 @@ class Destination(_Section):
         return None if v is None else _check_ae(v)
 
     @model_validator(mode="after")
-    def _kind_fields(self) -> "Destination":
+    def _kind_fields(self) -> Destination:
         if self.kind == "dimse":
             missing = [k for k in ("ae_title", "host", "port") if getattr(self, k) in (None, "")]
             if missing:
@@ -432,7 +432,7 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     @model_validator(mode="after")
-    def _reply_tls_files(self) -> "Settings":
+    def _reply_tls_files(self) -> Settings:
         tls = self.dicom.tls
         if self.delivery.reply_tls == "on" and (tls.cert_file is None or tls.key_file is None):
             raise ValueError("delivery.reply_tls 'on' needs dicom.tls.cert_file and dicom.tls.key_file "

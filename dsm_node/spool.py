@@ -268,7 +268,7 @@ class Spool:
                 pass
             raise
 
-    def stage(self, rel: str, chunks: Iterable[bytes | bytearray | memoryview], size: int | None = None) -> "Staged":
+    def stage(self, rel: str, chunks: Iterable[bytes | bytearray | memoryview], size: int | None = None) -> Staged:
         """Write ``chunks`` to a complete, fsynced temp file beside ``rel``; not yet visible.
 
         The caller records the instance and then calls :meth:`Staged.commit` (rename into

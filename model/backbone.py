@@ -1,8 +1,8 @@
 """MONAI SwinUNETR as a multi-scale feature extractor (subclassed, not forked)."""
 from __future__ import annotations
 
-from torch import Tensor
 from monai.networks.nets import SwinUNETR
+from torch import Tensor
 
 from .config import BackboneConfig
 

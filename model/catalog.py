@@ -6,9 +6,10 @@ that the node's web/DICOM layers can read the catalog without loading torch.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -130,7 +131,7 @@ class Catalog(Sequence[ClassEntry]):
     def parents_of(self, name: str) -> list[ClassEntry]:
         return [self.by_name(p) for p in self.by_name(name).parents]
 
-    def extended(self, entries: Iterable[ClassEntry]) -> "Catalog":
+    def extended(self, entries: Iterable[ClassEntry]) -> Catalog:
         return Catalog([*self._entries, *entries])
 
 

@@ -7,9 +7,10 @@ The YAML files describe the served (Stage 2) model; training derives Stage 1 wit
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -161,10 +162,10 @@ class ModelConfig:
         d = self.decoder
         return d.n_organ_queries + (d.n_tumor_queries if self.stage == 2 else 0)
 
-    def with_stage(self, stage: int) -> "ModelConfig":
+    def with_stage(self, stage: int) -> ModelConfig:
         return dataclasses.replace(self, stage=stage)
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         """Copy with top-level or dotted changes: ``cfg.replace(**{"ssm.backend": "torch"})``."""
         data = self.to_dict()
         for key, value in changes.items():
@@ -182,10 +183,10 @@ class ModelConfig:
         return _plain(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
         return _build(cls, data, "")
 
-    def diff(self, other: "ModelConfig") -> list[str]:
+    def diff(self, other: ModelConfig) -> list[str]:
         """Human-readable differences ``key: self_value != other_value``."""
         out: list[str] = []
         _diff(self.to_dict(), other.to_dict(), "", out)

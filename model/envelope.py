@@ -14,7 +14,7 @@ away there; a hole that reaches the border is not a hole.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

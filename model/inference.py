@@ -1,8 +1,8 @@
 """Inference entry point: a patch-wise predictor for MONAI ``sliding_window_inference``."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +100,7 @@ class Predictor(nn.Module):
         clip_checkpoint: str | Path | None = None,
         clip_model: str = DEFAULT_CLIP_MODEL,
         backend: str | None = None,
-    ) -> "Predictor":
+    ) -> Predictor:
         """Build from a loaded checkpoint.
 
         ``catalog``: the site's catalog; it must start with the checkpoint's classes in the same

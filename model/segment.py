@@ -17,9 +17,10 @@ thresholded there; organs compete by score, tumours are drawn over organs.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ class InferenceSettings:
 
     @classmethod
     def from_checkpoint(cls, ckpt: LoadedCheckpoint, overlap: float | None = None,
-                        sw_batch_size: int | None = None) -> "InferenceSettings":
+                        sw_batch_size: int | None = None) -> InferenceSettings:
         pp, inf = ckpt.preprocessing, ckpt.config.inference
         cal = ckpt.calibration or {}
         if pp.get("orientation", "RAS") != "RAS":
@@ -169,7 +170,7 @@ class VolumeSegmenter:
         amp: bool = True,
         clip_checkpoint: str | Path | None = None,
         extra_names: Sequence[str] = (),
-    ) -> "VolumeSegmenter":
+    ) -> VolumeSegmenter:
         """``catalog``: the site's catalog (the checkpoint's classes first, appended classes become
         zero-shot channels); default: the shipped catalog."""
         site = catalog if catalog is not None else load_catalog()
@@ -185,7 +186,7 @@ class VolumeSegmenter:
         settings = InferenceSettings.from_checkpoint(loaded, overlap=overlap, sw_batch_size=sw_batch_size)
         return cls(predictor, channels, settings, pick_device(device), amp, loaded.version)
 
-    def with_settings(self, **changes: Any) -> "VolumeSegmenter":
+    def with_settings(self, **changes: Any) -> VolumeSegmenter:
         """The same model with other inference settings (calibration, experiments)."""
         return VolumeSegmenter(self.predictor, self.catalog, replace(self.settings, **changes), self.device,
                                self.amp, self.model_version)

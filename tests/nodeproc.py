@@ -37,7 +37,7 @@ class NodeProcess:
         quiet_period_s: float,
         database_url: str | None = None,
         extra_yaml: str = "",
-        net: "LoopbackNet | None" = None,
+        net: LoopbackNet | None = None,
     ) -> None:
         self.net = net
         self.root = root

@@ -14,8 +14,8 @@ so P_c of every Stage-1 class starts at its Stage-1 value. Nothing else in the n
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F

@@ -11,8 +11,9 @@ Both run ``model.segment.VolumeSegmenter`` on the cases' own grids, like ``dsm-t
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -26,8 +26,8 @@ Encoding in the training label: class map 0 and parent map = host organ index on
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import ndimage

@@ -21,8 +21,8 @@ this module to make studies and must not pay for torch or MONAI.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 

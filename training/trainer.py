@@ -17,7 +17,6 @@ import pickle
 import random
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from model.network import DSMNet, build_model
 from model.text import class_embeddings
 
 from .config import DataSource, TrainConfig
-from .data import case_items, cached_dataset, epoch_plan, phantom_items, planned_loader
+from .data import cached_dataset, case_items, epoch_plan, phantom_items, planned_loader
 from .datalist import read_datalist
 from .losses import dsm_loss
 from .registry import load_registry

@@ -14,9 +14,10 @@ cached sample holds them; spatial and intensity augmentation then vary them per 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch

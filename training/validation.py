@@ -1,7 +1,7 @@
 """Validation Dice during training: sliding-window inference on preprocessed cases."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from monai.inferers import sliding_window_inference

@@ -8,8 +8,9 @@ import json
 import os
 import pwd
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..context import NodeContext, build_context
 from ..db.engine import current_revision

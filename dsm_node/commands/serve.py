@@ -47,9 +47,9 @@ def build_services(ctx: NodeContext) -> list[tuple[str, Service]]:
     """
     from ..delivery import DeliveryService
     from ..http import HttpService
-    from ..notify import Notifier
     from ..jobs.dispatch import JobDispatcher
     from ..jobs.executors import make_executor
+    from ..notify import Notifier
     from ..receive.scp import StorageSCP
     from ..retention import RetentionService
     from ..status_page import register as register_status_page
@@ -173,7 +173,6 @@ def _listening(scp: StorageSCP) -> bool:
 
 def _announce(ctx: NodeContext, services: list[Service]) -> None:
     from ..http import HttpService
-    from ..notify import Notifier
     from ..receive.scp import StorageSCP
 
     dicom = ctx.settings.dicom

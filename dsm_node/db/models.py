@@ -70,8 +70,8 @@ class Study(Base):
     selected_series_uid: Mapped[str | None] = mapped_column(UID)
     selection_reason: Mapped[str | None] = mapped_column(Text)
 
-    series: Mapped[list["Series"]] = relationship(back_populates="study", cascade="all, delete-orphan")
-    jobs: Mapped[list["Job"]] = relationship(back_populates="study", cascade="all, delete-orphan")
+    series: Mapped[list[Series]] = relationship(back_populates="study", cascade="all, delete-orphan")
+    jobs: Mapped[list[Job]] = relationship(back_populates="study", cascade="all, delete-orphan")
 
 
 class Series(Base):
@@ -89,7 +89,7 @@ class Series(Base):
     last_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     study: Mapped[Study] = relationship(back_populates="series")
-    instances: Mapped[list["Instance"]] = relationship(back_populates="series", cascade="all, delete-orphan")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series", cascade="all, delete-orphan")
 
 
 class Instance(Base):
@@ -132,7 +132,7 @@ class Job(Base):
     heartbeat_at: Mapped[dt.datetime | None]
 
     study: Mapped[Study] = relationship(back_populates="jobs")
-    results: Mapped[list["Result"]] = relationship(back_populates="job", cascade="all, delete-orphan")
+    results: Mapped[list[Result]] = relationship(back_populates="job", cascade="all, delete-orphan")
 
 
 class Result(Base):
@@ -150,7 +150,7 @@ class Result(Base):
     deleted_at: Mapped[dt.datetime | None]
 
     job: Mapped[Job] = relationship(back_populates="results")
-    deliveries: Mapped[list["Delivery"]] = relationship(back_populates="result", cascade="all, delete-orphan")
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="result", cascade="all, delete-orphan")
 
 
 class Delivery(Base):

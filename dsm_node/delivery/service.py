@@ -24,9 +24,8 @@ from ..db.engine import transaction
 from ..db.models import Delivery, DeliveryState, Job, Result, Study, utcnow
 from ..liveness import HOLDER, holder_gone
 from ..metrics import DELIVERY_ATTEMPTS
-from . import outbox
+from . import outbox, stow
 from .outbox import Claim
-from . import stow
 from .scu import Outcome, Outgoing, send_batch
 from .targets import Target, target_for_row
 

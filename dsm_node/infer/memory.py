@@ -20,9 +20,9 @@ The estimate (fitted to ``make bench-scale``, see docs/memory.md) is
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 MB = 1024 * 1024
 

@@ -2,8 +2,8 @@
 finding, masks in the catalog colours, a legend, and a "not for diagnostic use" banner."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from scipy import ndimage

@@ -19,7 +19,7 @@ from model.segment import VolumeSegmenter, pick_device
 __all__ = ["Segmentation", "Segmenter", "pick_device", "segmenter_from_settings"]
 
 
-def segmenter_from_settings(settings: Any) -> "Segmenter":
+def segmenter_from_settings(settings: Any) -> Segmenter:
     """The segmenter a node's ``inference`` settings describe (the node and ``dsm-node infer``)."""
     inf = settings.inference
     return Segmenter(

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..audit import Auditor, MINOR_FAILURE, SERIOUS_FAILURE, SUCCESS
+from ..audit import MINOR_FAILURE, SERIOUS_FAILURE, SUCCESS, Auditor
 from ..db.models import Job, utcnow
 from ..lifecycle import JOB_TERMINAL, JobState, StudyState, check_job, check_study
 

@@ -1,4 +1,5 @@
 from alembic import context
+
 from dsm_node.db.engine import make_engine
 from dsm_node.db.models import Base
 

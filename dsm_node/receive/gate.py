@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from ..metrics import CONNECTIONS_REFUSED, PENDING_CONNECTIONS
 from ..settings import Dicom
-from .access import AccessPolicy, parse_address
+from .access import AccessPolicy
 
 #: Largest A-ASSOCIATE-RQ accepted (bytes after the 6-byte header). 128 presentation contexts
 #: with 20 transfer syntaxes of 64 characters each fit; nothing legitimate comes close.
@@ -58,7 +58,7 @@ class Pending:
     """One accepted connection until its association is established or it closes."""
 
     address: str
-    gate: "ConnectionGate"
+    gate: ConnectionGate
     accepted_at: float = field(default_factory=time.monotonic)
     done: bool = False
 
@@ -240,7 +240,7 @@ class GuardedSocket(_GuardedMixin, socket.socket):
     """A plain accepted socket under a guard."""
 
     @classmethod
-    def adopt(cls, sock: socket.socket) -> "GuardedSocket":
+    def adopt(cls, sock: socket.socket) -> GuardedSocket:
         timeout = sock.gettimeout()
         guarded = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
         guarded.settimeout(timeout)

@@ -107,13 +107,13 @@ class ExistingInstance:
     series_uid: str
     sop_class_uid: str
 
-    def conflict_with(self, study_uid: str, series_uid: str, sop_class_uid: str) -> "SOPInstanceConflict | None":
+    def conflict_with(self, study_uid: str, series_uid: str, sop_class_uid: str) -> SOPInstanceConflict | None:
         """The conflict a new copy with these UIDs would be, or None when it is the same instance."""
         return _conflict(self.study_uid, self.series_uid, self.sop_class_uid, study_uid, series_uid, sop_class_uid)
 
 
 def _conflict(old_study: str, old_series: str, old_class: str, study_uid: str, series_uid: str,
-              sop_class_uid: str) -> "SOPInstanceConflict | None":
+              sop_class_uid: str) -> SOPInstanceConflict | None:
     if (old_study, old_series, old_class) == (study_uid, series_uid, sop_class_uid):
         return None
     where = "study" if old_study != study_uid else ("series" if old_series != series_uid else "SOP class")
@@ -186,7 +186,7 @@ def _insert_ignore(conn: Connection, table, values: dict[str, Any], key: str):  
     return conn.execute(stmt, values).first()
 
 
-_LOCKS: "weakref.WeakKeyDictionary[Engine, threading.Lock]" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -220,7 +220,7 @@ def find_instance(engine: Engine, sop_instance_uid: str) -> ExistingInstance | N
     return ExistingInstance(row.id, row.path, row.deleted_at, row.study_uid, row.series_uid, row.sop_class_uid)
 
 
-def record_instance(ctx: "NodeContext", rec: InstanceRecord) -> IndexOutcome:
+def record_instance(ctx: NodeContext, rec: InstanceRecord) -> IndexOutcome:
     """Record one stored instance (study, series, instance rows) in ONE transaction.
 
     Returns the outcome; raises :class:`IndexUnavailable` on any database error (nothing is
@@ -348,7 +348,7 @@ def _fast_record(engine: Engine, rec: InstanceRecord, now: dt.datetime) -> Index
                 pass
 
 
-def _record(conn: Connection, ctx: "NodeContext", rec: InstanceRecord, now: dt.datetime) -> IndexOutcome:
+def _record(conn: Connection, ctx: NodeContext, rec: InstanceRecord, now: dt.datetime) -> IndexOutcome:
     calling_ae = _clip(rec.calling_ae, 16)
     peer_address = _clip(rec.peer_address, 64)
 

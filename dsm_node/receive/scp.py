@@ -42,8 +42,6 @@ from ..metrics import (
 from ..spool import InvalidUID, Spool, SpoolFull, relative_path, validate_uid
 from . import tls as tls_mod
 from .access import AccessPolicy
-from .gate import ConnectionGate, GuardedSocket, GuardedSSLSocket, StreamGuard, max_pdata_bytes
-from .throttle import RefusalAuditor
 from .dataset import (
     PROCESSED_SOP_CLASSES,
     TRANSFER_SYNTAXES,
@@ -55,6 +53,7 @@ from .dataset import (
     parse_dataset,
     text_value,
 )
+from .gate import ConnectionGate, GuardedSocket, GuardedSSLSocket, StreamGuard, max_pdata_bytes
 from .index import (
     IndexConflict,
     IndexUnavailable,
@@ -64,6 +63,7 @@ from .index import (
     record_instance,
     spool_usage,
 )
+from .throttle import RefusalAuditor
 
 log = logging.getLogger("dsm_node.receive")
 
@@ -689,7 +689,7 @@ class StorageSCP:
         return SUCCESS
 
     @staticmethod
-    def _conflict(exc: SOPInstanceConflict, ids: dict[str, str]) -> "_Refused":
+    def _conflict(exc: SOPInstanceConflict, ids: dict[str, str]) -> _Refused:
         """Refusal of a known SOP Instance UID under another study, series or SOP class."""
         return _Refused(UID_CONFLICT, str(exc), "sop_uid_conflict", conflict=exc.kind,
                         stored_study_uid=exc.study_uid, stored_series_uid=exc.series_uid,

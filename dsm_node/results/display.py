@@ -28,7 +28,7 @@ class DisplayFrame:
     spacing: tuple[float, float, float]  # display voxel size (S, P, L) in mm
 
     @classmethod
-    def from_affine(cls, affine_lps: np.ndarray, shape: tuple[int, int, int]) -> "DisplayFrame":
+    def from_affine(cls, affine_lps: np.ndarray, shape: tuple[int, int, int]) -> DisplayFrame:
         a = np.asarray(affine_lps, float)[:3, :3]
         # voxel axes i, j, k (columns of a) are array axes 2, 1, 0
         world_of = [int(np.argmax(np.abs(a[:, v]))) for v in range(3)]

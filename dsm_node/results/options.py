@@ -56,7 +56,7 @@ class ResultOptions:
 
     @classmethod
     def from_settings(cls, settings, *, model_version: str, model_name: str = "DSM", revision: int = 0,
-                      **overrides) -> "ResultOptions":
+                      **overrides) -> ResultOptions:
         """Build from a ``dsm_node.settings.Settings`` (its ``results`` section)."""
         r = settings.results
         opts = cls(

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from highdicom.color import CIELabColor
 from highdicom.content import AlgorithmIdentificationSequence
-from highdicom.seg import Segmentation, SegmentAlgorithmTypeValues, SegmentDescription, SegmentsOverlapValues
+from highdicom.seg import SegmentAlgorithmTypeValues, Segmentation, SegmentDescription, SegmentsOverlapValues
 
 from . import coding
 from .options import ResultOptions

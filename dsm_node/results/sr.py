@@ -67,8 +67,7 @@ from .lesions import KnownLesion, Lesion, assign_identities, find_lesions, parse
 from .measurements import LabelMeasurement, mean_hu, measure_labels
 from .options import ResultOptions
 from .outlines import largest_slice, outline
-from .seg import (ResultError, SegResult, character_set, check_source, quiet_source_warnings, save,
-                  tracking_identifier)
+from .seg import ResultError, SegResult, character_set, check_source, quiet_source_warnings, save, tracking_identifier
 from .segments import TISSUE, WITH_TUMOURS, SegmentPlan, plan_segments
 from .uids import lesion_tracking_uid
 

@@ -185,7 +185,7 @@ class _Rank:
         parts.append(f"{self.slices} slices")
         return ", ".join(parts)
 
-    def behind(self, winner: "_Rank") -> str:
+    def behind(self, winner: _Rank) -> str:
         """The first preference in which this series loses to ``winner``."""
         if self.axial != winner.axial:
             return "not axial"

@@ -117,7 +117,7 @@ class Orthanc:
             },
         }
 
-    def start(self, timeout: float = 30.0) -> "Orthanc":
+    def start(self, timeout: float = 30.0) -> Orthanc:
         exe = find_orthanc()
         if exe is None:
             raise OrthancError("Orthanc not installed (Debian: apt-get install orthanc "
@@ -169,7 +169,7 @@ class Orthanc:
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "Orthanc":
+    def __enter__(self) -> Orthanc:
         return self.start()
 
     def __exit__(self, *exc) -> None:

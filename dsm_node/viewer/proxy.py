@@ -37,7 +37,7 @@ ISOLATION_HEADERS = {
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "ViewerHTTPServer"
+    server: ViewerHTTPServer
 
     def log_message(self, fmt, *args):  # quiet; requests are recorded instead
         pass
@@ -162,7 +162,7 @@ class ViewerHTTPServer(ThreadingHTTPServer):
         with self._lock:
             self.requests.append((method, path, status))
 
-    def start(self) -> "ViewerHTTPServer":
+    def start(self) -> ViewerHTTPServer:
         self._thread = threading.Thread(target=self.serve_forever, name="ohif-http",
                                         daemon=True)
         self._thread.start()
@@ -172,7 +172,7 @@ class ViewerHTTPServer(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
 
-    def __enter__(self) -> "ViewerHTTPServer":
+    def __enter__(self) -> ViewerHTTPServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

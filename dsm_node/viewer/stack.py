@@ -22,7 +22,7 @@ class ViewerStack:
         self.server: ViewerHTTPServer | None = None
         self.timings: dict[str, float] = {}
 
-    def start(self) -> "ViewerStack":
+    def start(self) -> ViewerStack:
         t0 = time.monotonic()
         self.orthanc.start()
         self.timings["orthanc_start_s"] = time.monotonic() - t0
@@ -55,7 +55,7 @@ class ViewerStack:
             self.server = None
         self.orthanc.stop()
 
-    def __enter__(self) -> "ViewerStack":
+    def __enter__(self) -> ViewerStack:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 from delivery_objects import ResultFile, build_results
-from peers import LoopbackNet
 from delivery_postgres import PostgresServer, temporary_postgres
+from peers import LoopbackNet
 from sqlalchemy import select
 from tools import require_tool
 

@@ -13,13 +13,13 @@ import threading
 
 import pytest
 from sqlalchemy import select, text
+from tools import REPO, require_tool
 
 from dsm_node.audit_chain import GENESIS, verify
 from dsm_node.context import build_context
 from dsm_node.db.engine import upgrade
 from dsm_node.db.models import AuditChain, AuditEvent
 from dsm_node.settings import load_settings
-from tools import REPO, require_tool
 
 
 @pytest.fixture(scope="module")

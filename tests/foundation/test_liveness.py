@@ -6,8 +6,9 @@ import subprocess
 import sys
 import time
 
-from dsm_node import liveness
 from tools import REPO
+
+from dsm_node import liveness
 
 CHILD = """
 import sys, time

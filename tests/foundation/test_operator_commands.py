@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from tools import REPO
 
 from dsm_node.context import build_context
 from dsm_node.settings import load_settings
-from tools import REPO
 
 COMMANDS = [["studies"], ["audit"], ["deliveries"], ["resend", "--all-dead"], ["fsck"]]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from pg import postgres_server
 from sqlalchemy import text
+from tools import require_tool
 
 from dsm_node.context import build_context
 from dsm_node.settings import load_settings, masked_dump
-from tools import require_tool
 
 
 @pytest.fixture(scope="module")

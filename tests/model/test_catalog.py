@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model.catalog import DEFAULT_CATALOG_PATH, CatalogError, load_catalog
+from model.catalog import CatalogError, load_catalog
 
 SPEC_ORGANS = [
     "Spleen", "Right Kidney", "Left Kidney", "Gall Bladder", "Esophagus", "Liver", "Stomach", "Aorta",

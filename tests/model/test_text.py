@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from tools import shared_data
 
 from model.catalog import load_catalog
 from model.text import (
@@ -16,7 +17,6 @@ from model.text import (
     embeddings_sha256,
     load_default_table,
 )
-from tools import shared_data
 
 
 def test_shipped_table_shape_order_and_normalisation():

@@ -11,6 +11,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import select
+from tools import free_port
 
 from dsm_node.context import build_context
 from dsm_node.db.models import AuditEvent, Job
@@ -20,7 +21,6 @@ from dsm_node.receive.scp import StorageSCP
 from dsm_node.receive.synthetic import write_ct_series
 from dsm_node.settings import load_settings
 from dsm_node.studies.service import StudyService
-from tools import free_port
 
 
 @pytest.fixture

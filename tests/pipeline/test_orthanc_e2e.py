@@ -38,7 +38,7 @@ class Orthanc:
         self.log = root / "orthanc.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Orthanc":
+    def start(self) -> Orthanc:
         with self.log.open("wb") as out:
             self.proc = self.net.popen([require_tool("Orthanc"), str(self.root / "orthanc.json")], stdout=out, stderr=subprocess.STDOUT)
         self.net.wait_listening(self.http_port, timeout_s=60)

@@ -68,7 +68,7 @@ def closed_by_node(sock: socket.socket, timeout: float = 60) -> bool:
                 return True
     except ConnectionResetError:
         return True
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return False
 
 
@@ -84,7 +84,7 @@ def stream(sock: socket.socket, header: bytes, total: int, chunk: int = 1 << 20)
             n = min(chunk, total - sent)
             sock.sendall(zeros[:n])
             sent += n
-    except (BrokenPipeError, ConnectionResetError, TimeoutError, socket.timeout):
+    except (BrokenPipeError, ConnectionResetError, TimeoutError):
         pass
     return sent
 

@@ -15,7 +15,6 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 from sqlalchemy import create_engine, text
-
 from tools import REPO, free_port
 
 NODE_AE = "DSMNODE"
@@ -43,7 +42,7 @@ class Node:
     def spool(self) -> Path:
         return self.data_dir / "spool"
 
-    def start(self, timeout: float = 90) -> "Node":
+    def start(self, timeout: float = 90) -> Node:
         cmd = [sys.executable, "-m", "dsm_node.receive", "--config", str(self.config_path),
                "--data-dir", str(self.data_dir), "--port", str(self.port)]
         if self.db_url:

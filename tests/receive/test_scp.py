@@ -18,9 +18,9 @@ from pydicom.uid import (
     generate_uid,
 )
 from receive_helpers import NODE_AE, body_of, echo, file_with_body, store, storescu
+from tools import require_tool
 
 from dsm_node.receive.synthetic import ct_dataset, write_ct_series
-from tools import require_tool
 
 SUCCESS = 0x0000
 
@@ -307,8 +307,8 @@ def test_max_instance_size(node_factory, tmp_path):
 
 
 def test_max_associations(node_factory):
-    from receive_helpers import make_ae
     from pynetdicom.sop_class import Verification
+    from receive_helpers import make_ae
 
     node = node_factory(config={"dicom": {"max_associations": 1}})
     ae = make_ae("HOLDER", [(Verification, None)])

@@ -15,9 +15,9 @@ import threading
 import time
 
 from receive_helpers import Node, echo
+from tools import require_tool
 
 from dsm_node.receive.synthetic import write_ct_series
-from tools import require_tool
 
 N = 150
 

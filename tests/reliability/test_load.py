@@ -14,9 +14,9 @@ import time
 import psutil
 import pytest
 from receive_helpers import Node
+from tools import require_tool
 
 from dsm_node.receive.synthetic import write_ct_series
-from tools import require_tool
 
 ASSOCIATIONS, PER_ASSOCIATION = 8, 200
 RSS_GROWTH_LIMIT = 300 * 1024**2

@@ -15,7 +15,14 @@ from sqlalchemy import select
 from dsm_node.context import build_context
 from dsm_node.db.engine import transaction
 from dsm_node.db.models import (
-    AuditEvent, Delivery, Instance, Job, Result, Series, Study, utcnow,
+    AuditEvent,
+    Delivery,
+    Instance,
+    Job,
+    Result,
+    Series,
+    Study,
+    utcnow,
 )
 from dsm_node.retention import DiskUsage, RetentionService
 from dsm_node.settings import load_settings

@@ -4,7 +4,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-
 from segment_truth import expected_segment_masks  # noqa: F401 (re-exported for the result tests)
 from tools import require_extra_tool, require_tool
 
@@ -46,8 +45,9 @@ def dcmqi_masks(seg_path, out_dir, volume, *, raw: bool = False) -> dict[int, np
 
     ``raw``: the images' values instead of masks (a LABELMAP SEG comes back as ONE image "1"
     holding the segment numbers)."""
-    from dsm_node.volume import label_image_to_volume_grid
     import nibabel as nib
+
+    from dsm_node.volume import label_image_to_volume_grid
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -6,9 +6,9 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pytest
-
-from resulttools import dciodvfy, dcmqi_masks
 from ctsynth import LIVER
+from resulttools import dciodvfy, dcmqi_masks
+
 from dsm_node.results.options import ResultOptions
 from dsm_node.results.seg import write_seg
 from dsm_node.results.sr import write_sr

@@ -4,11 +4,9 @@ from __future__ import annotations
 import math
 import subprocess
 
-import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-
 from ctsynth import LIVER, LIVER_TUMOR, write_series
 from resulttools import dciodvfy, expected_segment_masks
 from tools import require_tool

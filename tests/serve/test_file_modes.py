@@ -37,9 +37,9 @@ def test_receiver_files_and_folders_under_umask_000(tmp_path):
             if line.startswith(b"listening on"):
                 break
         series = write_ct_series(tmp_path / "s", 2, 32)
+        from pydicom import dcmread
         from pynetdicom import AE
         from pynetdicom.sop_class import CTImageStorage
-        from pydicom import dcmread
 
         ae = AE(ae_title="TESTSCU")
         ae.add_requested_context(CTImageStorage)

@@ -38,7 +38,7 @@ def closed(sock: socket.socket, timeout: float) -> bool:
         return sock.recv(1024) == b""
     except ConnectionResetError:
         return True
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return False
 
 

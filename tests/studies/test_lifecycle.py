@@ -14,7 +14,14 @@ from dsm_node.db.engine import transaction
 from dsm_node.db.models import AuditEvent, Job, Study
 from dsm_node.jobs.machine import transition
 from dsm_node.lifecycle import (
-    JOB_MOVES, STUDY_MOVES, JobState, StudyState, TransitionError, check_job, check_study, study_sources,
+    JOB_MOVES,
+    STUDY_MOVES,
+    JobState,
+    StudyState,
+    TransitionError,
+    check_job,
+    check_study,
+    study_sources,
 )
 from dsm_node.studies import completeness, decide
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from training_helpers import TINY_MODEL
 
 from model.catalog import load_catalog
 from model.checkpoint import save_checkpoint
@@ -14,8 +15,6 @@ from model.network import build_model
 from model.text import class_embeddings
 from training.cli import main
 from training.evaluate import _summarise, markdown_report
-
-from training_helpers import TINY_MODEL
 
 CAT = load_catalog()
 KEYS = ("organ_dsc_mean", "seen_tumor_dsc_mean", "unseen_tumor_dsc_mean", "unseen_tumor_auroc_mean",

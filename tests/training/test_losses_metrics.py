@@ -9,9 +9,9 @@ import torch
 
 from model.catalog import load_catalog
 from training.losses import (
+    LossWeights,
     cosine_class_bce,
     dice_bce_per_channel,
-    LossWeights,
     dsm_loss,
     multi_hot,
     partial_mask_loss,

@@ -13,12 +13,11 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import broken_segs
 import numpy as np
+import ohif_checks as checks
 import pydicom
 import pytest
-
-import broken_segs
-import ohif_checks as checks
 from tools import REPO, require_tool
 
 from dsm_node.viewer.ohif import app_config, app_config_js, viewer_path

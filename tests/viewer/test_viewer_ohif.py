@@ -6,7 +6,6 @@ radiologist sees. The failure messages name the screenshots folder.
 from __future__ import annotations
 
 import pytest
-
 from broken_segs import PLAN as BROKEN
 from tools import missing
 

@@ -9,7 +9,6 @@ Returns landmarks (hila, porta hepatis, ...) that the vessels connect to.
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from .body import Body

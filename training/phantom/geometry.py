@@ -12,8 +12,8 @@ seed does not depend on the grid or the field of view.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage

@@ -16,7 +16,7 @@ import numpy as np
 
 from .body import Body
 from .geometry import BG, Canvas, tube
-from .thorax import Heart, _NOT_BONE
+from .thorax import _NOT_BONE, Heart
 
 _SOFT = _NOT_BONE
 

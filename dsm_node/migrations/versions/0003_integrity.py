@@ -4,9 +4,8 @@ Revision ID: 0003_integrity
 Revises: 0002_audit_chain
 Create Date: 2026-12-06 11:00:00
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0003_integrity'
 down_revision = '0002_audit_chain'
