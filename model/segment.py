@@ -17,7 +17,7 @@ thresholded there; organs compete by score, tumours are drawn over organs.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -113,6 +113,12 @@ class VolumeSegmentation:
             values = np.maximum(values, self.decisions.zero_shot[c])
         return to_source(values, m.gmap, m.box)
 
+    def anomaly_slabs(self) -> Iterator[tuple[int, np.ndarray]]:
+        """The gated anomaly map on the source grid as blocks of planes (``to_source_slabs``):
+        the same values as ``segment(want_anomaly=True)`` gives, without a source-sized array."""
+        m = self.model_output
+        return to_source_slabs(self.decisions.anomaly, m.gmap, m.box)
+
 
 def to_source(values: np.ndarray, gmap: grid.GridMap, box: tuple[slice, ...],
               like: np.ndarray | None = None) -> np.ndarray:
@@ -134,6 +140,36 @@ def to_source(values: np.ndarray, gmap: grid.GridMap, box: tuple[slice, ...],
             y, z, vals = part
             view[:, y, z] = vals
     return out
+
+
+def to_source_slabs(values: np.ndarray, gmap: grid.GridMap,
+                    box: tuple[slice, ...]) -> Iterator[tuple[int, np.ndarray]]:
+    """``to_source`` one block of source planes at a time: (k0, block) in ascending k0, block
+    (I, J, k1 - k0) float32 holding planes k0 .. k1 - 1 of the source-grid map, the same values.
+
+    Made for writers that stream a volume (NIfTI stores planes along the last axis one after
+    the other): only one block of about ``slabs.SLAB_VOXELS`` exists at a time. Blocks follow
+    the oriented S axis; when the source's last axis is not S (a sagittal or coronal series),
+    the whole map comes as one block."""
+    if int(gmap.ornt[2, 0]) != 2:
+        yield 0, to_source(values, gmap, box)
+        return
+    flipped = float(gmap.ornt[2, 1]) < 0
+    full = np.zeros(gmap.model_shape, dtype=np.float32)
+    full[box] = values
+    up = slabs.Upsampled(full, gmap.oriented_shape)
+    del full
+    I, J, K = gmap.source_shape
+    Z = gmap.oriented_shape[2]
+    for k0, k1 in slabs.slab_ranges(K, I * J):
+        block = np.zeros((I, J, k1 - k0), dtype=np.float32)
+        view = gmap.oriented_view(block)  # (X, Y, k1 - k0); reversed along S when flipped
+        z0 = Z - k1 if flipped else k0
+        part = up.slab(z0, z0 + (k1 - k0))
+        if part is not None:
+            y, z, vals = part
+            view[:, y, z.start - z0:z.stop - z0] = vals
+        yield k0, block
 
 
 def pick_device(requested: str = "auto") -> torch.device:

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
 
 from .common import settings_from_args
+
+
+def peak_rss_mb() -> int:
+    """This process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     read_s = time.perf_counter() - t_read
     from ..infer.memory import MemoryRefused, segmenter_guard
+    from ..infer.nifti import write_blocks
     from ..infer.overlays import write_overlays
     from ..infer.segmenter import segmenter_from_settings
     from ..results.display import radiological
@@ -88,12 +95,17 @@ def run(args: argparse.Namespace) -> int:
     segmenter = segmenter_from_settings(settings)
     print(f"model {segmenter.model_version} on {segmenter.device} ({time.perf_counter() - t0:.1f} s to load)", file=sys.stderr)
     try:  # the series is read; before the model runs, refuse what this machine cannot hold
-        segmenter_guard(settings, segmenter, anomaly=True)(hu.shape, spacing)
+        # the anomaly map is streamed plane by plane, except from a series whose slices are
+        # not axial (model.segment.to_source_slabs): then it is one source-sized block
+        axial = int(nib.orientations.io_orientation(affine_ras)[2, 0]) == 2
+        segmenter_guard(settings, segmenter, anomaly=not axial)(hu.shape, spacing)
     except MemoryRefused as exc:
         return refuse(f"memory: {exc}")
 
+    peaks = {"read_and_model_load": peak_rss_mb()}
     t1 = time.perf_counter()
-    result = segmenter.segment(hu, affine_lps, want_anomaly=True, progress=sys.stderr.isatty())
+    result = segmenter.segment(hu, affine_lps, want_anomaly=True, progress=sys.stderr.isatty(), stream_anomaly=True)
+    peaks["segment"] = peak_rss_mb()
     timings = {"read_s": read_s, "model_load_s": t1 - t0, "inference_total_s": time.perf_counter() - t1,
                **result.timings}
 
@@ -104,14 +116,19 @@ def run(args: argparse.Namespace) -> int:
 
     t2 = time.perf_counter()
     save_nifti(result.labels, "labels.nii.gz")
-    save_nifti(np.asarray(result.anomaly, dtype=np.float32), "anomaly.nii.gz")
+    # Streamed block by block: the float32 source-sized map (629 MB at 600 slices of 512 x 512)
+    # never exists whole.
+    assert result.anomaly_slabs is not None
+    write_blocks(out / "anomaly.nii.gz", hu.transpose(2, 1, 0).shape, affine_ras, np.float32, result.anomaly_slabs())
     timings["nifti_s"] = time.perf_counter() - t2
+    peaks["nifti"] = peak_rss_mb()
     written = ["labels.nii.gz", "anomaly.nii.gz"]
     if volume is not None:
         options = ResultOptions.from_settings(settings, model_version=args.model_version or segmenter.model_version)
         results = write_results(volume, result.labels, result.catalog, options, out)
         timings.update(results.timings)
         written += [path.name for _kind, _ds, path in results.files()]
+        peaks["seg_sr_key_images"] = peak_rss_mb()
     t3 = time.perf_counter()
     if not args.no_overlays:
         # The overlay writer shows array rows/columns as they are: hand it radiological order.
@@ -120,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         pngs = write_overlays(display_hu, display_labels, display_spacing, result.catalog, out / "overlays", title=source.name)
         written += [f"overlays/{p.name}" for p in pngs]
         timings["overlays_s"] = time.perf_counter() - t3
+        peaks["overlays"] = peak_rss_mb()
     voxel_ml = float(np.prod(spacing)) / 1000.0
     summary = {
         "input": str(source),
@@ -127,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
         "device": str(segmenter.device),
         "segments": {name: round(n * voxel_ml, 2) for name, n in result.found.items()},
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        # the process's peak resident memory so far, after each stage (where a large series peaks)
+        "peak_rss_mb": peaks,
         "files": written,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -11,7 +11,8 @@ The estimate (fitted to ``make bench-scale``, see docs/memory.md) is
 
 * ``base``: the process with torch and the loaded model, and the fixed costs of one job;
 * ``source_bytes``: what stays per voxel of the series on its own grid: the int16 HU (2), the
-  uint8 label map (1), the float32 anomaly map when it is written (4, ``dsm-node infer`` only),
+  uint8 label map (1), the float32 anomaly map when it is held whole (4: ``dsm-node infer`` on a
+  series whose slices are not axial; axial series stream it plane by plane),
   the result encoding's per-voxel work;
 * ``channel_bytes``: per voxel of the model grid (the whole series resampled to the model
   spacing: the body box is at most that) and per output channel: the sliding window's float32
@@ -34,7 +35,7 @@ class MemoryModel:
 
     base_mb: float = 1300.0  # python, torch, the loaded model, the fixed part of one job
     source_bytes: float = 5.0  # int16 HU 2 + uint8 labels 1 + encoding and overlay slabs
-    anomaly_bytes: float = 4.0  # the float32 anomaly map on the source grid (dsm-node infer)
+    anomaly_bytes: float = 4.0  # the float32 anomaly map held whole (dsm-node infer, non-axial series)
     channel_bytes: float = 10.0  # sliding-window output and blending, post-processing masks/scores
 
     def estimate_mb(self, shape: Sequence[int], spacing_mm: Sequence[float], model_spacing_mm: Sequence[float],

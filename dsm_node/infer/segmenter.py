@@ -5,6 +5,7 @@ volume and the labels is ``model.segment`` — the same code ``dsm-train eval`` 
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ class Segmentation:
     labels: np.ndarray  # (z, y, x) 1-based catalog index per voxel, 0 = background (source grid)
     catalog: Catalog  # the classes the labels refer to, in channel order
     anomaly: np.ndarray | None = None  # (z, y, x) float32 in [0, 1], when asked for
+    # stream_anomaly=True instead: the anomaly map as blocks of planes in NIfTI order,
+    # (k0, (i, j, dk) float32), k = the slice axis (model.segment.to_source_slabs)
+    anomaly_slabs: Callable[[], Iterator[tuple[int, np.ndarray]]] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     found: dict[str, int] = field(default_factory=dict)  # class name -> voxels on the source grid
 
@@ -76,14 +80,19 @@ class Segmenter:
             "roi": list(s.roi_size),
         }
 
-    def segment(self, hu: np.ndarray, affine_lps: np.ndarray, want_anomaly: bool = False, progress: bool = False) -> Segmentation:
-        """hu (z, y, x) = (slice, row, column) with the LPS affine of (column, row, slice)."""
+    def segment(self, hu: np.ndarray, affine_lps: np.ndarray, want_anomaly: bool = False, progress: bool = False,
+                stream_anomaly: bool = False) -> Segmentation:
+        """hu (z, y, x) = (slice, row, column) with the LPS affine of (column, row, slice).
+
+        ``stream_anomaly``: no anomaly array; ``anomaly_slabs`` gives it block by block (a
+        writer that streams it never holds the float32 source-sized map)."""
         ijk = hu.transpose(2, 1, 0)
         result = self.model.segment(ijk, LPS_TO_RAS @ np.asarray(affine_lps, dtype=np.float64),
-                                    want_anomaly=want_anomaly, progress=progress, keep_model_output=False)
+                                    want_anomaly=want_anomaly and not stream_anomaly, progress=progress,
+                                    keep_model_output=False)
         # The model lays its source-grid outputs out like its input (the (i, j, k) view of hu), so
         # these transposes are C-contiguous views: no second source-sized copy.
         labels = np.ascontiguousarray(result.labels.transpose(2, 1, 0))
         anomaly = None if result.anomaly is None else np.ascontiguousarray(result.anomaly.transpose(2, 1, 0))
         return Segmentation(labels=labels, catalog=result.catalog, anomaly=anomaly, timings=result.timings,
-                            found=result.found)
+                            found=result.found, anomaly_slabs=result.anomaly_slabs if stream_anomaly else None)

@@ -12,7 +12,7 @@ import model.slabs as slabs_module
 from model import grid
 from model.catalog import load_catalog
 from model.postprocess import Decisions, dilate
-from model.segment import ModelGridOutput, VolumeSegmenter, to_source
+from model.segment import ModelGridOutput, VolumeSegmenter, to_source, to_source_slabs
 
 SPACING = (3.0, 3.0, 3.0)
 AFFINES = {  # (i, j, k) -> RAS: DICOM axial (LPS, i = column), flipped z, and a sagittal stack
@@ -102,3 +102,23 @@ def test_slabbed_labels_and_anomaly_equal_whole_volume(monkeypatch, name, source
     assert labels.transpose(2, 1, 0).flags.c_contiguous  # no copy needed to go back to (z, y, x)
     anomaly = to_source(d.anomaly, output.gmap, output.box, like=like)
     assert np.array_equal(anomaly, whole_volume_to_source(d.anomaly, output.gmap, output.box))
+
+
+@pytest.mark.parametrize("name", sorted(AFFINES))
+@pytest.mark.parametrize("slab_voxels", [1, 2000, 1 << 22])
+def test_anomaly_blocks_are_the_source_map_plane_by_plane(monkeypatch, name, slab_voxels):
+    # The streamed anomaly (dsm-node infer writes it block by block): blocks of source planes in
+    # ascending order whose concatenation is to_source's map, also when the slice axis runs
+    # feet first (reversed on the oriented grid); a sagittal stack comes as one block.
+    monkeypatch.setattr(slabs_module, "SLAB_VOXELS", slab_voxels)
+    monkeypatch.setattr(slabs_module.slab_ranges, "__defaults__", (slab_voxels,))
+    _catalog, output, d = case(name, (30, 25, 61), seed=slab_voxels % 89 + len(name))
+    blocks = list(to_source_slabs(d.anomaly, output.gmap, output.box))
+    starts = [k0 for k0, _ in blocks]
+    assert starts == sorted(starts) and starts[0] == 0
+    assert all(k0 + b.shape[2] == nxt for (k0, b), nxt in zip(blocks, starts[1:] + [61]))
+    whole = np.concatenate([b for _, b in blocks], axis=2)
+    ref = to_source(d.anomaly, output.gmap, output.box)
+    assert whole.dtype == np.float32 and np.array_equal(whole, ref) and ref.max() > 0
+    if name != "sagittal" and slab_voxels < (1 << 22):
+        assert len(blocks) > 1

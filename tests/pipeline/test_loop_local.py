@@ -149,3 +149,14 @@ def test_infer_cli_on_dicom_and_nifti(tmp_path, tiny_checkpoint, phantom_study):
     # Same CT on the same grid: the labels agree (DICOM stores integer HU, hence not bit-exact).
     assert nifti_labels.shape == labels.shape
     assert (nifti_labels == np.asarray(labels.dataobj)).mean() > 0.99
+    # The anomaly map, streamed to its NIfTI block by block, holds the values of the whole map
+    # the segmenter returns in memory for the same input.
+    from dsm_node.infer.segmenter import Segmenter
+    from dsm_node.volume import ras_to_lps
+
+    ct = nib.load(tmp_path / "ct.nii.gz")
+    hu = np.asarray(ct.dataobj, dtype=np.float32).transpose(2, 1, 0)
+    whole = Segmenter(tiny_checkpoint, device="cpu").segment(hu, ras_to_lps(ct.affine), want_anomaly=True).anomaly
+    streamed = np.asarray(nib.load(out2 / "anomaly.nii.gz").dataobj)
+    assert streamed.dtype == np.float32 and np.array_equal(streamed, whole.transpose(2, 1, 0))
+    assert set(json.loads((out2 / "summary.json").read_text())["peak_rss_mb"]) >= {"segment", "nifti"}
