@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,17 +23,12 @@ from pathlib import Path
 import psutil
 import pydicom
 
+from dsm_node.netutil import free_port
 from training.real_data import shared_data_dir
 
 SHARED_CT = shared_data_dir() / "01_tcia_pancreatic-ct-cbct-seg_CB001" / "ct"
 SEG_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
 SR_3D = "1.2.840.10008.5.1.4.1.1.88.34"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalReceiver:

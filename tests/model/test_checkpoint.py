@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import tiny_config
 
 from model.catalog import load_catalog
 from model.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from model.network import DSMNet
+from tests.model.model_helpers import tiny_config
 
 
 @pytest.fixture(scope="module")

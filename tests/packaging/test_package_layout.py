@@ -6,7 +6,8 @@ from __future__ import annotations
 import fnmatch
 
 import pytest
-from tools import REPO
+
+from tests.tools import REPO
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 

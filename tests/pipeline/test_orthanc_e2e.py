@@ -8,9 +8,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from loop import jobs, node_yaml, wait_job
-from nodeproc import NodeProcess
-from tools import REPO, free_port, require_tool
+from tests.nodeproc import NodeProcess
+from tests.pipeline.loop import jobs, node_yaml, wait_job
+from tests.tools import REPO, free_port, require_tool
 
 DEPLOY = REPO / "deploy" / "orthanc"
 orthanc_stable_age_s = 2

@@ -13,56 +13,24 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import broken_segs
 import numpy as np
-import ohif_checks as checks
 import pydicom
 import pytest
-from tools import REPO, require_tool
 
 from dsm_node.viewer.ohif import app_config, app_config_js, viewer_path
 from dsm_node.viewer.proxy import ViewerHTTPServer
+from tests.support.ct import write_ct_series
+from tests.tools import REPO, require_tool
+from tests.viewer import broken_segs
+from tests.viewer import ohif_checks as checks
 
 # --------------------------------------------------------------------------------------------
 # a tiny CT series + SEG (pydicom + highdicom), written once per session
 
 
 def _write_ct(out: Path, n: int = 6, size: int = 32) -> list[Path]:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    paths = []
-    rng = np.random.default_rng(0)
-    for k in range(n):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = uid = generate_uid()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, uid
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality, ds.PatientName, ds.PatientID = "CT", "TEST^VIEWER", "V1"
-        ds.PatientBirthDate, ds.PatientSex = "", "O"
-        ds.StudyDate = ds.SeriesDate = "20240101"
-        ds.StudyTime = "120000"
-        ds.AccessionNumber = ds.ReferringPhysicianName = ""
-        ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", 1, k + 1
-        ds.Manufacturer = "test"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-16.0, -16.0, 10.0 + 2.5 * k]
-        ds.PixelSpacing = [1.0, 1.0]
-        ds.SliceThickness = 2.5
-        ds.Rows = ds.Columns = size
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
-        ds.PixelData = rng.integers(-100, 100, (size, size), dtype=np.int16).tobytes()
-        p = out / f"ct{k:02d}.dcm"
-        ds.save_as(p, enforce_file_format=True)
-        paths.append(p)
-    return paths
+    return write_ct_series(out, n, size, noise=True, noise_range=(-100, 100), explicit=True,
+                           pixel_spacing=(1.0, 1.0)).files
 
 
 @pytest.fixture(scope="module")
