@@ -43,7 +43,8 @@ def test_catalog_mismatches_are_explained(saved):
     names = load_catalog().names
     swapped = names.copy()
     swapped[1], swapped[2] = swapped[2], swapped[1]
-    with pytest.raises(CheckpointError, match="class order differs at index 2: checkpoint has 'Right Kidney', catalog has 'Left Kidney'"):
+    with pytest.raises(CheckpointError,
+                       match="class order differs at index 2: checkpoint has 'Right Kidney', catalog has 'Left Kidney'"):
         load_checkpoint(path, expect_catalog=swapped)
     with pytest.raises(CheckpointError, match=r"lacks 1 class\(es\) the model was trained with: \['Spleen'\]"):
         load_checkpoint(path, expect_catalog=names[1:])

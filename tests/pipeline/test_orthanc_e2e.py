@@ -40,7 +40,8 @@ class Orthanc:
 
     def start(self) -> Orthanc:
         with self.log.open("wb") as out:
-            self.proc = self.net.popen([require_tool("Orthanc"), str(self.root / "orthanc.json")], stdout=out, stderr=subprocess.STDOUT)
+            self.proc = self.net.popen([require_tool("Orthanc"), str(self.root / "orthanc.json")], stdout=out,
+                                       stderr=subprocess.STDOUT)
         self.net.wait_listening(self.http_port, timeout_s=60)
         return self
 

@@ -198,7 +198,8 @@ def storescu(port: int, files: list[Path], *, called: str = NODE_AE, calling: st
     from tests.tools import require_tool
 
     exe = require_tool("storescu")
-    cmd = [exe, "-aet", calling, "-aec", called, *(["-v"] if verbose else []), *(["-nh"] if no_halt else []), "127.0.0.1", str(port), *map(str, files)]
+    cmd = [exe, "-aet", calling, "-aec", called, *(["-v"] if verbose else []), *(["-nh"] if no_halt else []),
+           "127.0.0.1", str(port), *map(str, files)]
     env = {**os.environ, "TCP_NODELAY": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 

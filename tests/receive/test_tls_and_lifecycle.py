@@ -94,7 +94,7 @@ def test_storage_scp_in_process_start_stop(tmp_path):
     ctx = build_context(settings)
     scp = StorageSCP(ctx)
     with pytest.raises(RuntimeError):
-        scp.port
+        _ = scp.port  # not listening yet
     scp.start()
     try:
         assert scp.port == settings.dicom.port

@@ -242,7 +242,8 @@ def test_key_images_are_valid_secondary_captures(tmp_path, lesion_study, catalog
     key = res.key_images
     assert [i.name for i in key.images] == ["overview", "Liver Tumor lesion 1", "Liver Tumor lesion 2"]
     tool = require_tool("dcmj2pnm")
-    for path, ds in zip(key.paths, key.datasets):
+    assert len(key.paths) == len(key.datasets)
+    for path in key.paths:
         errors, warnings = dciodvfy(path)
         assert errors == [] and warnings == [], (path.name, errors, warnings)
         read = pydicom.dcmread(path)
