@@ -47,6 +47,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dsm_node.netutil import free_port  # noqa: E402 - after the path line above
+
 PY = sys.executable
 ENV = {**os.environ, "TCP_NODELAY": "1", "PYTHONUNBUFFERED": "1"}
 NETNS_FLAG = "DSM_BENCH_IN_NETNS"
@@ -81,12 +83,6 @@ BARE_SCP = textwrap.dedent(
     server.shutdown()
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
@@ -281,7 +277,9 @@ def main() -> int:
         return 2
     enter_netns()
 
-    from dsm_node.receive.synthetic import write_ct_series
+    import numpy as np
+
+    from training.phantom.writers import write_dicom_series
 
     base = Path(args.work) if args.work else REPO / ".cache"
     base.mkdir(parents=True, exist_ok=True)
@@ -289,8 +287,11 @@ def main() -> int:
     peers: list[Peer] = []
     try:
         modes = [1, args.parallel]
-        copies = [write_ct_series(work / f"study{i}", args.instances, args.size, noise=True, seed=0).files
-                  for i in range(args.rounds * len(modes))]
+        # Random HU (incompressible, like real CT on the wire), the same pixels in every copy;
+        # fresh UIDs per copy. Volume axes (column, row, slice), 0.8 mm pixels, 2.5 mm slices.
+        noise = np.random.default_rng(0).integers(-1000, 1500, (args.size, args.size, args.instances), dtype=np.int16)
+        affine = np.diag([0.8, 0.8, 2.5, 1.0])
+        copies = [write_dicom_series(noise, affine, work / f"study{i}") for i in range(args.rounds * len(modes))]
         total = sum(f.stat().st_size for f in copies[0])
         print(f"study: {args.instances} instances, {total / 1e6:.1f} MB, {args.size}x{args.size}, uncompressed; "
               f"node/bare max PDU {args.max_pdu}; storescu with TCP_NODELAY=1; {os.cpu_count()} CPUs, "

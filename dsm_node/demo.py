@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,17 +23,12 @@ from pathlib import Path
 import psutil
 import pydicom
 
+from dsm_node.netutil import free_port
 from training.real_data import shared_data_dir
 
 SHARED_CT = shared_data_dir() / "01_tcia_pancreatic-ct-cbct-seg_CB001" / "ct"
 SEG_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
 SR_3D = "1.2.840.10008.5.1.4.1.1.88.34"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalReceiver:
@@ -89,7 +83,7 @@ class NodeRun:
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "node.yaml"
         lines = [
-            "completeness: {quiet_period_s: %s, poll_interval_s: 0.2}" % self.quiet_period_s,
+            f"completeness: {{quiet_period_s: {self.quiet_period_s}, poll_interval_s: 0.2}}",
             "storage: {min_free_bytes: 0}",
             "delivery:",
             f"  destinations: [{{name: demo-pacs, ae_title: DEMOPACS, host: 127.0.0.1, port: {self.receiver_port}}}]",
@@ -241,7 +235,8 @@ def overlays_from_results(study: Path, seg_path: Path, out: Path) -> list[Path]:
     labels = np.zeros(volume.hu.shape, dtype=np.uint8)
     sop_uids = [f.sop_instance_uid for f in volume.frames]
     numbers = list(seg.segment_numbers)
-    stack = seg.get_pixels_by_source_instance(source_sop_instance_uids=sop_uids, segment_numbers=numbers, assert_missing_frames_are_empty=True)
+    stack = seg.get_pixels_by_source_instance(source_sop_instance_uids=sop_uids, segment_numbers=numbers,
+                                              assert_missing_frames_are_empty=True)
     for n, number in enumerate(numbers):
         name = seg.get_segment_description(number).segment_label
         labels[stack[..., n] > 0] = catalog.by_name(name).index

@@ -1,7 +1,7 @@
 import os
 
 # The skipped tests grouped by reason at the end of the run (a hook, found here by name).
-from skip_summary import pytest_terminal_summary  # noqa: F401
+from tests.skip_summary import pytest_terminal_summary  # noqa: F401
 
 # Keep the CPU tests deterministic and polite on 2-core machines.
 os.environ.setdefault("OMP_NUM_THREADS", "2")

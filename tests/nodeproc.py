@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
-from tools import REPO, free_port, require_tool
+
+from tests.tools import REPO, free_port, require_tool
 
 if TYPE_CHECKING:
-    from peers import LoopbackNet
+    from tests.peers import LoopbackNet
 
 from dsm_node.context import build_context
 from dsm_node.db.models import Study

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tools import free_port, missing, require_tool
+from tests.tools import free_port, missing, require_tool
 
 
 class PostgresServer:

@@ -16,6 +16,10 @@ from typing import NoReturn
 
 import pytest
 
+# The one implementation lives in the package (the demo and the viewer use it too); re-exported
+# here because the suites import their helpers from tests.tools.
+from dsm_node.netutil import free_port as free_port
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 TEST_DATA = Path(__file__).resolve().parent / "data"
@@ -74,10 +78,3 @@ def shared_data(*parts: str) -> Path:
         return path
     missing(f"{path} not present (../shared is only beside the checkout in CI)")
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -12,11 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from delivery_objects import ResultFile, build_results
-from delivery_postgres import PostgresServer, temporary_postgres
-from peers import LoopbackNet
 from sqlalchemy import select
-from tools import require_tool
 
 from dsm_node.audit import query_events
 from dsm_node.context import build_context
@@ -34,6 +30,10 @@ from dsm_node.db.models import (
 )
 from dsm_node.delivery import DeliveryService, enqueue_results
 from dsm_node.settings import load_settings
+from tests.delivery.delivery_objects import ResultFile, build_results
+from tests.delivery.delivery_postgres import PostgresServer, temporary_postgres
+from tests.peers import LoopbackNet
+from tests.tools import require_tool
 
 FAST_RETRIES = {"backoff_initial_s": 0.05, "backoff_max_s": 0.2, "timeout_s": 5, "max_attempts": 5}
 

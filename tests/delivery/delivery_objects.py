@@ -1,4 +1,4 @@
-"""Small valid result objects to deliver: a 3-slice synthetic CT, a 1-segment DICOM-SEG on it,
+"""Small valid result objects to deliver: on a 3-slice synthetic CT (tests.support.ct), a 1-segment DICOM-SEG,
 a TID 1500 SR measuring that segment, and an RGB secondary capture.
 
 Built with highdicom (the node's own writers are tested elsewhere); all validate with dciodvfy.
@@ -11,9 +11,11 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
+
+from tests.support.ct import ct_dataset
 
 
 @dataclass(frozen=True)
@@ -27,31 +29,11 @@ class ResultFile:
 
 
 def synthetic_ct(slices: int = 3, size: int = 16) -> list[Dataset]:
+    """The source CT of the results: a flat image per slice, 2 mm apart."""
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    images = []
-    for i in range(slices):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality = "CT"
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Delivery^Test", "DLV-1", "", "O"
-        ds.StudyDate, ds.StudyTime, ds.StudyID = "20240101", "120000", "1"
-        ds.AccessionNumber, ds.ReferringPhysicianName = "A1", ""
-        ds.SeriesNumber, ds.InstanceNumber, ds.Manufacturer = 1, i + 1, "synthetic"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [0.0, 0.0, 2.0 * i]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 2.0
-        ds.Rows = ds.Columns = size
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.PixelData = np.full((size, size), 1000 + i, np.uint16).tobytes()
-        images.append(ds)
-    return images
+    return [ct_dataset(study_uid=study, series_uid=series, frame_uid=frame, index=i, spacing=2.0, explicit=True,
+                       pixel_spacing=(1.0, 1.0), pixels=np.full((size, size), 1000 + i, np.uint16))
+            for i in range(slices)]
 
 
 def build_results(folder: Path) -> dict[str, ResultFile]:

@@ -4,12 +4,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from conftest import pacs
-
 from dsm_node.commands import deliveries, resend
 from dsm_node.db.engine import transaction
 from dsm_node.db.models import Delivery, DeliveryState, utcnow
 from dsm_node.delivery.outbox import claim_due
+from tests.delivery.conftest import pacs
 
 
 def _node_with_states(make_node, result_files):

@@ -8,18 +8,18 @@ import threading
 import time
 from collections import Counter
 
-from conftest import pacs
-from delivery_objects import copy_as_new_instance
-from peers import ScriptedSCP
 from pydicom.uid import generate_uid
 from sqlalchemy import text
-from tools import free_port
 
 from dsm_node.context import build_context
 from dsm_node.db.engine import transaction
 from dsm_node.db.models import DeliveryState, utcnow
 from dsm_node.delivery import DeliveryService
 from dsm_node.delivery.outbox import claim_due
+from tests.delivery.conftest import pacs
+from tests.delivery.delivery_objects import copy_as_new_instance
+from tests.peers import ScriptedSCP
+from tests.tools import free_port
 
 
 def test_concurrent_claims_never_overlap(make_node, result_files, database_url):

@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 
 import yaml
-from tools import REPO
 
 from dsm_node.delivery.outbox import JITTER, retry_waits
 from dsm_node.delivery.service import lease_seconds
 from dsm_node.settings import Delivery, Settings
+from tests.tools import REPO
 
 DOC = (REPO / "docs" / "delivery.md").read_text()
 

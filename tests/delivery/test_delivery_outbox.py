@@ -7,7 +7,6 @@ import datetime as dt
 import random
 
 import pytest
-from conftest import pacs
 from pydicom.uid import generate_uid
 
 from dsm_node.db.engine import transaction
@@ -22,6 +21,7 @@ from dsm_node.delivery.outbox import (
     reclaim_expired,
 )
 from dsm_node.settings import load_settings
+from tests.delivery.conftest import pacs
 
 
 def test_backoff_doubles_up_to_the_cap_and_jitter_only_shortens():

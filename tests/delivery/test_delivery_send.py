@@ -9,9 +9,6 @@ import time
 
 import pydicom
 import pytest
-from conftest import pacs
-from peers import RawServer, ScriptedSCP, StoreSCP, make_certificates
-from tools import free_port, require_tool
 
 from dsm_node.audit import MAJOR_FAILURE, MINOR_FAILURE, SERIOUS_FAILURE, SUCCESS
 from dsm_node.commands import deliveries, resend
@@ -19,6 +16,9 @@ from dsm_node.db.engine import transaction
 from dsm_node.db.models import DeliveryState, utcnow
 from dsm_node.delivery.outbox import claim_due
 from dsm_node.metrics import REGISTRY
+from tests.delivery.conftest import pacs
+from tests.peers import RawServer, ScriptedSCP, StoreSCP, make_certificates
+from tests.tools import free_port, require_tool
 
 
 def _count(outcome: str) -> float:

@@ -10,14 +10,14 @@ import time
 
 import pydicom
 import pytest
-from peers import OrthancWeb, make_certificates
-from tools import free_port, require_tool
 
 from dsm_node.audit import SERIOUS_FAILURE, SUCCESS
 from dsm_node.commands import resend
 from dsm_node.db.models import DeliveryState
 from dsm_node.delivery import stow
 from dsm_node.settings import ConfigError, load_settings, masked_dump
+from tests.peers import OrthancWeb, make_certificates
+from tests.tools import free_port, require_tool
 
 USERS = {"dsm": "s3cret-pw"}
 
@@ -36,7 +36,7 @@ def orthanc_tool():
     import os
 
     if not os.path.exists("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"):
-        from tools import missing
+        from tests.tools import missing
 
         missing("the Orthanc DICOMweb plugin is not installed (Debian: orthanc-dicomweb)")
 
@@ -153,7 +153,7 @@ def test_https_certificate_is_verified(make_node, result_files, net, tmp_path):
 
 def test_orthanc_stopped_mid_delivery_loses_nothing_and_stores_each_once(make_node, net, tmp_path, orthanc_tool,
                                                                          monkeypatch):
-    from delivery_objects import build_results
+    from tests.delivery.delivery_objects import build_results
 
     batches = [build_results(tmp_path / f"set{i}") for i in range(3)]
     files = [b[k] for b in batches for k in ("SEG", "SR", "SC")]
@@ -202,10 +202,10 @@ def test_orthanc_stopped_mid_delivery_loses_nothing_and_stores_each_once(make_no
 def test_bearer_token_and_masked_secrets(tmp_path):
     """The token goes out as 'Authorization: Bearer'; check-config masks tokens and passwords."""
     import yaml
-    from delivery_objects import build_results
 
     from dsm_node.delivery.scu import Outgoing
     from dsm_node.delivery.targets import configured_targets
+    from tests.delivery.delivery_objects import build_results
 
     stub = _StowStub()
     sr = build_results(tmp_path / "r")["SR"]

@@ -18,6 +18,7 @@ from dsm_node.db.engine import transaction
 from dsm_node.db.models import AuditEvent, Job, JobState
 from dsm_node.jobs.machine import transition
 from dsm_node.notify import Notifier
+from tests.support.ct import PATIENT_ID, PATIENT_NAME
 
 
 class Receiver:
@@ -101,7 +102,7 @@ def test_job_delivered_is_posted_with_uids_and_no_patient_data(make_node, result
     assert {r["sop_instance_uid"] for r in body["results"]} == {f.sop_instance_uid for f in files}
     assert body["id"] == receiver.received[0][2]["id"]  # the same notification, retried
     text = json.dumps(body)
-    assert "Delivery^Test" not in text and "DLV-1" not in text  # the result files' patient name and ID
+    assert PATIENT_NAME not in text and PATIENT_ID not in text  # the result files' patient name and ID
     events = _attempts(node)
     assert [(e.outcome, e.detail["status"], e.detail["final"]) for e in events] == [
         (SERIOUS_FAILURE, "HTTP 503", False), (SUCCESS, "HTTP 200", True)]

@@ -9,7 +9,18 @@ import os
 from pathlib import Path
 
 import pytest
-from deploy_files import DEPLOY, REPO, Tagged, check_node_config, image_tag_ok, interpolate, load_yaml, load_yaml_all, yaml_files
+
+from tests.deploy.deploy_files import (
+    DEPLOY,
+    REPO,
+    Tagged,
+    check_node_config,
+    image_tag_ok,
+    interpolate,
+    load_yaml,
+    load_yaml_all,
+    yaml_files,
+)
 
 COMPOSE = DEPLOY / "compose.yaml"
 COMPOSE_CPU = DEPLOY / "compose.cpu.yaml"

@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from deploy_files import REPO
 from pydicom.uid import UID
+
+from tests.deploy.deploy_files import REPO
 
 CONFORMANCE = REPO / "docs" / "conformance.md"
 VERIFICATION = "1.2.840.10008.1.1"

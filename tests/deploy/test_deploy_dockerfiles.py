@@ -13,8 +13,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from deploy_files import DOCKER, REPO, image_tag_ok
-from tools import require_extra_tool
+
+from tests.deploy.deploy_files import DOCKER, REPO, image_tag_ok
+from tests.tools import require_extra_tool
 
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile.*"))
 DSM_IMAGES = {"Dockerfile.cpu", "Dockerfile.gpu"}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 import yaml
-from deploy_files import DEPLOY, DOCKER
+
+from tests.deploy.deploy_files import DEPLOY, DOCKER
 
 WILDCARD = re.compile(r"^\s*host:\s*['\"]?0\.0\.0\.0")
 

@@ -10,8 +10,9 @@ import subprocess
 
 import pytest
 import yaml
-from deploy_files import K8S, check_node_config, image_tag_ok, load_yaml, load_yaml_all
-from tools import missing
+
+from tests.deploy.deploy_files import K8S, check_node_config, image_tag_ok, load_yaml, load_yaml_all
+from tests.tools import missing
 
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 

@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from deploy_files import SYSTEMD
+
+from tests.deploy.deploy_files import SYSTEMD
 
 UNITS = {"dsm-node.service": "serve", "dsm-node-worker@.service": "worker"}
 INSTALLED_BINARY = "/opt/dsm-node/.venv/bin/dsm-node"

@@ -13,18 +13,18 @@ import threading
 
 import pytest
 from sqlalchemy import select, text
-from tools import REPO, require_tool
 
 from dsm_node.audit_chain import GENESIS, verify
 from dsm_node.context import build_context
 from dsm_node.db.engine import upgrade
 from dsm_node.db.models import AuditChain, AuditEvent
 from dsm_node.settings import load_settings
+from tests.tools import REPO, require_tool
 
 
 @pytest.fixture(scope="module")
 def postgres():
-    from pg import postgres_server
+    from tests.pg import postgres_server
 
     with postgres_server() as server:
         yield server
@@ -202,7 +202,7 @@ def test_syslog_gets_events_only_after_commit(tmp_path):
 
 
 def test_syslog_over_tls_rfc5425(tmp_path):
-    from peers import make_certificates
+    from tests.peers import make_certificates
 
     pki = make_certificates(tmp_path / "pki", require_tool("openssl"))
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

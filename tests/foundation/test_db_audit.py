@@ -26,7 +26,8 @@ def test_migrations_create_every_table(tmp_path):
 
 def test_audit_rows_carry_ps315_codes(tmp_path):
     ctx = make_ctx(tmp_path)
-    ctx.auditor.record("association_rejected", outcome=SERIOUS_FAILURE, actor_ae="EVIL", actor_address="10.0.0.9", reason="unknown peer")
+    ctx.auditor.record("association_rejected", outcome=SERIOUS_FAILURE, actor_ae="EVIL", actor_address="10.0.0.9",
+                       reason="unknown peer")
     ctx.auditor.record("application_start")
     with ctx.sessions() as s:
         events = query_events(s)

@@ -6,9 +6,8 @@ import subprocess
 import sys
 import time
 
-from tools import REPO
-
 from dsm_node import liveness
+from tests.tools import REPO
 
 CHILD = """
 import sys, time

@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from tools import REPO
 
 from dsm_node.context import build_context
 from dsm_node.settings import load_settings
+from tests.tools import REPO
 
 COMMANDS = [["studies"], ["audit"], ["deliveries"], ["resend", "--all-dead"], ["fsck"]]
 
@@ -44,10 +44,9 @@ def test_with_the_node_data_dir_they_say_which_database_they_opened(tmp_path):
 
 
 def test_a_postgresql_database_without_the_schema_is_refused(tmp_path):
-    from pg import postgres_server
-
     from dsm_node.db.engine import current_revision
     from dsm_node.settings import display_url
+    from tests.pg import postgres_server
 
     with postgres_server() as server:
         url = server.new_database()

@@ -4,17 +4,17 @@ connection really is TLS."""
 from __future__ import annotations
 
 import pytest
-from pg import postgres_server
 from sqlalchemy import text
-from tools import require_tool
 
 from dsm_node.context import build_context
 from dsm_node.settings import load_settings, masked_dump
+from tests.pg import postgres_server
+from tests.tools import require_tool
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    from peers import make_certificates
+    from tests.peers import make_certificates
 
     return make_certificates(tmp_path_factory.mktemp("pki"), require_tool("openssl"))
 

@@ -9,14 +9,14 @@ import sys
 import textwrap
 from pathlib import Path
 
-from nodeproc import NodeProcess
+from tests.nodeproc import NodeProcess
 
 TESTS = Path(__file__).resolve().parents[1]
 
 SAMPLE = textwrap.dedent(
     """
     import pytest
-    from tools import missing, require_tool
+    from tests.tools import missing, require_tool
 
     def test_peer_one():
         require_tool("no-such-peer-program")

@@ -1,4 +1,4 @@
-"""Shared helpers of the model tests (imported as a plain module; pytest puts this folder on sys.path)."""
+"""Shared helpers of the model tests (`from tests.model.model_helpers import ...`)."""
 from __future__ import annotations
 
 from model.config import ModelConfig, load_model_config

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import tiny_config
 
 from model.catalog import load_catalog
 from model.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from model.network import DSMNet
+from tests.model.model_helpers import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,8 @@ def test_catalog_mismatches_are_explained(saved):
     names = load_catalog().names
     swapped = names.copy()
     swapped[1], swapped[2] = swapped[2], swapped[1]
-    with pytest.raises(CheckpointError, match="class order differs at index 2: checkpoint has 'Right Kidney', catalog has 'Left Kidney'"):
+    with pytest.raises(CheckpointError,
+                       match="class order differs at index 2: checkpoint has 'Right Kidney', catalog has 'Left Kidney'"):
         load_checkpoint(path, expect_catalog=swapped)
     with pytest.raises(CheckpointError, match=r"lacks 1 class\(es\) the model was trained with: \['Spleen'\]"):
         load_checkpoint(path, expect_catalog=names[1:])

@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
-from model_helpers import tiny_config
 
 from model.catalog import load_catalog
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.inference import Predictor
 from model.network import DSMNet
 from model.text import MissingEmbeddingError
+from tests.model.model_helpers import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import tiny_config
 
 from model.config import load_model_config
 from model.network import DSMNet
+from tests.model.model_helpers import tiny_config
 
 LAYER_SIDES = (2, 4, 8, 16)  # 64^3 ROI at strides 32, 16, 8, 4
 

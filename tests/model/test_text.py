@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from tools import shared_data
 
 from model.catalog import load_catalog
 from model.text import (
@@ -17,6 +16,7 @@ from model.text import (
     embeddings_sha256,
     load_default_table,
 )
+from tests.tools import shared_data
 
 
 def test_shipped_table_shape_order_and_normalisation():

@@ -4,9 +4,11 @@ wheel itself is exercised by test_wheel_install.py."""
 from __future__ import annotations
 
 import fnmatch
+from pathlib import Path
 
 import pytest
-from tools import REPO
+
+from tests.tools import REPO
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
@@ -43,3 +45,15 @@ def test_package_data_globs_match_files():
     for package, patterns in _package_data().items():
         for pattern in patterns:
             assert list((REPO / package).glob(pattern)), f"{package}: {pattern!r} matches nothing"
+
+
+def test_test_folders_do_not_shadow_the_packages():
+    # tests/ is a package, so tests/training is `tests.training`: under pytest `training` (and
+    # its importlib.resources data) must still be the project's package, not a test folder.
+    from importlib.resources import files
+
+    import training
+
+    assert Path(training.__file__).resolve().parent == REPO / "training"
+    assert Path(str(files("training") / "configs" / "datasets.yaml")).resolve().is_file()
+    assert Path(str(files("training"))).resolve() == REPO / "training"

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tools import REPO, free_port, require_tool
+
+from tests.tools import REPO, free_port, require_tool
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from peers import LoopbackNet
+
+from tests.peers import LoopbackNet
 
 
 @pytest.fixture(scope="session")

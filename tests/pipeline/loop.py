@@ -4,11 +4,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from nodeproc import NodeProcess
 from sqlalchemy import select
 
 from dsm_node.db.models import AuditEvent, Job, Study
 from dsm_node.settings import Settings
+from tests.nodeproc import NodeProcess
 
 
 def node_yaml(checkpoint: Path, pacs_port: int | None, *, executor: str = "local", broker: str | None = None,

@@ -9,13 +9,12 @@ import sys
 import textwrap
 import time
 
-from loop import node_yaml
-from nodeproc import NodeProcess
-from test_loop_celery import start_redis, start_worker, wait_ready
-from tools import REPO
-
 from dsm_node.jobs.celery_app import make_celery
 from dsm_node.settings import load_settings
+from tests.nodeproc import NodeProcess
+from tests.pipeline.loop import node_yaml
+from tests.pipeline.test_loop_celery import start_redis, start_worker, wait_ready
+from tests.tools import REPO
 
 
 def _control(broker: str, command: str):  # noqa: ANN202
@@ -88,11 +87,10 @@ def test_a_worker_stopped_without_a_signal_exits_non_zero(tmp_path, net):
 def test_rediss_with_a_password_end_to_end(tmp_path, tiny_checkpoint, net):
     """The documented broker form ``rediss://:PASSWORD@host:port/0?ssl_cert_reqs=required&ssl_ca_certs=CA``:
     a worker connects over TLS with the password and receives what the node sends."""
-    from peers import make_certificates
-    from tools import free_port, require_tool
-
     from dsm_node.context import build_context
     from dsm_node.jobs.executors import CeleryExecutor
+    from tests.peers import make_certificates
+    from tests.tools import free_port, require_tool
 
     pki = make_certificates(tmp_path / "pki", require_tool("openssl"))
     port = free_port()

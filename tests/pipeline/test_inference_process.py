@@ -11,16 +11,16 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import select
-from tools import free_port
 
 from dsm_node.context import build_context
 from dsm_node.db.models import AuditEvent, Job
 from dsm_node.jobs.dispatch import JobDispatcher
 from dsm_node.jobs.executors import LocalExecutor
 from dsm_node.receive.scp import StorageSCP
-from dsm_node.receive.synthetic import write_ct_series
 from dsm_node.settings import load_settings
 from dsm_node.studies.service import StudyService
+from tests.support.ct import write_ct_series
+from tests.tools import free_port
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def wait_job(ctx, states: set[str], timeout: float = 180) -> Job:
 
 def test_a_crash_of_the_inference_process_fails_the_job_with_the_reason_and_receiving_goes_on(node, tmp_path):
     ctx, scp, run = node
-    executor = run("fake_pipelines:CrashingPipeline")
+    executor = run("tests.pipeline.fake_pipelines:CrashingPipeline")
     series = write_ct_series(tmp_path / "s", 3, 32)
     assert send(scp.port, series.files) == [0, 0, 0]
     job = wait_job(ctx, {"failed"})
@@ -110,7 +110,7 @@ def test_a_crash_of_the_inference_process_fails_the_job_with_the_reason_and_rece
 
 def test_an_oversized_frame_fails_its_job_without_stopping_the_receiver(node, tmp_path):
     ctx, scp, run = node
-    run("fake_pipelines:bounded")
+    run("tests.pipeline.fake_pipelines:bounded")
     series = write_ct_series(tmp_path / "s", 3, 32)
     for path in series.files:  # 65535 x 65535 declared: 17 GB per slice as float32
         ds = dcmread(path)
@@ -125,7 +125,7 @@ def test_an_oversized_frame_fails_its_job_without_stopping_the_receiver(node, tm
 
 def test_a_series_the_machine_cannot_hold_fails_before_decoding_with_the_reason_audited(node, tmp_path):
     ctx, scp, run = node
-    run("fake_pipelines:guarded")
+    run("tests.pipeline.fake_pipelines:guarded")
     series = write_ct_series(tmp_path / "s", 3, 32)
     assert send(scp.port, series.files) == [0, 0, 0]
     job = wait_job(ctx, {"failed"})

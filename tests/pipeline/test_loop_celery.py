@@ -12,10 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from loop import assert_results_received, job_transitions, node_yaml, wait_job
-from nodeproc import NodeProcess
-from peers import StoreSCP
-from tools import REPO, free_port, require_tool
+from tests.nodeproc import NodeProcess
+from tests.peers import StoreSCP
+from tests.pipeline.loop import assert_results_received, job_transitions, node_yaml, wait_job
+from tests.tools import REPO, free_port, require_tool
 
 SR_3D = "1.2.840.10008.5.1.4.1.1.88.34"
 

@@ -8,10 +8,11 @@ import sys
 import time
 
 import pydicom
-from loop import assert_results_received, audit_events, job_transitions, node_yaml, wait_job
-from nodeproc import NodeProcess
-from peers import StoreSCP
-from tools import REPO, free_port, require_tool
+
+from tests.nodeproc import NodeProcess
+from tests.peers import StoreSCP
+from tests.pipeline.loop import assert_results_received, audit_events, job_transitions, node_yaml, wait_job
+from tests.tools import REPO, free_port, require_tool
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_3D = "1.2.840.10008.5.1.4.1.1.88.34"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dsm_node.infer.memory import MemoryModel, MemoryRefused, check, guard, meminfo_mb
-from dsm_node.receive.synthetic import write_ct_series
+from tests.support.ct import write_ct_series
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,9 +8,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from loop import jobs, node_yaml, wait_job
-from nodeproc import NodeProcess
-from tools import REPO, free_port, require_tool
+from tests.nodeproc import NodeProcess
+from tests.pipeline.loop import jobs, node_yaml, wait_job
+from tests.tools import REPO, free_port, require_tool
 
 DEPLOY = REPO / "deploy" / "orthanc"
 orthanc_stable_age_s = 2
@@ -40,7 +40,8 @@ class Orthanc:
 
     def start(self) -> Orthanc:
         with self.log.open("wb") as out:
-            self.proc = self.net.popen([require_tool("Orthanc"), str(self.root / "orthanc.json")], stdout=out, stderr=subprocess.STDOUT)
+            self.proc = self.net.popen([require_tool("Orthanc"), str(self.root / "orthanc.json")], stdout=out,
+                                       stderr=subprocess.STDOUT)
         self.net.wait_listening(self.http_port, timeout_s=60)
         return self
 

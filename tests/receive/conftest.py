@@ -5,10 +5,10 @@
 from __future__ import annotations
 
 import pytest
-from pg import postgres_server
-from receive_helpers import Node
 
-from dsm_node.receive.synthetic import write_ct_series
+from tests.pg import postgres_server
+from tests.receive.receive_helpers import Node
+from tests.support.ct import write_ct_series
 
 
 @pytest.fixture(scope="session")

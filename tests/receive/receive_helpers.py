@@ -15,7 +15,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 from sqlalchemy import create_engine, text
-from tools import REPO, free_port
+
+from tests.tools import REPO, free_port
 
 NODE_AE = "DSMNODE"
 
@@ -194,10 +195,11 @@ def store(port: int, items: list[Dataset | Path | str], *, calling: str = "TESTS
 
 def storescu(port: int, files: list[Path], *, called: str = NODE_AE, calling: str = "STORESCU",
              verbose: bool = False, no_halt: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    from tools import require_tool
+    from tests.tools import require_tool
 
     exe = require_tool("storescu")
-    cmd = [exe, "-aet", calling, "-aec", called, *(["-v"] if verbose else []), *(["-nh"] if no_halt else []), "127.0.0.1", str(port), *map(str, files)]
+    cmd = [exe, "-aet", calling, "-aec", called, *(["-v"] if verbose else []), *(["-nh"] if no_halt else []),
+           "127.0.0.1", str(port), *map(str, files)]
     env = {**os.environ, "TCP_NODELAY": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 

@@ -11,11 +11,11 @@ import pydicom
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_dataset
 from pydicom.uid import CTImageStorage, DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-from rawpeer import peak_rss_bytes
-from receive_helpers import echo, file_with_body, store
 
 from dsm_node.receive.dataset import DatasetTooLarge, UnparseableDataset, parse_dataset
-from dsm_node.receive.synthetic import ct_dataset
+from tests.receive.rawpeer import peak_rss_bytes
+from tests.receive.receive_helpers import echo, file_with_body, store
+from tests.support.ct import ct_dataset
 
 MIB = 1 << 20
 BOMB_PIXELS = 512 * MIB  # inflated size of the pixel data; about 0.5 MB deflated

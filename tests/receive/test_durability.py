@@ -10,15 +10,15 @@ import zlib
 
 from pydicom import dcmread
 from pydicom.uid import generate_uid
-from receive_helpers import Node, body_of, echo, store
-from tools import require_tool
 
 from dsm_node.context import build_context
 from dsm_node.receive.dataset import file_meta_bytes
 from dsm_node.receive.reconcile import reconcile
-from dsm_node.receive.synthetic import ct_dataset, write_ct_series
 from dsm_node.settings import load_settings
 from dsm_node.spool import relative_path
+from tests.receive.receive_helpers import Node, body_of, echo, store
+from tests.support.ct import ct_dataset, write_ct_series
+from tests.tools import require_tool
 
 SUCCESS = 0x0000
 

@@ -8,7 +8,6 @@ import shutil
 
 import pytest
 from pydicom.uid import generate_uid
-from receive_helpers import body_of
 from sqlalchemy import select
 
 from dsm_node.audit import query_events
@@ -17,9 +16,10 @@ from dsm_node.context import build_context
 from dsm_node.db.models import Instance
 from dsm_node.receive.dataset import file_meta_bytes
 from dsm_node.receive.reconcile import SpoolUnavailable, fsck, reconcile
-from dsm_node.receive.synthetic import ct_dataset
 from dsm_node.settings import load_settings
 from dsm_node.spool import relative_path
+from tests.receive.receive_helpers import body_of
+from tests.support.ct import ct_dataset
 
 
 @pytest.fixture

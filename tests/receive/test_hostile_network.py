@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 import struct
 
-from rawpeer import associate_rq, closed_by_node, connect_from, peak_rss_bytes, read_pdu, stream, wait_until
-from receive_helpers import NODE_AE, echo, storescu
-
 from dsm_node.receive.gate import MAX_ASSOCIATE_RQ_BYTES
-from dsm_node.receive.synthetic import write_ct_series
+from tests.receive.rawpeer import associate_rq, closed_by_node, connect_from, peak_rss_bytes, read_pdu, stream, wait_until
+from tests.receive.receive_helpers import NODE_AE, echo, storescu
+from tests.support.ct import write_ct_series
 
 SUCCESS = 0x0000
 # The 6-byte header of an A-ASSOCIATE-RQ and nothing else: as in the issue (256 MiB declared), and
@@ -136,13 +135,13 @@ def test_healthz_degraded_and_metrics_when_slots_are_exhausted(tmp_path):
     import urllib.request
 
     from pynetdicom.sop_class import Verification
-    from receive_helpers import make_ae
-    from tools import free_port
 
     from dsm_node.context import build_context
     from dsm_node.http import HttpService
     from dsm_node.receive.scp import StorageSCP
     from dsm_node.settings import load_settings
+    from tests.receive.receive_helpers import make_ae
+    from tests.tools import free_port
 
     def get(path):
         with urllib.request.urlopen(http.url + path, timeout=10) as r:

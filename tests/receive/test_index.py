@@ -24,8 +24,8 @@ from dsm_node.receive.index import (
     record_instance,
     spool_usage,
 )
-from dsm_node.receive.synthetic import ct_dataset
 from dsm_node.settings import load_settings
+from tests.support.ct import ct_dataset
 
 
 @pytest.fixture

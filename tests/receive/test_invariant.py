@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, generate_uid
-from receive_helpers import body_of, file_with_body, store
 
-from dsm_node.receive.synthetic import ct_dataset
+from tests.receive.receive_helpers import body_of, file_with_body, store
+from tests.support.ct import ct_dataset
 
 SUCCESS, UNPARSEABLE, INVALID_UID, UID_CONFLICT = 0x0000, 0xC210, 0xC212, 0xC213
 KINDS = ("new", "new", "new", "duplicate", "duplicate", "other_study", "other_series", "other_class",

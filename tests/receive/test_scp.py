@@ -17,10 +17,10 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
     generate_uid,
 )
-from receive_helpers import NODE_AE, body_of, echo, file_with_body, store, storescu
-from tools import require_tool
 
-from dsm_node.receive.synthetic import ct_dataset, write_ct_series
+from tests.receive.receive_helpers import NODE_AE, body_of, echo, file_with_body, store, storescu
+from tests.support.ct import ct_dataset, write_ct_series
+from tests.tools import require_tool
 
 SUCCESS = 0x0000
 
@@ -308,7 +308,8 @@ def test_max_instance_size(node_factory, tmp_path):
 
 def test_max_associations(node_factory):
     from pynetdicom.sop_class import Verification
-    from receive_helpers import make_ae
+
+    from tests.receive.receive_helpers import make_ae
 
     node = node_factory(config={"dicom": {"max_associations": 1}})
     ae = make_ae("HOLDER", [(Verification, None)])

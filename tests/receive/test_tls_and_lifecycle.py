@@ -8,13 +8,13 @@ import time
 
 import pytest
 from pynetdicom.sop_class import Verification
-from receive_helpers import NODE_AE, echo, make_ae, storescu
-from tools import free_port, require_tool, shared_data
 
 from dsm_node.context import build_context
 from dsm_node.receive import StorageSCP
 from dsm_node.receive.access import AccessPolicy, is_loopback
 from dsm_node.settings import Dicom, load_settings
+from tests.receive.receive_helpers import NODE_AE, echo, make_ae, storescu
+from tests.tools import free_port, require_tool, shared_data
 
 
 def detail(row):
@@ -94,7 +94,7 @@ def test_storage_scp_in_process_start_stop(tmp_path):
     ctx = build_context(settings)
     scp = StorageSCP(ctx)
     with pytest.raises(RuntimeError):
-        scp.port
+        _ = scp.port  # not listening yet
     scp.start()
     try:
         assert scp.port == settings.dicom.port

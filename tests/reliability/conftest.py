@@ -4,18 +4,14 @@ The whole-loop fixtures (tiny seeded checkpoint, loopback network) come from tes
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-_TESTS = Path(__file__).resolve().parents[1]
-for sub in ("pipeline", "receive"):
-    if str(_TESTS / sub) not in sys.path:
-        sys.path.append(str(_TESTS / sub))
+from tests.pg import postgres_server
+from tests.pipeline.conftest import net, tiny_checkpoint  # noqa: F401 - fixtures reused as they are
 
-from pg import postgres_server  # noqa: E402
-from pipeline.conftest import net, tiny_checkpoint  # noqa: E402,F401 - fixtures reused as they are
+_TESTS = Path(__file__).resolve().parents[1]
 
 ARTIFACTS = _TESTS / "artifacts"
 

@@ -14,10 +14,9 @@ import subprocess
 import threading
 import time
 
-from receive_helpers import Node, echo
-from tools import require_tool
-
-from dsm_node.receive.synthetic import write_ct_series
+from tests.receive.receive_helpers import Node, echo
+from tests.support.ct import write_ct_series
+from tests.tools import require_tool
 
 N = 150
 

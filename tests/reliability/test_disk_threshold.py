@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 
-from receive_helpers import Node, echo, store
-
-from dsm_node.receive.synthetic import write_ct_series
+from tests.receive.receive_helpers import Node, echo, store
+from tests.support.ct import write_ct_series
 
 
 def test_free_space_threshold_refuses_with_a700_audited_and_nothing_written(tmp_path):

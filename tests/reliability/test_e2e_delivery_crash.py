@@ -22,13 +22,13 @@ from pathlib import Path
 import psutil
 import pydicom
 import pytest
-from nodeproc import NodeProcess
-from peers import ScriptedSCP
 from sqlalchemy import select
-from tools import REPO, free_port, require_tool
 
 from dsm_node.db.models import AuditEvent, Delivery, Job, Result, Study
-from dsm_node.receive.synthetic import write_ct_series
+from tests.nodeproc import NodeProcess
+from tests.peers import ScriptedSCP
+from tests.support.ct import write_ct_series
+from tests.tools import REPO, free_port, require_tool
 
 PATIENT_NAME = "Leakprobe^Reliability"
 PATIENT_ID = "RLB-PID-424242"

@@ -19,8 +19,9 @@ import pydicom
 from pydicom.filewriter import write_dataset
 from pydicom.uid import generate_uid
 from pynetdicom import _config
-from receive_helpers import Node, echo, file_with_body, make_ae, store
-from tools import TEST_DATA
+
+from tests.receive.receive_helpers import Node, echo, file_with_body, make_ae, store
+from tests.tools import TEST_DATA
 
 SEED = 20261122
 N_MUTATIONS = 60

@@ -13,10 +13,10 @@ import time
 
 import psutil
 import pytest
-from receive_helpers import Node
-from tools import require_tool
 
-from dsm_node.receive.synthetic import write_ct_series
+from tests.receive.receive_helpers import Node
+from tests.support.ct import write_ct_series
+from tests.tools import require_tool
 
 ASSOCIATIONS, PER_ASSOCIATION = 8, 200
 RSS_GROWTH_LIMIT = 300 * 1024**2

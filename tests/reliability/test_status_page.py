@@ -54,10 +54,9 @@ def test_status_page_stays_within_1200_px_with_many_studies(tmp_path):
     import re
     import subprocess
 
-    from tools import require_tool
-
     from dsm_node.db.models import Delivery, Job, Result
     from dsm_node.status_page import ROWS, StatusPage
+    from tests.tools import require_tool
 
     chromium = require_tool("chromium")
     ctx = build_context(load_settings(None, {"storage.data_dir": tmp_path / "data"}))

@@ -8,10 +8,9 @@ import socket
 import subprocess
 import sys
 
-from tools import REPO
-
 from dsm_node.context import build_context
 from dsm_node.settings import load_settings
+from tests.tools import REPO
 
 RFC5424 = re.compile(rb"^<(\d{1,3})>1 (\S+) (\S+) (\S+) (\S+) (\S+) (\[.*\]|-) ?(.*)$", re.S)
 

@@ -4,8 +4,9 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-from segment_truth import expected_segment_masks  # noqa: F401 (re-exported for the result tests)
-from tools import require_extra_tool, require_tool
+
+from tests.segment_truth import expected_segment_masks  # noqa: F401 (re-exported for the result tests)
+from tests.tools import require_extra_tool, require_tool
 
 # dciodvfy warnings that are expected on our SEG/SR and why (docs/results.md):
 #  - Device UID in the Contributing Equipment item: the IHE AIR algorithm item uses it and newer

@@ -6,13 +6,13 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pytest
-from ctsynth import LIVER
-from resulttools import dciodvfy, dcmqi_masks
 
 from dsm_node.results.options import ResultOptions
 from dsm_node.results.seg import write_seg
 from dsm_node.results.sr import write_sr
 from dsm_node.volume import assemble_volume
+from tests.results.resulttools import dciodvfy, dcmqi_masks
+from tests.support.ct import LIVER
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "ct3slice"
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

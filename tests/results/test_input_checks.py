@@ -16,11 +16,11 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import MRImageStorage
-from tools import REPO
 
-from dsm_node.receive.synthetic import write_ct_series
 from dsm_node.results.inputs import InputError, check_ct_source
 from dsm_node.volume import assemble_volume
+from tests.support.ct import write_ct_series
+from tests.tools import REPO
 
 
 def edited_series(folder, edit):

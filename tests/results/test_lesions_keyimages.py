@@ -7,9 +7,6 @@ import subprocess
 import numpy as np
 import pydicom
 import pytest
-from ctsynth import LIVER, LIVER_TUMOR, write_series
-from resulttools import dciodvfy, expected_segment_masks
-from tools import require_tool
 
 from dsm_node.results.display import DisplayFrame, radiological
 from dsm_node.results.lesions import KnownLesion, assign_identities, find_lesions, long_axis, short_axis
@@ -19,6 +16,9 @@ from dsm_node.results.seg import present_classes
 from dsm_node.results.segments import TISSUE, WITH_TUMOURS, plan_segments
 from dsm_node.results.sr import known_lesions
 from dsm_node.volume import assemble_volume
+from tests.results.resulttools import dciodvfy, expected_segment_masks
+from tests.support.ct import LIVER, LIVER_TUMOR, write_series
+from tests.tools import require_tool
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 RIGHT_KIDNEY, LEFT_KIDNEY, KIDNEY_TUMOR, STOMACH = 2, 3, 27, 7
@@ -242,7 +242,8 @@ def test_key_images_are_valid_secondary_captures(tmp_path, lesion_study, catalog
     key = res.key_images
     assert [i.name for i in key.images] == ["overview", "Liver Tumor lesion 1", "Liver Tumor lesion 2"]
     tool = require_tool("dcmj2pnm")
-    for path, ds in zip(key.paths, key.datasets):
+    assert len(key.paths) == len(key.datasets)
+    for path in key.paths:
         errors, warnings = dciodvfy(path)
         assert errors == [] and warnings == [], (path.name, errors, warnings)
         read = pydicom.dcmread(path)

@@ -8,15 +8,15 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from ctsynth import LEFT_KIDNEY, LIVER, LIVER_TUMOR, phantom, repair_uids, write_enhanced, write_series
-from resulttools import dciodvfy, dcmqi_masks, expected_segment_masks
-from tools import shared_data
 
 from dsm_node.results import export
 from dsm_node.results.options import ResultOptions
 from dsm_node.results.seg import ResultError, build_seg, write_seg
 from dsm_node.results.sr import write_sr
 from dsm_node.volume import assemble_volume, load_labels
+from tests.results.resulttools import dciodvfy, dcmqi_masks, expected_segment_masks
+from tests.support.ct import LEFT_KIDNEY, LIVER, LIVER_TUMOR, phantom, repair_uids, write_enhanced, write_series
+from tests.tools import shared_data
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -1,6 +1,7 @@
 """``db_url``: the node process runs on SQLite (embedded default) and on a real PostgreSQL."""
 import pytest
-from pg import postgres_server
+
+from tests.pg import postgres_server
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tools import REPO, free_port
-
-from dsm_node.receive.synthetic import write_ct_series
+from tests.support.ct import write_ct_series
+from tests.tools import REPO, free_port
 
 
 def _modes(root: Path) -> dict[str, int]:

@@ -5,14 +5,14 @@ import socket
 
 import pydicom
 import pytest
-from ctgen import PATIENT_NAME, SeriesSpec, write_study
-from nodeproc import NodeProcess
 from sqlalchemy import select
-from tools import require_tool, shared_data
 
 from dsm_node.audit import query_events
 from dsm_node.cli import main
 from dsm_node.db.models import Job, StudyState
+from tests.nodeproc import NodeProcess
+from tests.support.ct import PATIENT_NAME, SeriesSpec, write_study
+from tests.tools import require_tool, shared_data
 
 # After selection the pipeline runs the job (these nodes have no model, so it fails fast and the
 # study is "failed"); what these tests check is completeness and selection.

@@ -1,9 +1,9 @@
 """Every database test here runs on SQLite (embedded default) and on a real PostgreSQL."""
 import pytest
-from pg import postgres_server
 
 from dsm_node.context import build_context
 from dsm_node.settings import load_settings
+from tests.pg import postgres_server
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,13 @@ import datetime as dt
 import time
 
 from sqlalchemy import select
-from studyrows import add_instances, ct_header
 
 from dsm_node.audit import query_events
 from dsm_node.db.models import Job, JobState, Study, StudyState, utcnow
 from dsm_node.studies.completeness import sweep
 from dsm_node.studies.decide import decide
 from dsm_node.studies.service import StudyService
+from tests.studies.studyrows import add_instances, ct_header
 
 T0 = dt.datetime(2026, 3, 1, 8, 0, 0, tzinfo=dt.timezone.utc)
 STUDY = "1.2.826.0.1.3680043.8.498.100"

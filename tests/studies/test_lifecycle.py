@@ -8,7 +8,6 @@ import itertools
 
 import pytest
 from sqlalchemy import select
-from studyrows import add_instances
 
 from dsm_node.db.engine import transaction
 from dsm_node.db.models import AuditEvent, Job, Study
@@ -24,6 +23,7 @@ from dsm_node.lifecycle import (
     study_sources,
 )
 from dsm_node.studies import completeness, decide
+from tests.studies.studyrows import add_instances
 
 St, J = StudyState, JobState
 

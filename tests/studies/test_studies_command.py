@@ -2,10 +2,9 @@
 import datetime as dt
 import json
 
-from studyrows import add_instances, ct_header
-
 from dsm_node.cli import main
 from dsm_node.studies.service import StudyService
+from tests.studies.studyrows import add_instances, ct_header
 
 T0 = dt.datetime(2026, 3, 1, 8, 0, 0, tzinfo=dt.timezone.utc)
 

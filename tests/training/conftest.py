@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from training_helpers import tiny_config
+
+from tests.training.training_helpers import tiny_config
 
 
 @pytest.fixture

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
-from training_helpers import TINY_MODEL
 
 from model.catalog import load_catalog
 from model.checkpoint import save_checkpoint
 from model.config import load_model_config
 from model.network import build_model
 from model.text import class_embeddings
+from tests.training.training_helpers import TINY_MODEL
 from training.cli import main
 from training.evaluate import _summarise, markdown_report
 

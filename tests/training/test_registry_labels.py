@@ -60,7 +60,7 @@ def test_templates_consistent(key):
     assert all(c in CAT.names for c in mapped | set(spec.annotated))
     vec = spec.annotated_vector(CAT)
     assert len(vec) == len(CAT) and sum(vec) == len(spec.annotated)
-    for value, target in spec.value_map().items():
+    for target in spec.value_map().values():
         if target.split:
             r, l = (CAT.by_name(c) for c in target.split)
             assert (r.laterality, l.laterality) == ("right", "left")

@@ -5,11 +5,11 @@ import csv
 
 import pytest
 import torch
-from training_helpers import TINY_MODEL
 
 from model.checkpoint import load_checkpoint
 from model.config import load_model_config
 from model.network import build_model
+from tests.training.training_helpers import TINY_MODEL
 from training.config import load_train_config
 from training.losses import dsm_loss
 from training.trainer import STATE_FORMAT, Trainer, lr_lambda

@@ -1,8 +1,8 @@
 """Tiny training configurations shared by the training tests (CPU, seconds per step).
 
-A plain module, not a package: with tests/training/__init__.py pytest imported this folder as
-`training`, shadowing the real package for importlib.resources (files("training") found
-tests/training)."""
+Imported by its qualified name (`tests.training.training_helpers`): tests/ is a package, so this
+folder is `tests.training` and can never shadow the real `training` package (it once did, as a
+top-level `training`, and importlib.resources found the dataset registry here)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -22,15 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+from tests import handmade
+from tests.segment_truth import expected_segment_masks
+from tests.tools import REPO, SHARED, find_tool, missing
+from tests.viewer import broken_segs
+from tests.viewer import ohif_checks as checks
 
-import broken_segs  # noqa: E402
-import handmade  # noqa: E402
-import ohif_checks as checks  # noqa: E402
-from segment_truth import expected_segment_masks  # noqa: E402
-from tools import REPO, SHARED, find_tool, missing  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 ARTIFACTS = Path(os.environ.get("DSM_TEST_ARTIFACTS") or REPO / "tests" / "artifacts") / "viewer"
 DRIVER = HERE / "ohif_driver.cjs"

@@ -1067,6 +1067,19 @@ def _near_mask(mask2d: np.ndarray, r: float, c: float, tol: float = 0.75) -> boo
     return bool(sub.size and sub.any())
 
 
+def _colour_classes(shown, hidden, alpha: float, organ_rgb, tumour_rgb) -> dict[str, float]:
+    """Share of the pixels (shown / hidden: (n, 3) RGB with and without the overlay) whose shown
+    colour is nearest to organ fill, tumour fill, tumour over organ, or no overlay at all."""
+    organ_c, tumour_c = np.asarray(organ_rgb, np.float32), np.asarray(tumour_rgb, np.float32)
+    organ = alpha * organ_c + (1 - alpha) * hidden
+    cands = {"organ": organ, "tumour": alpha * tumour_c + (1 - alpha) * hidden,
+             "tumour_over_organ": alpha * tumour_c + (1 - alpha) * organ, "none": hidden}
+    dist = {name: np.linalg.norm(shown - c, axis=-1) for name, c in cands.items()}
+    names = list(dist)
+    winner = np.argmin(np.stack([dist[n] for n in names]), axis=0)
+    return {n: float((winner == i).mean()) for i, n in enumerate(names)}
+
+
 def check_overlap(obs: dict, truth: Truth, shots: Path, tumour_values: set[int],
                   min_fit: float = 0.8) -> tuple[list[str], list[dict]]:
     """With every segment shown, at each probe slice: the pixels of each tumour show the
@@ -1116,19 +1129,7 @@ def check_overlap(obs: dict, truth: Truth, shots: Path, tumour_values: set[int],
             ring = _erode(organ_screen, 2) & around
             alpha = _fill_alpha(shown[ring], hidden[ring], best.rgb)
             d.update(organ=best.label, fill_alpha=round(alpha, 3), ring_px=int(ring.sum()))
-            O, Tc = np.asarray(best.rgb, np.float32), np.asarray(t.rgb, np.float32)
-
-            def classify(mask):
-                bg = hidden[mask]
-                organ = alpha * O + (1 - alpha) * bg
-                cands = {"organ": organ, "tumour": alpha * Tc + (1 - alpha) * bg,
-                         "tumour_over_organ": alpha * Tc + (1 - alpha) * organ, "none": bg}
-                dist = {name: np.linalg.norm(shown[mask] - c, axis=-1) for name, c in cands.items()}
-                names = list(dist)
-                winner = np.argmin(np.stack([dist[n] for n in names]), axis=0)
-                return {n: float((winner == i).mean()) for i, n in enumerate(names)}
-
-            at_tumour, at_ring = classify(inner), classify(ring)
+            at_tumour, at_ring = (_colour_classes(shown[m], hidden[m], alpha, best.rgb, t.rgb) for m in (inner, ring))
             tumour_fit = at_tumour["tumour"] + at_tumour["tumour_over_organ"]
             d.update(tumour_colour_fit=round(tumour_fit, 3), organ_ring_colour_fit=round(at_ring["organ"], 3),
                      at_tumour={k2: round(v, 3) for k2, v in at_tumour.items()})

@@ -13,56 +13,24 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import broken_segs
 import numpy as np
-import ohif_checks as checks
 import pydicom
 import pytest
-from tools import REPO, require_tool
 
 from dsm_node.viewer.ohif import app_config, app_config_js, viewer_path
 from dsm_node.viewer.proxy import ViewerHTTPServer
+from tests.support.ct import write_ct_series
+from tests.tools import REPO, require_tool
+from tests.viewer import broken_segs
+from tests.viewer import ohif_checks as checks
 
 # --------------------------------------------------------------------------------------------
 # a tiny CT series + SEG (pydicom + highdicom), written once per session
 
 
 def _write_ct(out: Path, n: int = 6, size: int = 32) -> list[Path]:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    paths = []
-    rng = np.random.default_rng(0)
-    for k in range(n):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = uid = generate_uid()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, uid
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality, ds.PatientName, ds.PatientID = "CT", "TEST^VIEWER", "V1"
-        ds.PatientBirthDate, ds.PatientSex = "", "O"
-        ds.StudyDate = ds.SeriesDate = "20240101"
-        ds.StudyTime = "120000"
-        ds.AccessionNumber = ds.ReferringPhysicianName = ""
-        ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", 1, k + 1
-        ds.Manufacturer = "test"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-16.0, -16.0, 10.0 + 2.5 * k]
-        ds.PixelSpacing = [1.0, 1.0]
-        ds.SliceThickness = 2.5
-        ds.Rows = ds.Columns = size
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
-        ds.PixelData = rng.integers(-100, 100, (size, size), dtype=np.int16).tobytes()
-        p = out / f"ct{k:02d}.dcm"
-        ds.save_as(p, enforce_file_format=True)
-        paths.append(p)
-    return paths
+    return write_ct_series(out, n, size, noise=True, noise_range=(-100, 100), explicit=True,
+                           pixel_spacing=(1.0, 1.0)).files
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +165,7 @@ def test_proxy_serves_dist_with_fallback_and_forwards_dicomweb(tmp_path):
 def test_cielab_reader_round_trips_every_catalog_colour():
     import highdicom as hd
 
-    for index, name, rgb in checks.load_catalog(REPO / "config" / "classes.yaml"):
+    for _index, name, rgb in checks.load_catalog(REPO / "config" / "classes.yaml"):
         lab = hd.color.CIELabColor.from_rgb(*rgb).value
         back = checks.dicom_lab_to_rgb(lab)
         assert max(abs(a - b) for a, b in zip(back, rgb)) <= 1.0, (name, rgb, lab, back)
@@ -284,7 +252,7 @@ def _fake_obs(truth: checks.Truth, shift: int = 0, labels=None) -> dict:
         lm.append({"ipp": ipp.tolist(), "segments": segs})
     names = labels or [s.label for s in truth.segments]
     return {"name": "fake", "labelmap": lm,
-            "panelRows": [{"text": t, "color": "rgb(%d, %d, %d)" % s.rgb}
+            "panelRows": [{"text": t, "color": "rgb({}, {}, {})".format(*s.rgb)}
                           for t, s in zip(names, truth.segments)],
             "segments": [{"segmentIndex": s.number, "label": t, "color": [*s.rgb, 255]}
                          for t, s in zip(names, truth.segments)]}
@@ -351,16 +319,21 @@ def test_orthanc_dicomweb_through_the_proxy(tiny, tmp_path):
         assert cfg["DicomServerEnabled"] is False and cfg["RemoteAccessAllowed"] is False
 
 
+def _with_repo_on_path() -> dict[str, str]:
+    """The environment for a child Python that imports this checkout's dsm_node (from any cwd)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
 def test_isolated_processes_see_only_loopback():
     from dsm_node.viewer.netns import isolated_argv, netns_available
 
     ok, why = netns_available()
     if not ok:
         pytest.skip(why)
-    code = ("import sys; sys.path.insert(0, %r); from dsm_node.viewer.netns import interfaces; "
-            "print(interfaces())" % str(REPO))
+    code = "from dsm_node.viewer.netns import interfaces; print(interfaces())"
     out = subprocess.run(isolated_argv([sys.executable, "-c", code]), capture_output=True,
-                         text=True, timeout=30)
+                         text=True, timeout=30, env=_with_repo_on_path())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['lo']"
 
@@ -371,12 +344,12 @@ def test_view_command_smoke(tiny):
 
     if ohif_dist(required=False) is None:
         pytest.skip("OHIF not installed (scripts/install-viewer.sh)")
-    code = ("import argparse, sys; sys.path.insert(0, %r); from dsm_node.viewer import command; "
+    code = ("import argparse, sys; from dsm_node.viewer import command; "
             "p = argparse.ArgumentParser(); command.configure(p); "
-            "sys.exit(command.run(p.parse_args(sys.argv[1:])))" % str(REPO))
+            "sys.exit(command.run(p.parse_args(sys.argv[1:])))")
     out = subprocess.run([sys.executable, "-c", code, str(tiny["dir"]), "--port", "0", "--smoke"],
                          capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, TCP_NODELAY="1"))
+                         env={**_with_repo_on_path(), "TCP_NODELAY": "1"})
     assert out.returncode == 0, out.stdout + out.stderr
     assert "smoke check passed" in out.stdout
     assert "initialSeriesInstanceUID=" in out.stdout  # the link opens the SEG

@@ -6,8 +6,9 @@ radiologist sees. The failure messages name the screenshots folder.
 from __future__ import annotations
 
 import pytest
-from broken_segs import PLAN as BROKEN
-from tools import missing
+
+from tests.tools import missing
+from tests.viewer.broken_segs import PLAN as BROKEN
 
 DEMO = "demo_loop"  # conftest.DEMO: the case made by the node's whole loop
 LESIONS = "lesions"  # conftest.LESIONS: hand-made tumours inside their organs

@@ -8,11 +8,11 @@ import subprocess
 import numpy as np
 import pydicom
 import pytest
-from ctsynth import phantom, repair_uids, write_enhanced, write_series
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
-from tools import require_tool, shared_data
 
 from dsm_node.volume import VolumeError, assemble_volume, label_image_to_volume_grid, lps_to_ras
+from tests.support.ct import phantom, repair_uids, write_enhanced, write_series
+from tests.tools import require_tool, shared_data
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import textwrap
 import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
-from tools import REPO
 
-from dsm_node.receive.synthetic import write_ct_series
 from dsm_node.volume import VolumeError, assemble_volume
+from tests.support.ct import write_ct_series
+from tests.tools import REPO
 
 
 def test_too_many_voxels_fail_before_allocation(tmp_path):

@@ -1,0 +1,1 @@
+"""Test-support code shared across the suites (synthetic CT DICOM: tests.support.ct)."""
