@@ -42,7 +42,7 @@ def make_celery(settings: Settings) -> Celery:
 def register_task(app: Celery, run: Any) -> None:
     """Register the job task, calling ``run(job_id)`` (the same function the local executor calls)."""
 
-    @app.task(name=TASK_NAME, bind=True, acks_late=True)
+    @app.task(name=TASK_NAME, bind=True, acks_late=True)  # type: ignore[untyped-decorator]  # celery has no type information
     def run_job_task(self: Any, job_id: int) -> None:
         from .task import REQUEUED
 
