@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr._concepts_dict import concepts as _CONCEPTS
 from pydicom.sr.codedict import codes
+
+if TYPE_CHECKING:
+    from model.catalog import Catalog, ClassEntry, Code
 
 # ---- fixed codes ------------------------------------------------------------------------------
 #: IHE AI Results (AIR) Contributing Equipment "Purpose of Reference": the code IHE RAD AIR
@@ -88,14 +92,14 @@ class ResolvedCoding:
     local_type: bool = False  # True when the type is a 99DSMNODE fallback
 
 
-def to_concept(code) -> CodedConcept | None:
+def to_concept(code: Code | None) -> CodedConcept | None:
     """A catalog ``Code`` (scheme, value, meaning) -> highdicom CodedConcept."""
     if code is None:
         return None
     return CodedConcept(value=str(code.value), scheme_designator=str(code.scheme), meaning=str(code.meaning))
 
 
-def resolve(entry) -> ResolvedCoding:
+def resolve(entry: ClassEntry) -> ResolvedCoding:
     """Coding of a catalog entry; entries without codes get a category by kind, a local type
     code (99DSMNODE) and the laterality modifier from ``laterality``."""
     c = entry.coding
@@ -110,7 +114,7 @@ def resolve(entry) -> ResolvedCoding:
     return ResolvedCoding(category, type_, modifier, to_concept(c.anatomic_region), local)
 
 
-def check_catalog_coding(catalog) -> list[str]:
+def check_catalog_coding(catalog: Catalog) -> list[str]:
     """Problems with the ``coding:`` blocks of a catalog (empty list = all good).
 
     Checks: scheme not retired (SRT ...); every SCT/DCM code exists in pydicom's dictionary
@@ -164,7 +168,7 @@ def check_catalog_coding(catalog) -> list[str]:
     return problems
 
 
-def coding_notes(catalog) -> list[str]:
+def coding_notes(catalog: Catalog) -> list[str]:
     """Non-errors worth knowing: organ types outside CID 7151 (baseline CID, extensible)."""
     notes = []
     for e in catalog:
