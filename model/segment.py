@@ -201,7 +201,7 @@ class VolumeSegmenter:
         timings = timings if timings is not None else {}
         s = self.settings
         t0 = time.perf_counter()
-        gmap = grid.plan(tuple(image_hu.shape), affine_ras, s.spacing)  # type: ignore[arg-type]
+        gmap = grid.plan(tuple(image_hu.shape), affine_ras, s.spacing)
         # The source stays in its own dtype (int16 HU from the assembly); only the model grid
         # and a chunk of planes at a time exist as float32 (model/slabs.py, same values).
         hu = slabs.downsample(gmap.oriented_view(image_hu), gmap.model_shape)

@@ -61,7 +61,7 @@ def _index() -> dict[tuple[str, str], list[tuple[str, list[int]]]]:
     idx: dict[tuple[str, str], list[tuple[str, list[int]]]] = {}
     for scheme, by_kw in _CONCEPTS.items():
         for _kw, by_code in by_kw.items():
-            for value, (meaning, cids) in by_code.items():
+            for value, (meaning, cids) in by_code.items():  # type: ignore[attr-defined]  # pydicom types its private table loosely
                 idx.setdefault((scheme, value), []).append((meaning, list(cids)))
     return idx
 
@@ -157,7 +157,7 @@ def check_catalog_coding(catalog: Catalog) -> list[str]:
                 problems.append(f"{where}: a tumour's category must be 49755003 Morphologically Abnormal Structure")
             if c.type is None or c.type.value not in _TUMOUR_TYPES:
                 problems.append(f"{where}: a tumour's type must be Neoplasm, Cyst or Thrombus")
-            parent_types = {catalog.by_name(p).coding.type.value for p in e.parents if catalog.by_name(p).coding.type}
+            parent_types = {catalog.by_name(p).coding.type.value for p in e.parents if catalog.by_name(p).coding.type}  # type: ignore[union-attr]  # guarded by the if
             if c.anatomic_region is None:
                 problems.append(f"{where}: a tumour needs anatomic_region = its parent organ")
             elif parent_types and c.anatomic_region.value not in parent_types:
