@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip install -q -c constraints.txt
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv serve test bench bench-ingest bench-model bench-results bench-keyimages bench-e2e bench-scale demo demo-weights view check-config docs clean
+.PHONY: venv serve test lint bench bench-ingest bench-model bench-results bench-keyimages bench-e2e bench-scale demo demo-weights view check-config docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ serve: venv
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff on the whole tree, mypy (strict) on the packages listed in pyproject.toml [tool.mypy]
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 check-config: venv
 	$(VENV)/bin/dsm-node check-config $(ARGS)

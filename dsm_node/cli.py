@@ -19,7 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "studies": ("dsm_node.commands.studies", "list received studies, their state and the series chosen"),
     "deliveries": ("dsm_node.commands.deliveries", "list the delivery outbox (pending, in progress, delivered, dead)"),
     "resend": ("dsm_node.commands.resend", "re-arm dead-lettered or delivered deliveries (IDs or --all-dead)"),
-    "fsck": ("dsm_node.commands.fsck", "check spool against database: index or quarantine files without rows, mark rows without files"),
+    "fsck": (
+        "dsm_node.commands.fsck",
+        "check spool against database: index or quarantine files without rows, mark rows without files",
+    ),
     "infer": ("dsm_node.commands.infer", "run DSM offline on a DICOM folder or NIfTI file (SEG, SR, NIfTI, PNGs)"),
     "worker": ("dsm_node.commands.worker", "run a Celery inference worker (scale-out; executor.kind: celery)"),
     "view": ("dsm_node.viewer.command", "open a study and the node's SEG/SR in OHIF (offline, 127.0.0.1)"),

@@ -100,7 +100,9 @@ def render_markdown() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true", help="rewrite the defaults file and docs/configuration.md (in a checkout)")
+    parser.add_argument(
+        "--write", action="store_true", help="rewrite the defaults file and docs/configuration.md (in a checkout)"
+    )
     args = parser.parse_args(argv)
     if args.write:
         if not (SOURCE_TREE / "pyproject.toml").is_file():

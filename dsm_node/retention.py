@@ -135,7 +135,10 @@ class RetentionService:
             .where(Series.study_id == Study.id, Instance.deleted_at.is_(None))
             .exists()
         ) | (
-            select(Result.id).join(Job, Result.job_id == Job.id).where(Job.study_id == Study.id, Result.deleted_at.is_(None)).exists()
+            select(Result.id)
+            .join(Job, Result.job_id == Job.id)
+            .where(Job.study_id == Study.id, Result.deleted_at.is_(None))
+            .exists()
         )
         last_delivery = (
             select(func.max(Delivery.delivered_at))
@@ -209,7 +212,7 @@ class RetentionService:
             ).all()
             freed, errors = 0, 0
             for root, rows in ((ctx.spool_dir, inst), (ctx.results_dir, res)):
-                for _id, rel, size in rows:
+                for _id, rel, _size in rows:
                     freed_now, failed = _unlink(root, rel)
                     freed += freed_now
                     errors += failed

@@ -8,9 +8,10 @@ A write is durable and all-or-nothing: temp file in the target folder -> write -
 ``os.replace`` (a new folder is fsynced into its parent once, when created). A reader sees
 either no file or a complete one. The receiver splits this in two (:meth:`Spool.stage`, then
 :meth:`Staged.commit` once the index row is committed, or :meth:`Staged.discard` when the
-instance is refused), so that a refused instance never reaches its final path. The temp file's name carries the size and CRC-32 of its
-content: at start-up (:meth:`Spool.recover_temp_files`) a complete temp file whose rename was
-lost to a power failure is renamed into place, every other temp file is deleted. This gives
+instance is refused), so that a refused instance never reaches its final path. The temp file's
+name carries the size and CRC-32 of its content: at start-up (:meth:`Spool.recover_temp_files`)
+a complete temp file whose rename was lost to a power failure is renamed into place, every other
+temp file is deleted. This gives
 the durability of an fsync of the folder after every rename without its cost (a second disk
 flush per instance; ``sync_rename=True`` does that instead). Free space and quota are checked
 before anything is written (:class:`SpoolFull`, answered 0xA700 by the SCP).

@@ -53,7 +53,8 @@ class StatusPage:
             )
             studies = s.execute(
                 select(
-                    on_disk.label("on_disk"), Study.study_uid, Study.state, Study.state_reason, Study.instance_count, Study.revision,
+                    on_disk.label("on_disk"), Study.study_uid, Study.state, Study.state_reason, Study.instance_count,
+                    Study.revision,
                     Study.selected_series_uid, Study.selection_reason, Study.calling_ae, Study.last_received_at,
                 ).order_by(desc(Study.last_received_at)).limit(ROWS)
             ).all()
@@ -118,7 +119,10 @@ class StatusPage:
             for i, m in enumerate(minutes)
         )
         studies = _table(
-            ["Study Instance UID", "State", "Rev", "Instances", "On disk", "Calling AE", "Selected series", "Reason", "Last received"],
+            [
+                "Study Instance UID", "State", "Rev", "Instances", "On disk", "Calling AE", "Selected series", "Reason",
+                "Last received",
+            ],
             (
                 [_uid(r.study_uid), _badge(r.state), r.revision, r.instance_count,
                  r.on_disk if r.on_disk or not r.instance_count else "0 (retention)", r.calling_ae or "",
@@ -251,7 +255,8 @@ main{{padding:12px 18px}} section{{background:#fff;border:1px solid #d8dee6;bord
 h2{{font-size:14px;margin:4px 0 8px}} .cards{{display:flex;gap:12px;flex-wrap:wrap}}
 .card{{background:#fff;border:1px solid #d8dee6;border-radius:6px;padding:8px 14px;min-width:120px}}
 .card b{{display:block;font-size:20px}} .ok{{color:#1a7f37}} .bad{{color:#c62828;font-weight:bold}}
-table{{border-collapse:collapse;width:100%}} th,td{{text-align:left;padding:3px 6px;border-bottom:1px solid #e6eaef;vertical-align:top}}
+table{{border-collapse:collapse;width:100%}}
+th,td{{text-align:left;padding:3px 6px;border-bottom:1px solid #e6eaef;vertical-align:top}}
 td{{overflow-wrap:anywhere}}
 th{{background:#eef2f6;font-weight:600}} td.empty{{color:#888;font-style:italic}}
 .uid{{font-family:ui-monospace,Menlo,monospace;font-size:11px;word-break:break-all}}
@@ -261,7 +266,8 @@ th{{background:#eef2f6;font-weight:600}} td.empty{{color:#888;font-style:italic}
 .st-running,.st-in_progress,.st-receiving{{background:#fff3cd}} .st-pending,.st-queued{{background:#dbe9f9}}
 .oc-4{{color:#a15c00}} .oc-8,.oc-12{{color:#c62828;font-weight:600}}
 .chart{{display:flex;align-items:flex-end;height:70px;gap:2px;border-bottom:1px solid #999}}
-.bar{{flex:1;height:100%;display:flex;align-items:flex-end}} .bar span{{display:block;width:100%;background:#457b9d;min-height:1px}}
+.bar{{flex:1;height:100%;display:flex;align-items:flex-end}}
+.bar span{{display:block;width:100%;background:#457b9d;min-height:1px}}
 footer{{color:#666;padding:0 18px 12px}}
 </style></head>
 <body>
@@ -274,7 +280,8 @@ footer{{color:#666;padding:0 18px 12px}}
 <div class="card">Instances<b>{instances_n}</b></div>
 <div class="card">Jobs<b>{jobs_n}</b></div>
 <div class="card">Deliveries<b>{deliveries_n}</b></div>
-<div class="card" id="throughput">Received last hour<b>{inst_hour} instances</b>{bytes_hour} &middot; {inst_min} instances/min &middot; {bytes_min}/min</div>
+<div class="card" id="throughput">Received last hour<b>{inst_hour} instances</b>{bytes_hour}
+&middot; {inst_min} instances/min &middot; {bytes_min}/min</div>
 </div>
 <section><h2>Instances received per minute, last hour</h2><div class="chart">{bars}</div></section>
 <section><h2>Recent studies (latest {rows})</h2>{studies}</section>

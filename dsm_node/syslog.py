@@ -52,7 +52,9 @@ def format_rfc5424(event: AuditEvent, kind: EventKind, app_name: str, hostname: 
     if event.chain_seq is not None:  # an external anchor for `dsm-node audit --verify --anchor`
         params["ChainSeq"] = event.chain_seq
         params["ChainHash"] = event.chain_hash
-    for key, attr in (("ActorAE", "actor_ae"), ("ActorAddress", "actor_address"), ("StudyUID", "study_uid"), ("SeriesUID", "series_uid")):
+    for key, attr in (
+        ("ActorAE", "actor_ae"), ("ActorAddress", "actor_address"), ("StudyUID", "study_uid"), ("SeriesUID", "series_uid")
+    ):
         if getattr(event, attr):
             params[key] = getattr(event, attr)
     sd = "[dicomAudit@32473 " + " ".join(f'{k}="{_sd_escape(str(v))}"' for k, v in params.items()) + "]"

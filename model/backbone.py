@@ -39,7 +39,7 @@ class SwinUNETRFeatures(SwinUNETR):
         self.query_channels = (16 * fs, 8 * fs, 4 * fs, 2 * fs)
         self.pixel_channels = fs
 
-    def forward(self, x: Tensor) -> dict[str, Tensor | list[Tensor]]:  # type: ignore[override]
+    def forward(self, x: Tensor) -> dict[str, Tensor | list[Tensor]]:
         """x: (B, C_in, D, H, W), each spatial size a multiple of 32.
 
         Returns ``{"scales": [stride 32, 16, 8, 4 maps], "pixel": stride-1 map}``.

@@ -90,7 +90,7 @@ class Catalog(Sequence[ClassEntry]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i: int) -> ClassEntry:  # type: ignore[override]  # by position only, no slices
         return self._entries[i]
 
     def __iter__(self) -> Iterator[ClassEntry]:

@@ -208,7 +208,7 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def _build(cls: type, data: Mapping[str, Any], prefix: str):
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
     known = {f.name: f for f in fields(cls)}
@@ -218,7 +218,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str):
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         f = known[name]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, f"{prefix}{name}.")
         elif isinstance(default, tuple):

@@ -37,6 +37,8 @@ class Predictor(nn.Module):
     sliding-window blending is valid for every channel.
     """
 
+    trained: Tensor | None  # buffer: which queries were trained (None: all of them)
+
     def __init__(
         self,
         model: DSMNet,
@@ -88,7 +90,7 @@ class Predictor(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.model(x, text_embeddings=self.text if self.model.stage == 2 else None)
         probs = self.model.semantic_probs(out, self.trained)
-        anomaly = out["anomaly"].float().sigmoid()  # type: ignore[union-attr]
+        anomaly = out["anomaly"].float().sigmoid()
         return torch.cat([probs, anomaly], dim=1)
 
     @classmethod
@@ -131,7 +133,8 @@ class Predictor(nn.Module):
             encoded = class_embeddings(missing, clip_checkpoint=clip_checkpoint, model_name=clip_model, table=known)
             it = iter(encoded)
             rows = [r if r is not None else next(it) for r in rows]
-        new = torch.stack(rows) if rows else torch.zeros(0, checkpoint.embeddings.shape[1])
+        # every None row was filled above
+        new = torch.stack(rows) if rows else torch.zeros(0, checkpoint.embeddings.shape[1])  # type: ignore[arg-type]
         n_catalog = len(names)
         table = torch.cat([checkpoint.embeddings.cpu(), new[: n_catalog - len(checkpoint.class_names)]])
         extra = new[n_catalog - len(checkpoint.class_names):]

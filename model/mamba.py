@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ BACKENDS = ("auto", "torch", "mamba_ssm")
 
 
 @functools.lru_cache(maxsize=1)
-def _mamba_ssm_import() -> tuple[object | None, object | None, str | None]:
+def _mamba_ssm_import() -> tuple[Any, Any, str | None]:  # the kernels carry no type information
     """(selective_scan_fn, causal_conv1d_fn or None, error); imported once, lazily.
 
     ``import mamba_ssm`` loads CUDA extensions and fails on CPU-only installs, so it must never
@@ -142,7 +143,7 @@ def selective_scan(
     for t in range(steps):
         h = step(h, t)
     chunk_decay = torch.exp(dt.sum(-2)[:, :, None] * A4)  # (b, d, n, c)
-    chunk_end = linear_recurrence(chunk_decay, h, chunk_size)  # true state at each chunk's end
+    chunk_end = linear_recurrence(chunk_decay, h, chunk_size)  # type: ignore[arg-type]  # steps >= 1: h is set
     h = F.pad(chunk_end[..., :-1], (1, 0))  # state entering each chunk
     ys = []
     for t in range(steps):
@@ -247,7 +248,7 @@ class Mamba(nn.Module):
         C = C.transpose(1, 2).contiguous()
         kwargs = dict(z=z.contiguous(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         if backend == "mamba_ssm":
-            y = scan_fn(x.contiguous(), dt.contiguous(), A, B, C, self.D.float(), **kwargs)  # type: ignore[operator]
+            y = scan_fn(x.contiguous(), dt.contiguous(), A, B, C, self.D.float(), **kwargs)
         else:
             y = selective_scan(x, dt, A, B, C, self.D, chunk_size=self.chunk_size, **kwargs)
         return self.out_proj(y.transpose(1, 2))

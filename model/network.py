@@ -129,7 +129,7 @@ class DSMNet(nn.Module):
             if tumor is not None:
                 radius = self.prompt_radius[level]
                 prompt = anomaly_prompt(refined, radius) if radius is not None else None
-                prompts.append(prompt)
+                prompts.append(prompt)  # type: ignore[arg-type]  # None at a level without a prompt radius
                 tumor, guidance = self.dqr[level](tumor, feature, guidance, prompt)
                 joint = self.interaction[level](torch.cat([organ, tumor], dim=1))
                 organ, tumor = joint.split([self.n_organ, self.n_tumor], dim=1)

@@ -237,7 +237,7 @@ class VolumeSegmenter:
         timings = timings if timings is not None else {}
         s = self.settings
         t0 = time.perf_counter()
-        gmap = grid.plan(tuple(image_hu.shape), affine_ras, s.spacing)  # type: ignore[arg-type]
+        gmap = grid.plan(tuple(image_hu.shape), affine_ras, s.spacing)
         # The source stays in its own dtype (int16 HU from the assembly); only the model grid
         # and a chunk of planes at a time exist as float32 (model/slabs.py, same values).
         hu = slabs.downsample(gmap.oriented_view(image_hu), gmap.model_shape)
@@ -256,16 +256,18 @@ class VolumeSegmenter:
                 x, s.roi_size, s.sw_batch_size, self.predictor, overlap=s.overlap, mode=s.blend_mode,
                 sw_device=self.device, device=torch.device("cpu"), progress=progress,
             )
-        out = out[0].float()[(slice(None), *(slice(0, n) for n in crop.shape))].numpy()
+        channels = out[0].float()[(slice(None), *(slice(0, n) for n in crop.shape))].numpy()
         timings["inference_s"] = time.perf_counter() - t1
         n = len(self.catalog)
-        return ModelGridOutput(probs=out[:n], anomaly_raw=out[n], gmap=gmap, box=box)
+        return ModelGridOutput(probs=channels[:n], anomaly_raw=channels[n], gmap=gmap, box=box)
 
     def decide(self, output: ModelGridOutput) -> Decisions:
         s = self.settings
         seen = None if s.seen_tumors is None else set(s.seen_tumors)
+        # decide() runs before segment() lets the model-grid arrays go, so both are set here
         return postprocess(
-            output.probs, output.anomaly_raw, list(self.catalog), [s.threshold_of(e) for e in self.catalog], seen,
+            output.probs, output.anomaly_raw,  # type: ignore[arg-type]
+            list(self.catalog), [s.threshold_of(e) for e in self.catalog], seen,
             s.zero_shot_threshold, output.gmap.model_spacing, s.close_mm, s.gate_fraction,
         )
 

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +108,7 @@ class ClipTextEncoder:
             self._write_cache(cache)
         return torch.stack([cache[p] for p in prompts])
 
-    def _load(self):
+    def _load(self) -> tuple[Any, Any]:  # open_clip's model and tokenizer (no type information)
         if self._model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             import open_clip

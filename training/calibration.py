@@ -131,7 +131,7 @@ def calibrate(segmenter: VolumeSegmenter, cases: Sequence[Case]) -> dict[str, An
     for case in cases:
         output = base.predict(case.image, case.affine)
         gt = _to_model_grid(case.classes, output)
-        for c, name in enumerate(names):
+        for c, _name in enumerate(names):
             entry = segmenter.catalog[c]
             if entry.index - 1 >= len(case.annotated) or not case.annotated[entry.index - 1]:
                 continue

@@ -39,8 +39,8 @@ from .transforms import augment_transforms, preprocess_transforms
 from .validation import validate
 
 STATE_FORMAT = "dsm-train-state/1"
-LOG_FIELDS = ["step", "epoch", "lr", "loss", "dice", "bce", "tumor_dice", "tumor_bce", "cls", "reject", "deep", "val_dice", "val_rejection",
-              "seconds"]
+LOG_FIELDS = ["step", "epoch", "lr", "loss", "dice", "bce", "tumor_dice", "tumor_bce", "cls", "reject", "deep", "val_dice",
+              "val_rejection", "seconds"]
 HEALTH_FIELDS = ["step", "class", "crops", "max_prob_mean", "max_prob_min", "target_prob_mean", "dead"]
 
 

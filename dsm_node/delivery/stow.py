@@ -32,7 +32,9 @@ _REFERENCED, _FAILED = "00081199", "00081198"
 _SOP_INSTANCE, _FAILURE_REASON, _WARNING_REASON = "00081155", "00081197", "00081196"
 
 
-def send_batch(target: Target, items: Sequence[Outgoing], *, calling_ae: str, timeout_s: float) -> Iterator[tuple[Outgoing, Outcome]]:
+def send_batch(
+    target: Target, items: Sequence[Outgoing], *, calling_ae: str, timeout_s: float
+) -> Iterator[tuple[Outgoing, Outcome]]:
     """POST each item to ``target.web.url``/studies; yield (item, outcome) in order."""
     del calling_ae  # DICOMweb has no AE titles
     web = target.web

@@ -107,9 +107,14 @@ def write_overlays(
             ax.imshow(_rgba(lab, colours, 0.45), aspect=aspect, interpolation="nearest")
             ax.set_title(name, color="white", fontsize=10)
             ax.axis("off")
-        handles = [Patch(color=np.array(e.color) / 255.0, label=f"{e.name} ({counts[e.index] * dz * dy * dx / 1000:.1f} ml)") for e in legend]
+        handles = [
+            Patch(color=np.array(e.color) / 255.0, label=f"{e.name} ({counts[e.index] * dz * dy * dx / 1000:.1f} ml)")
+            for e in legend
+        ]
         if handles:
-            fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=9, frameon=False, labelcolor="white")
+            fig.legend(
+                handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=9, frameon=False, labelcolor="white"
+            )
         fig.suptitle(f"{heading}\n{BANNER}", color="#ff5050", fontsize=11)
         fig.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.12, wspace=0.03)
         return fig
@@ -118,7 +123,8 @@ def write_overlays(
         zc, yc, xc = (int(v) for v in _centroid(labels).round())
     else:
         zc, yc, xc = (s // 2 for s in labels.shape)
-    fig = figure((zc, yc, xc), f"{title} overview: {len(present)} structures" if title else f"overview: {len(present)} structures", present)
+    overview_heading = f"{title} overview: {len(present)} structures" if title else f"overview: {len(present)} structures"
+    fig = figure((zc, yc, xc), overview_heading, present)
     paths.append(out / "overview.png")
     fig.savefig(paths[-1], facecolor="black")
     plt.close(fig)

@@ -1,9 +1,10 @@
 """Celery wiring for scale-out: the node enqueues job ids, `dsm-node worker` processes run them.
 
-Remote control (the broadcast channel) is off. Late acknowledgement + prefetch 1: a task is acknowledged only when it has finished, so a
-worker killed mid-job leaves it to be delivered again; the task is idempotent (it checks the
-job's state and heartbeat in the database first), and the node's dispatcher also requeues jobs
-whose heartbeat went stale, so recovery does not wait for the broker's visibility timeout.
+Remote control (the broadcast channel) is off. Late acknowledgement + prefetch 1: a task is
+acknowledged only when it has finished, so a worker killed mid-job leaves it to be delivered
+again; the task is idempotent (it checks the job's state and heartbeat in the database first),
+and the node's dispatcher also requeues jobs whose heartbeat went stale, so recovery does not
+wait for the broker's visibility timeout.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def make_celery(settings: Settings) -> Celery:
 def register_task(app: Celery, run: Any) -> None:
     """Register the job task, calling ``run(job_id)`` (the same function the local executor calls)."""
 
-    @app.task(name=TASK_NAME, bind=True, acks_late=True)
+    @app.task(name=TASK_NAME, bind=True, acks_late=True)  # type: ignore[untyped-decorator]  # celery has no type information
     def run_job_task(self: Any, job_id: int) -> None:
         from .task import REQUEUED
 

@@ -33,7 +33,8 @@ _PR_SET_PDEATHSIG = 1
 def load_factory(spec: str) -> Callable[[Any], Any]:
     """``module:attribute`` -> the pipeline factory, called with the child's NodeContext."""
     module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    factory: Callable[[Any], Any] = getattr(importlib.import_module(module), attr)
+    return factory
 
 
 def _die_with_parent(parent_pid: int) -> None:

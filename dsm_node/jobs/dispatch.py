@@ -24,7 +24,8 @@ from sqlalchemy import select
 from ..audit import MINOR_FAILURE
 from ..context import NodeContext
 from ..db.engine import transaction
-from ..db.models import DeliveryState, Job, JobState
+from ..db.models import DeliveryState, Job
+from ..lifecycle import JobState
 from .executors import Executor
 from .machine import DEAD_LETTER_REASON, interrupted_running, transition
 
@@ -83,7 +84,7 @@ class JobDispatcher:
             # Submitted after the commit, so a fast worker always finds the job queued.
             task_id = self._executor.submit(job_id)
             with transaction(self._ctx.sessions) as s:
-                s.get(Job, job_id).task_id = task_id
+                s.get_one(Job, job_id).task_id = task_id
         return len(ids)
 
     def requeue_stale(self, submit: bool = True) -> int:
@@ -94,7 +95,7 @@ class JobDispatcher:
         requeued = []
         for job_id in ids:
             with transaction(self._ctx.sessions) as s:
-                job = s.get(Job, job_id, with_for_update=True)
+                job = s.get_one(Job, job_id, with_for_update=True)
                 why = interrupted_running(s, stale_after, data_dir).get(job_id) if job is not None else None
                 if why is None:
                     continue
@@ -123,7 +124,7 @@ class JobDispatcher:
             ids = list(s.scalars(select(Job.id).where(waiting)))
         for job_id in ids:
             with transaction(self._ctx.sessions) as s:
-                job = s.get(Job, job_id, with_for_update=True)
+                job = s.get_one(Job, job_id, with_for_update=True)
                 rows = [d for r in job.results for d in r.deliveries]
                 if not rows:
                     if job.state == JobState.ENCODED and not self._ctx.settings.delivery.destinations and job.results:

@@ -53,7 +53,7 @@ class DSMPipeline:
 
         files = written.files()  # no class found: no SEG and no key images, the SR says "no findings"
         with transaction(ctx.sessions) as s:
-            db_job = s.get(Job, job.id)
+            db_job = s.get_one(Job, job.id)
             results = [self._record(s, db_job, kind, ds, path, ctx) for kind, ds, path in files]
             s.flush()
             enqueue_results(s, ctx.settings, results, ctx.auditor)
@@ -78,7 +78,7 @@ class DSMPipeline:
     def _record(session: Any, job: Job, kind: str, ds: Any, path: Path, ctx: NodeContext) -> Result:
         """Result row for a written file; a re-run writes the same UIDs, so update in place."""
         uid = str(ds.SOPInstanceUID)
-        row = session.scalars(select(Result).where(Result.sop_instance_uid == uid)).one_or_none()
+        row: Result | None = session.scalars(select(Result).where(Result.sop_instance_uid == uid)).one_or_none()
         rel = str(Path(path).relative_to(ctx.results_dir))
         if row is None:
             row = Result(

@@ -21,7 +21,8 @@ from sqlalchemy import select
 from ..audit import SERIOUS_FAILURE
 from ..context import NodeContext
 from ..db.engine import transaction
-from ..db.models import Instance, Job, JobState, Series, utcnow
+from ..db.models import Instance, Job, Series, utcnow
+from ..lifecycle import JobState
 from ..liveness import HOLDER, holder_gone
 from ..metrics import JOB_STAGE_SECONDS
 from .machine import transition
@@ -73,17 +74,17 @@ class JobRunner:
         timings: dict[str, float] = {}
         try:
             with transaction(ctx.sessions) as s:
-                job = s.get(Job, job_id)
+                job = s.get_one(Job, job_id)
                 paths = self._input_paths(s, job)
             with self._heartbeat(job_id):
                 with transaction(ctx.sessions) as s:
-                    job = s.get(Job, job_id)
+                    job = s.get_one(Job, job_id)
                     job.model_version = self.pipeline.model_version
                 started = time.perf_counter()
                 summary = self.pipeline.process(ctx, _detached(ctx, job_id), paths, timings)
                 timings["total"] = time.perf_counter() - started
             with transaction(ctx.sessions) as s:
-                job = s.get(Job, job_id, with_for_update=True)
+                job = s.get_one(Job, job_id, with_for_update=True)
                 job.timings = timings
                 job.summary = summary
                 transition(s, ctx.auditor, job, JobState.ENCODED, timings=timings)
@@ -140,7 +141,7 @@ class JobRunner:
 
     def _fail(self, job_id: int, reason: str, timings: dict[str, float]) -> None:
         with transaction(self._ctx.sessions) as s:
-            job = s.get(Job, job_id, with_for_update=True)
+            job = s.get_one(Job, job_id, with_for_update=True)
             job.timings = timings
             if job.state == JobState.RUNNING:
                 transition(s, self._ctx.auditor, job, JobState.FAILED, reason=reason)
@@ -154,7 +155,7 @@ class JobRunner:
             while not stop.wait(interval):
                 try:
                     with transaction(self._ctx.sessions) as s:
-                        s.get(Job, job_id).heartbeat_at = utcnow()
+                        s.get_one(Job, job_id).heartbeat_at = utcnow()
                 except Exception:
                     log.warning("heartbeat of job %s failed", job_id, exc_info=True)
 
@@ -193,7 +194,7 @@ def _retry_or_fail(ctx: NodeContext, job_id: int, reason: str, *, interrupted: b
 def _detached(ctx: NodeContext, job_id: int) -> Job:
     """A read-only snapshot of the job (with its study) for the pipeline."""
     with ctx.sessions() as s:
-        job = s.get(Job, job_id)
+        job = s.get_one(Job, job_id)
         _ = job.study.study_uid, job.study.calling_ae, job.study.peer_address
         s.expunge_all()
         return job

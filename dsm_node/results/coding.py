@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr._concepts_dict import concepts as _CONCEPTS
 from pydicom.sr.codedict import codes
+
+if TYPE_CHECKING:
+    from model.catalog import Catalog, ClassEntry, Code
 
 # ---- fixed codes ------------------------------------------------------------------------------
 #: IHE AI Results (AIR) Contributing Equipment "Purpose of Reference": the code IHE RAD AIR
@@ -57,7 +61,7 @@ def _index() -> dict[tuple[str, str], list[tuple[str, list[int]]]]:
     idx: dict[tuple[str, str], list[tuple[str, list[int]]]] = {}
     for scheme, by_kw in _CONCEPTS.items():
         for _kw, by_code in by_kw.items():
-            for value, (meaning, cids) in by_code.items():
+            for value, (meaning, cids) in by_code.items():  # type: ignore[attr-defined]  # pydicom types its private table loosely
                 idx.setdefault((scheme, value), []).append((meaning, list(cids)))
     return idx
 
@@ -88,14 +92,14 @@ class ResolvedCoding:
     local_type: bool = False  # True when the type is a 99DSMNODE fallback
 
 
-def to_concept(code) -> CodedConcept | None:
+def to_concept(code: Code | None) -> CodedConcept | None:
     """A catalog ``Code`` (scheme, value, meaning) -> highdicom CodedConcept."""
     if code is None:
         return None
     return CodedConcept(value=str(code.value), scheme_designator=str(code.scheme), meaning=str(code.meaning))
 
 
-def resolve(entry) -> ResolvedCoding:
+def resolve(entry: ClassEntry) -> ResolvedCoding:
     """Coding of a catalog entry; entries without codes get a category by kind, a local type
     code (99DSMNODE) and the laterality modifier from ``laterality``."""
     c = entry.coding
@@ -110,7 +114,7 @@ def resolve(entry) -> ResolvedCoding:
     return ResolvedCoding(category, type_, modifier, to_concept(c.anatomic_region), local)
 
 
-def check_catalog_coding(catalog) -> list[str]:
+def check_catalog_coding(catalog: Catalog) -> list[str]:
     """Problems with the ``coding:`` blocks of a catalog (empty list = all good).
 
     Checks: scheme not retired (SRT ...); every SCT/DCM code exists in pydicom's dictionary
@@ -153,7 +157,7 @@ def check_catalog_coding(catalog) -> list[str]:
                 problems.append(f"{where}: a tumour's category must be 49755003 Morphologically Abnormal Structure")
             if c.type is None or c.type.value not in _TUMOUR_TYPES:
                 problems.append(f"{where}: a tumour's type must be Neoplasm, Cyst or Thrombus")
-            parent_types = {catalog.by_name(p).coding.type.value for p in e.parents if catalog.by_name(p).coding.type}
+            parent_types = {catalog.by_name(p).coding.type.value for p in e.parents if catalog.by_name(p).coding.type}  # type: ignore[union-attr]  # guarded by the if
             if c.anatomic_region is None:
                 problems.append(f"{where}: a tumour needs anatomic_region = its parent organ")
             elif parent_types and c.anatomic_region.value not in parent_types:
@@ -164,7 +168,7 @@ def check_catalog_coding(catalog) -> list[str]:
     return problems
 
 
-def coding_notes(catalog) -> list[str]:
+def coding_notes(catalog: Catalog) -> list[str]:
     """Non-errors worth knowing: organ types outside CID 7151 (baseline CID, extensible)."""
     notes = []
     for e in catalog:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class DisplayFrame:
             order.append(2 - v)
             flip.append(bool(a[world, v] < 0))
             spacing.append(float(np.linalg.norm(a[:, v])))
-        return cls(tuple(order), tuple(flip), tuple(int(s) for s in shape), tuple(spacing))
+        return cls(tuple(order), tuple(flip), tuple(int(s) for s in shape), tuple(spacing))  # type: ignore[arg-type]  # 3 axes
 
     @property
     def is_identity(self) -> bool:
@@ -62,7 +63,7 @@ class DisplayFrame:
                 out = np.flip(out, axis=axis)
         return out
 
-    def point(self, zyx) -> np.ndarray:
+    def point(self, zyx: ArrayLike) -> np.ndarray:
         """Source (z, y, x) index (float) -> display (S, P, L) index; (N, 3) arrays too."""
         p = np.asarray(zyx, float)[..., list(self.order)]
         for axis, f in enumerate(self.flip):

@@ -9,10 +9,14 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage
 
 from ..spool import uid_problem
+
+if TYPE_CHECKING:
+    from ..volume.assembly import Volume
 
 #: The SOP classes the node segments (the receiver processes the first two).
 CT_SOP_CLASSES = frozenset({CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage})
@@ -32,7 +36,7 @@ def checked_reading() -> Iterator[None]:
         yield
 
 
-def check_ct_source(volume) -> None:  # noqa: ANN001 - a dsm_node.volume.Volume
+def check_ct_source(volume: Volume) -> None:
     """Raise :class:`InputError` unless ``volume`` is a CT series whose UIDs can carry results."""
     problems: list[str] = []
     missing = []

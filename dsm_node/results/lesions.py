@@ -263,7 +263,7 @@ def assign_identities(lesions: list[Lesion], affine: np.ndarray, uid_for, known:
             if d <= max(5.0, 0.5 * k.long_axis_mm):
                 pairs.append((d, i, j))
     used_i, used_j = set(), set()
-    for d, i, j in sorted(pairs):
+    for _d, i, j in sorted(pairs):
         if i in used_i or j in used_j:
             continue
         used_i.add(i)

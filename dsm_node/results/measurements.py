@@ -55,10 +55,11 @@ def surface_voxels(mask: np.ndarray) -> np.ndarray:
     return np.argwhere(surface) - 1
 
 
-def _zyx_to_mm(zyx: np.ndarray, affine: np.ndarray, offset_zyx=(0, 0, 0)) -> np.ndarray:
+def _zyx_to_mm(zyx: np.ndarray, affine: np.ndarray, offset_zyx: tuple[int, ...] = (0, 0, 0)) -> np.ndarray:
     a = np.asarray(affine, float)
     ijk = (np.asarray(zyx, float) + np.asarray(offset_zyx, float))[:, ::-1]
-    return ijk @ a[:3, :3].T + a[:3, 3]
+    mm: np.ndarray = ijk @ a[:3, :3].T + a[:3, 3]
+    return mm
 
 
 def _max_pairwise_distance(points: np.ndarray, chunk: int = 512) -> float:
@@ -80,16 +81,18 @@ def _hull_vertices(points: np.ndarray) -> np.ndarray:
     if len(points) <= 64:
         return points
     try:
-        return points[ConvexHull(points).vertices]
+        hull: np.ndarray = points[ConvexHull(points).vertices]
+        return hull
     except QhullError:
         pass
     try:  # flat or linear sets: joggle (vertices are still input points)
-        return points[ConvexHull(points, qhull_options="QJ").vertices]
+        joggled: np.ndarray = points[ConvexHull(points, qhull_options="QJ").vertices]
+        return joggled
     except QhullError:
         return points
 
 
-def max_diameter_mm(mask: np.ndarray, affine: np.ndarray, offset_zyx=(0, 0, 0)) -> float | None:
+def max_diameter_mm(mask: np.ndarray, affine: np.ndarray, offset_zyx: tuple[int, ...] = (0, 0, 0)) -> float | None:
     """Longest distance (mm) between two surface-voxel centres of ``mask`` ((z, y, x) array).
 
     ``offset_zyx``: index of ``mask[0, 0, 0]`` in the full grid that ``affine`` describes (for

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from .uids import DEFAULT_UID_ROOT, ResultUIDs, device_uid
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 SEG_TYPES = ("BINARY", "LABELMAP")
 
@@ -55,8 +59,8 @@ class ResultOptions:
             raise ValueError("model_version is required (it is the Algorithm Version and part of the UIDs)")
 
     @classmethod
-    def from_settings(cls, settings, *, model_version: str, model_name: str = "DSM", revision: int = 0,
-                      **overrides) -> ResultOptions:
+    def from_settings(cls, settings: Settings, *, model_version: str, model_name: str = "DSM", revision: int = 0,
+                      **overrides: Any) -> ResultOptions:
         """Build from a ``dsm_node.settings.Settings`` (its ``results`` section)."""
         r = settings.results
         opts = cls(

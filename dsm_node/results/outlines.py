@@ -20,7 +20,8 @@ def largest_part(mask2d: np.ndarray) -> np.ndarray:
         return np.zeros_like(mask2d, dtype=bool)
     sizes = np.bincount(comps.ravel())
     sizes[0] = 0
-    return ndimage.binary_fill_holes(comps == int(sizes.argmax()))
+    filled: np.ndarray = ndimage.binary_fill_holes(comps == int(sizes.argmax()))
+    return filled
 
 
 def outline(mask2d: np.ndarray) -> np.ndarray:
@@ -50,7 +51,8 @@ def _drop_collinear(pts: np.ndarray) -> np.ndarray:
         return pts
     prev, nxt = np.roll(pts, 1, axis=0), np.roll(pts, -1, axis=0)
     cross = (pts[:, 0] - prev[:, 0]) * (nxt[:, 1] - pts[:, 1]) - (pts[:, 1] - prev[:, 1]) * (nxt[:, 0] - pts[:, 0])
-    return pts[np.abs(cross) > 1e-9]
+    corners: np.ndarray = pts[np.abs(cross) > 1e-9]
+    return corners
 
 
 def _closed(pts: np.ndarray) -> np.ndarray:

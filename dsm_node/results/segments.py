@@ -204,7 +204,7 @@ def _partition(base: np.ndarray, n_seg: int, extras: dict) -> tuple[np.ndarray, 
         raise ValueError("more than 63 organs extended with tumours in one series")
     shape = base.shape
     flat_idx, bits = [], []
-    for j, (num, (box, extra)) in enumerate(sorted(extras.items())):
+    for j, (_num, (box, extra)) in enumerate(sorted(extras.items())):
         zyx = np.nonzero(extra)
         idx = np.ravel_multi_index(tuple(z + b.start for z, b in zip(zyx, box)), shape)
         flat_idx.append(idx)

@@ -411,7 +411,8 @@ def assemble_volume(
             seen[key] = path
             keep.append(f)
         if not keep:
-            notes.append(f"{os.path.basename(path)}: same SOP Instance as {os.path.basename(seen[(new[0].sop_instance_uid, new[0].frame_number)])}, ignored")
+            first_path = seen[(new[0].sop_instance_uid, new[0].frame_number)]
+            notes.append(f"{os.path.basename(path)}: same SOP Instance as {os.path.basename(first_path)}, ignored")
             continue
         headers.append(ds)
         frames.extend(keep)
