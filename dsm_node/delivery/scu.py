@@ -29,7 +29,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 
-from ..receive.tls import client_context
+from ..tls import client_context
 from .targets import Target
 
 log = logging.getLogger("dsm_node.delivery")

@@ -28,6 +28,7 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from .. import tls as tls_mod
 from ..audit import MAJOR_FAILURE, MINOR_FAILURE, SERIOUS_FAILURE
 from ..context import NodeContext
 from ..metrics import (
@@ -40,7 +41,6 @@ from ..metrics import (
     STORE_SECONDS,
 )
 from ..spool import InvalidUID, Spool, SpoolFull, relative_path, validate_uid
-from . import tls as tls_mod
 from .access import AccessPolicy
 from .dataset import (
     PROCESSED_SOP_CLASSES,

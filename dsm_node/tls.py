@@ -1,4 +1,5 @@
-"""TLS for DICOM associations (PS3.15 Annex B, BCP 195 secure transport profile).
+"""TLS for DICOM associations (PS3.15 Annex B, BCP 195 secure transport profile), for both
+directions: the SCP (receive) and the delivery SCU use the same profile.
 
 TLS 1.2 or newer only, forward-secret AEAD cipher suites for TLS 1.2 (TLS 1.3 suites are all
 acceptable), no compression, no renegotiation. With ``require_client_cert`` (the default) the
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import ssl
 
-from ..settings import TLS
+from .settings import TLS
 
 # BCP 195 (RFC 9325) recommended TLS 1.2 suites: ECDHE/DHE with AES-GCM or ChaCha20-Poly1305.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!SHA1:!MD5"
