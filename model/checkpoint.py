@@ -169,6 +169,11 @@ def load_checkpoint(
     if "tumor_mask_bias" not in payload["state_dict"] and "tumor_mask_prior" not in raw_config.get("decoder", {}):
         # Made before the tumour mask prior (dsm-small-demo-0.3 and older): no bias.
         raw_config["decoder"] = {**raw_config.get("decoder", {}), "tumor_mask_prior": None}
+    state = payload["state_dict"]
+    if (any(k.startswith("interaction.") for k in state) and "interaction_gate" not in state
+            and "interaction_gate" not in raw_config.get("decoder", {})):
+        # Made before the gated organ-tumour interaction (dsm-small-demo-0.4 and older): ungated.
+        raw_config["decoder"] = {**raw_config.get("decoder", {}), "interaction_gate": False}
     try:
         config = ModelConfig.from_dict(raw_config)
     except (ConfigError, TypeError) as exc:

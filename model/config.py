@@ -64,6 +64,13 @@ class DecoderConfig:
     # first steps go to shrinking that: the 0.3 demo's "Kidney Cyst" channel ended on whole
     # kidneys. None: no bias (checkpoints made before it, see model/checkpoint.py).
     tumor_mask_prior: float | None = 0.01
+    # Stage 2: the organ queries take the organ-tumour interaction through a learned gate per
+    # scale that starts at 0, Q_o <- Q_o + g_l * (Interaction(Q_o, Q_t)_o - Q_o), so that Stage 2
+    # starts from exactly Stage 1's organ masks. The interaction blocks are new in Stage 2 and
+    # post-norm: ungated they change every organ query from the first step, and the CPU-trained
+    # Stage 2 of dsm-small-demo-0.4 never recovered (left kidney DSC 0.94 after Stage 1, 0.26
+    # after Stage 2; liver 0.92 -> 0.70). False: checkpoints made before it (model/checkpoint.py).
+    interaction_gate: bool = True
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,8 @@ class DSMNet(nn.Module):
             self.interaction = nn.ModuleList(
                 QueryBlock(c, dec.num_heads, dec.ffn_dim, dec.dropout) for _ in self.backbone.query_channels
             )
+            if dec.interaction_gate:
+                self.interaction_gate = nn.Parameter(torch.zeros(len(self.backbone.query_channels)))
             self.class_proj = MLP(c, c, cfg.text.dim)
             self.tau = cfg.text.tau
         # Class text embeddings are inputs (a site may extend the catalog), not weights.
@@ -132,7 +134,11 @@ class DSMNet(nn.Module):
                 prompts.append(prompt)  # type: ignore[arg-type]  # None at a level without a prompt radius
                 tumor, guidance = self.dqr[level](tumor, feature, guidance, prompt)
                 joint = self.interaction[level](torch.cat([organ, tumor], dim=1))
-                organ, tumor = joint.split([self.n_organ, self.n_tumor], dim=1)
+                mixed, tumor = joint.split([self.n_organ, self.n_tumor], dim=1)
+                if hasattr(self, "interaction_gate"):
+                    organ = organ + self.interaction_gate[level].to(organ.dtype) * (mixed - organ)
+                else:
+                    organ = mixed
         queries = organ if tumor is None else torch.cat([organ, tumor], dim=1)
         pixel = F.normalize(self.pixel_proj(feats["pixel"]), dim=1)  # E: (B, D, X, Y, Z), unit norm
         if self.cfg.decoder.bounded_masks:

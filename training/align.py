@@ -71,6 +71,11 @@ def align_class_projection(net: DSMNet, images: Iterable[Tensor], steps: int = 2
 
     before, _ = accuracy()
     params = list(net.class_proj.parameters())
+    # The fit runs even when training then holds the projection fixed (optim.freeze): it is
+    # what makes a fresh projection usable at all.
+    trainable = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr)
     for _ in range(steps):
         logits = net.class_cos_logits(queries)
@@ -78,7 +83,8 @@ def align_class_projection(net: DSMNet, images: Iterable[Tensor], steps: int = 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    for p in params:
+    for p, flag in zip(params, trainable):
         p.grad = None
+        p.requires_grad_(flag)
     after, own = accuracy()
     return AlignReport(steps, before, after, own)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from model.config import load_model_config
-from model.network import DSMNet
+from model.network import DSMNet, build_model
 from tests.model.model_helpers import tiny_config
 
 LAYER_SIDES = (2, 4, 8, 16)  # 64^3 ROI at strides 32, 16, 8, 4
@@ -186,3 +186,24 @@ def test_paper_config_one_96_patch_forward(text_table):
     assert [tuple(r.shape) for r in out["layer_logits"]] == [(1, 25, s, s, s) for s in (3, 6, 12, 24)]
     assert out["class_cos_logits"].shape == (1, 45, 45)
     assert torch.isfinite(out["mask_logits"]).all() and torch.isfinite(out["anomaly"]).all()
+
+
+def test_stage2_starts_from_exactly_the_stage1_organ_masks():
+    # The organ-tumour interaction is new in Stage 2; its gate starts at 0, so a Stage-2 model
+    # initialised from Stage-1 weights gives the Stage-1 organ mask logits, whatever the fresh
+    # interaction blocks hold. Ungated (checkpoints before the gate) it does not.
+    torch.manual_seed(0)
+    s1 = build_model(tiny_config(stage=1)).eval()
+    s2 = build_model(tiny_config(stage=2)).eval()
+    s2.load_stage1(s1.state_dict())
+    s2.set_text_embeddings(torch.randn(45, s2.cfg.text.dim))
+    assert torch.count_nonzero(s2.interaction_gate) == 0
+    x = torch.randn(1, 1, 64, 64, 64)
+    with torch.no_grad():
+        organ1 = s1(x)["mask_logits"]
+        organ2 = s2(x)["mask_logits"][:, : s2.n_organ]
+        torch.testing.assert_close(organ2, organ1, rtol=0, atol=1e-5)
+        ungated = build_model(tiny_config(stage=2).replace(**{"decoder.interaction_gate": False})).eval()
+        ungated.load_state_dict({k: v for k, v in s2.state_dict().items() if k != "interaction_gate"})
+        ungated.set_text_embeddings(s2.text_embeddings)
+        assert (ungated(x)["mask_logits"][:, : s2.n_organ] - organ1).abs().max() > 1e-3
