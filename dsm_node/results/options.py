@@ -4,12 +4,38 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from .uids import DEFAULT_UID_ROOT, ResultUIDs, device_uid
+from ..settings import Results
+from .uids import ResultUIDs, device_uid
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
 SEG_TYPES = ("BINARY", "LABELMAP")
+
+# ResultOptions field -> its setting in ``results:``; the defaults below are read from the
+# settings schema, so a default changes in one place (dsm_node/settings.py) for the node, the
+# CLI and library callers alike.
+FROM_SETTINGS = {
+    "uid_root": "uid_root",
+    "seg_type": "seg_type",
+    "seg_series_description": "seg_series_description",
+    "sr_series_description": "sr_series_description",
+    "seg_series_number": "seg_series_number",
+    "sr_series_number": "sr_series_number",
+    "manufacturer": "manufacturer",
+    "institution_name": "institution_name",
+    "organs_include_tumours": "organs_include_tumours",
+    "lesion_min_volume_ml": "lesion_min_volume_ml",
+    "key_images": "secondary_capture",
+    "key_images_max_lesions": "key_images_max_lesions",
+    "sc_series_description": "sc_series_description",
+    "sc_series_number": "sc_series_number",
+}
+
+
+def _schema(option: str) -> Any:
+    """The settings schema's default for a ResultOptions field."""
+    return Results.model_fields[FROM_SETTINGS[option]].default
 
 
 def _node_version() -> str:
@@ -31,26 +57,27 @@ class ResultOptions:
 
     model_version: str
     model_name: str = "DSM"
-    uid_root: str = DEFAULT_UID_ROOT
-    seg_type: str = "BINARY"
-    seg_series_description: str = "DSM segmentation - not for diagnostic use"
-    sr_series_description: str = "DSM measurements - not for diagnostic use"
-    seg_series_number: int = 9901
-    sr_series_number: int = 9902
-    manufacturer: str = "dsm-node"
-    institution_name: str | None = None
+    uid_root: str = _schema("uid_root")
+    seg_type: str = _schema("seg_type")
+    seg_series_description: str = _schema("seg_series_description")
+    sr_series_description: str = _schema("sr_series_description")
+    seg_series_number: int = _schema("seg_series_number")
+    sr_series_number: int = _schema("sr_series_number")
+    manufacturer: str = _schema("manufacturer")
+    institution_name: str | None = _schema("institution_name")
     software_version: str = ""  # the node's version; "" = dsm_node.__version__
     device_serial_number: str = "0"
     device_uid: str | None = None  # None = derived from uid_root + manufacturer + model name
     revision: int = 0  # study revision (a late instance re-runs the study as revision + 1)
     omit_empty_frames: bool | None = None
     content_label: str = "DSM"
-    organs_include_tumours: bool = False  # BINARY: organ segment = tissue + its tumours, hole-filled (overlap)
-    lesion_min_volume_ml: float = 0.5  # smaller tumour components get no lesion measurement group
-    key_images: bool = True  # Secondary Capture key images beside the SEG and SR
-    key_images_max_lesions: int = 6
-    sc_series_description: str = "DSM key images - NOT FOR DIAGNOSTIC USE"
-    sc_series_number: int = 9903
+    # BINARY: organ segment = tissue + its tumours, hole-filled (overlapping the tumour segment)
+    organs_include_tumours: bool = _schema("organs_include_tumours")
+    lesion_min_volume_ml: float = _schema("lesion_min_volume_ml")  # smaller lesions: no measurement group
+    key_images: bool = _schema("key_images")  # Secondary Capture key images beside the SEG and SR
+    key_images_max_lesions: int = _schema("key_images_max_lesions")
+    sc_series_description: str = _schema("sc_series_description")
+    sc_series_number: int = _schema("sc_series_number")
 
     def __post_init__(self) -> None:
         if self.seg_type not in SEG_TYPES:
@@ -63,25 +90,8 @@ class ResultOptions:
                       **overrides: Any) -> ResultOptions:
         """Build from a ``dsm_node.settings.Settings`` (its ``results`` section)."""
         r = settings.results
-        opts = cls(
-            model_version=model_version,
-            model_name=model_name,
-            uid_root=r.uid_root,
-            seg_type=r.seg_type,
-            seg_series_description=r.seg_series_description,
-            sr_series_description=r.sr_series_description,
-            seg_series_number=r.seg_series_number,
-            sr_series_number=r.sr_series_number,
-            manufacturer=r.manufacturer,
-            institution_name=r.institution_name,
-            revision=revision,
-            organs_include_tumours=r.organs_include_tumours,
-            lesion_min_volume_ml=r.lesion_min_volume_ml,
-            key_images=r.secondary_capture,
-            key_images_max_lesions=r.key_images_max_lesions,
-            sc_series_description=r.sc_series_description,
-            sc_series_number=r.sc_series_number,
-        )
+        mapped = {option: getattr(r, setting) for option, setting in FROM_SETTINGS.items()}
+        opts = cls(model_version=model_version, model_name=model_name, revision=revision, **mapped)
         return replace(opts, **overrides) if overrides else opts
 
     # ------------------------------------------------------------------------------------------
