@@ -67,7 +67,18 @@ def test_half_sent_requests_are_closed_and_do_not_block_others(service):
     finally:
         for sock in slow:
             sock.close()
-    assert service._server._deadlines == {}  # every connection let go
+    assert drained(service), service._server._deadlines  # every connection let go
+
+
+def drained(service, within: float = 30.0) -> bool:
+    """The server's connection bookkeeping empties: each handler thread removes its connection
+    after it has answered, which on a loaded machine can come after the client has its reply
+    (the check right after the reply failed at load 12, with the /healthz connection still
+    listed)."""
+    end = time.monotonic() + within
+    while service._server._deadlines and time.monotonic() < end:
+        time.sleep(0.05)
+    return service._server._deadlines == {}
 
 
 def test_connections_beyond_the_cap_are_closed_at_accept(service):
