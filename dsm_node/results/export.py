@@ -17,6 +17,36 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TypedDict
+
+#: One segment / lesion row and the whole summary that ``--json`` prints.
+_SegmentRow = TypedDict("_SegmentRow", {
+    "number": int, "class": str, "label": int, "content": str, "includes": list[str], "volume_cm3": float,
+    "volume_incl_tumours_cm3": float | None, "mean_hu": float | None})
+
+
+class _LesionRow(TypedDict):
+    tracking_identifier: str
+    tracking_uid: str
+    volume_cm3: float
+    long_axis_mm: float
+    short_axis_mm: float
+    max_diameter_mm: float | None
+    slice: int
+
+
+class _Summary(TypedDict):
+    series_instance_uid: str
+    slices: int
+    seg: str | None
+    seg_type: str | None
+    seg_frames: int
+    sr: str
+    no_findings: bool
+    key_images: list[str]
+    segments: list[_SegmentRow]
+    lesions: list[_LesionRow]
+    seconds: dict[str, float]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -107,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc))
     seg, sr, key = results.seg, results.sr, results.key_images
     t2 = time.perf_counter()
-    summary = {
+    summary: _Summary = {
         "series_instance_uid": volume.series_instance_uid,
         "slices": volume.shape[0],
         "seg": str(seg.path) if seg else None,
@@ -122,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
              "volume_cm3": round(sr.measurements[s.label].volume_cm3, 3),
              "volume_incl_tumours_cm3": round(sr.with_tumours[s.label].volume_cm3, 3) if s.label in sr.with_tumours
              else None,
-             "mean_hu": None if sr.measurements[s.label].mean_hu is None else round(sr.measurements[s.label].mean_hu, 1)}
+             "mean_hu": None if sr.measurements[s.label].mean_hu is None
+             else round(sr.measurements[s.label].mean_hu, 1)}  # type: ignore[arg-type]  # not None: checked
             for s in (seg.segments if seg else [])
         ],
         "lesions": [

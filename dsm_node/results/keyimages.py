@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -34,6 +36,21 @@ from .display import DisplayFrame
 from .options import ResultOptions
 from .seg import SegResult, character_set, check_source, quiet_source_warnings, save
 from .segments import WITH_TUMOURS, SegmentPlan
+
+if TYPE_CHECKING:
+    from highdicom.sc import SCImage
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from ..volume.assembly import Volume
+    from .lesions import Lesion
+    from .segments import PlannedSegment
+    from .sr import SRResult
+
+#: An RGB colour, 0..255 per component (a catalog class's ``color``).
+Colour = tuple[int, ...]
+#: A legend line: text, colour swatch or None, bold.
+LegendLine = tuple[str, Colour | None, bool]
 
 BANNER = "NOT FOR DIAGNOSTIC USE"
 SIZE_PX = (960, 720)  # width, height
@@ -54,7 +71,7 @@ class KeyImage:
 @dataclass
 class KeyImagesResult:
     images: list[KeyImage]
-    datasets: list = field(default_factory=list)
+    datasets: list[SCImage] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -63,14 +80,15 @@ class KeyImagesResult:
 def _grey(hu2d: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     level, width = window
     hu2d = np.asarray(hu2d, dtype=np.float32)  # int16 volumes: the same float32 arithmetic as before
-    return np.clip((hu2d - (level - width / 2)) / width, 0, 1)
+    grey: np.ndarray = np.clip((hu2d - (level - width / 2)) / width, 0, 1)
+    return grey
 
 
-def _rgb(colour) -> tuple[float, float, float]:
-    return tuple(float(c) / 255.0 for c in colour)
+def _rgb(colour: Colour) -> tuple[float, float, float]:
+    return cast("tuple[float, float, float]", tuple(float(c) / 255.0 for c in colour))
 
 
-def _new_figure():
+def _new_figure() -> Figure:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,7 +102,7 @@ def _new_figure():
     return fig
 
 
-def _to_rgb(fig) -> np.ndarray:
+def _to_rgb(fig: Figure) -> np.ndarray:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)
@@ -93,15 +111,17 @@ def _to_rgb(fig) -> np.ndarray:
     return np.ascontiguousarray(rgba[..., :3])
 
 
-def _orientation_letters(ax, top: str, bottom: str, left: str, right: str) -> None:
-    style = dict(color="#ffd24d", fontsize=11, fontweight="bold", transform=ax.transAxes)
+def _orientation_letters(ax: Axes, top: str, bottom: str, left: str, right: str) -> None:
+    # Any: matplotlib's own type for its text keyword arguments.
+    style: dict[str, Any] = dict(color="#ffd24d", fontsize=11, fontweight="bold", transform=ax.transAxes)
     ax.text(0.5, 0.995, top, ha="center", va="top", **style)
     ax.text(0.5, 0.005, bottom, ha="center", va="bottom", **style)
     ax.text(0.005, 0.5, left, ha="left", va="center", **style)
     ax.text(0.995, 0.5, right, ha="right", va="center", **style)
 
 
-def _image_axes(fig, rect, image: np.ndarray, aspect: float, window):
+def _image_axes(fig: Figure, rect: tuple[float, float, float, float], image: np.ndarray, aspect: float,
+                window: tuple[float, float]) -> Axes:
     ax = fig.add_axes(rect, facecolor="black")
     ax.imshow(_grey(image, window), cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
     ax.set_xticks([])
@@ -111,7 +131,7 @@ def _image_axes(fig, rect, image: np.ndarray, aspect: float, window):
     return ax
 
 
-def _fill(ax, masks: list[tuple[np.ndarray, tuple]], aspect: float, alpha: float) -> None:
+def _fill(ax: Axes, masks: list[tuple[np.ndarray, Colour]], aspect: float, alpha: float) -> None:
     if not masks:
         return
     shape = masks[0][0].shape
@@ -122,12 +142,12 @@ def _fill(ax, masks: list[tuple[np.ndarray, tuple]], aspect: float, alpha: float
     ax.imshow(over, aspect=aspect, interpolation="nearest")
 
 
-def _contour(ax, mask: np.ndarray, colour, width: float) -> None:
+def _contour(ax: Axes, mask: np.ndarray, colour: Colour, width: float) -> None:
     if mask.any():
         ax.contour(mask.astype(np.float32), levels=[0.5], colors=[_rgb(colour)], linewidths=width)
 
 
-def _legend(fig, x: float, y: float, lines: list[tuple[str, tuple | None, bool]]) -> None:
+def _legend(fig: Figure, x: float, y: float, lines: list[LegendLine]) -> None:
     """Legend text from (x, y) down: (text, colour swatch or None, bold)."""
     from matplotlib.patches import Rectangle
 
@@ -154,21 +174,22 @@ class _Scene:
     def segment_mask(self, number: int, display_slice: np.ndarray) -> np.ndarray:
         return self.plan.plane_mask(display_slice, number)
 
-    def segment_name(self, p) -> str:
+    def segment_name(self, p: PlannedSegment) -> str:
         return f"{p.entry.name} (incl. tumours)" if p.method == WITH_TUMOURS and p.included_tumours else p.entry.name
 
 
-def _segment_lines(scene: _Scene, numbers) -> list[tuple[str, tuple, bool]]:
-    out = []
+def _segment_lines(scene: _Scene, numbers: Iterable[int]) -> list[LegendLine]:
+    out: list[LegendLine] = []
     for n in numbers:
         p = scene.plan.by_number(n)
         out.append((f"{scene.segment_name(p)}  {scene.volumes.get(n, 0.0):.1f} ml", tuple(p.entry.color), False))
     return out
 
 
-def _lesion_lines(lesion) -> list[tuple[str, tuple | None, bool]]:
-    lines = [(f"long {lesion.long_axis.length_mm:.1f} mm, short {lesion.short_axis.length_mm:.1f} mm", None, False),
-             (f"volume {lesion.volume_cm3:.2f} ml", None, False)]
+def _lesion_lines(lesion: Lesion) -> list[LegendLine]:
+    lines: list[LegendLine] = [
+        (f"long {lesion.long_axis.length_mm:.1f} mm, short {lesion.short_axis.length_mm:.1f} mm", None, False),
+        (f"volume {lesion.volume_cm3:.2f} ml", None, False)]
     if lesion.max_diameter_mm is not None:
         lines.append((f"longest 3-D diameter {lesion.max_diameter_mm:.1f} mm", None, False))
     if lesion.mean_hu is not None:
@@ -184,7 +205,7 @@ def _window(hu2d: np.ndarray, mask: np.ndarray | None) -> tuple[float, float]:
     return _SOFT_TISSUE
 
 
-def _lesion_display_mask(scene: _Scene, lesion, labels: np.ndarray, d: int) -> np.ndarray:
+def _lesion_display_mask(scene: _Scene, lesion: Lesion, labels: np.ndarray, d: int) -> np.ndarray:
     comp = lesion.mask(labels)
     zyx = np.argwhere(comp) + [s.start for s in lesion.box]
     disp = np.rint(scene.frame.point(zyx)).astype(int)
@@ -194,7 +215,7 @@ def _lesion_display_mask(scene: _Scene, lesion, labels: np.ndarray, d: int) -> n
     return out
 
 
-def render_lesion(scene: _Scene, lesion, labels: np.ndarray) -> KeyImage:
+def render_lesion(scene: _Scene, lesion: Lesion, labels: np.ndarray) -> KeyImage:
     frame = scene.frame
     centre = frame.point((lesion.slice_index, *lesion.long_axis.midpoint))
     d = int(round(centre[0]))
@@ -203,7 +224,7 @@ def render_lesion(scene: _Scene, lesion, labels: np.ndarray) -> KeyImage:
     aspect = sp[1] / sp[2]
     lesion_mask = _lesion_display_mask(scene, lesion, labels, d)
     fig = _new_figure()
-    ax = _image_axes(fig, [0.01, 0.05, 0.62, 0.88], hu2d, aspect, _window(hu2d, lesion_mask))
+    ax = _image_axes(fig, (0.01, 0.05, 0.62, 0.88), hu2d, aspect, _window(hu2d, lesion_mask))
     numbers = [p.number for p in scene.plan.segments if scene.segment_mask(p.number, part2d).any()]
     _fill(ax, [(scene.segment_mask(n, part2d), scene.plan.by_number(n).entry.color) for n in numbers], aspect, 0.18)
     for n in numbers:
@@ -214,7 +235,7 @@ def render_lesion(scene: _Scene, lesion, labels: np.ndarray) -> KeyImage:
             pts = frame.point([(lesion.slice_index, *axis.start), (lesion.slice_index, *axis.end)])
             ax.plot(pts[:, 2], pts[:, 1], color=colour, linewidth=2.0, marker="o", markersize=3.5)
     _orientation_letters(ax, "A", "P", "R", "L")
-    lines = [(lesion.tracking_identifier, tuple(lesion.entry.color), True), *_lesion_lines(lesion)]
+    lines: list[LegendLine] = [(lesion.tracking_identifier, tuple(lesion.entry.color), True), *_lesion_lines(lesion)]
     if frame.slices_are_axial:
         lines.append(("yellow: long axis, cyan: short axis", None, False))
     else:
@@ -226,7 +247,7 @@ def render_lesion(scene: _Scene, lesion, labels: np.ndarray) -> KeyImage:
                     rgb, source_slice=lesion.slice_index if frame.slices_are_axial else None)
 
 
-def render_overview(scene: _Scene, lesions, title: str = "") -> KeyImage:
+def render_overview(scene: _Scene, lesions: Sequence[Lesion], title: str = "") -> KeyImage:
     frame = scene.frame
     if lesions:
         les = lesions[0]
@@ -241,8 +262,8 @@ def render_overview(scene: _Scene, lesions, title: str = "") -> KeyImage:
     sp = frame.spacing
     fig = _new_figure()
     views = [
-        ([0.01, 0.05, 0.40, 0.88], scene.hu[d], scene.partition[d], sp[1] / sp[2], ("A", "P", "R", "L")),
-        ([0.42, 0.05, 0.26, 0.88], scene.hu[::-1, r, :], scene.partition[::-1, r, :], sp[0] / sp[2], ("S", "I", "R", "L")),
+        ((0.01, 0.05, 0.40, 0.88), scene.hu[d], scene.partition[d], sp[1] / sp[2], ("A", "P", "R", "L")),
+        ((0.42, 0.05, 0.26, 0.88), scene.hu[::-1, r, :], scene.partition[::-1, r, :], sp[0] / sp[2], ("S", "I", "R", "L")),
     ]
     for rect, image, part, aspect, letters in views:
         ax = _image_axes(fig, rect, image, aspect, _SOFT_TISSUE)
@@ -250,7 +271,7 @@ def render_overview(scene: _Scene, lesions, title: str = "") -> KeyImage:
         # Organs first, then tumours (catalog order), so a tumour is seen over its organ.
         _fill(ax, [(scene.segment_mask(n, part), scene.plan.by_number(n).entry.color) for n in numbers], aspect, 0.45)
         _orientation_letters(ax, *letters)
-    lines = [(title or "Overview", None, True), *_segment_lines(scene, [p.number for p in scene.plan.segments])]
+    lines: list[LegendLine] = [(title or "Overview", None, True), *_segment_lines(scene, [p.number for p in scene.plan.segments])]
     if lesions:
         lines += [("", None, False), ("Lesions (long x short axis):", None, True)]
         lines += [(f"{les.tracking_identifier}: {les.long_axis.length_mm:.1f} x {les.short_axis.length_mm:.1f} mm",
@@ -266,7 +287,8 @@ def make_scene(volume_hu: np.ndarray, affine_lps: np.ndarray, plan: SegmentPlan,
     return _Scene(frame, frame.array(volume_hu), frame.array(plan.partition), plan, volumes)
 
 
-def render_key_images(volume_hu, affine_lps, labels, plan: SegmentPlan, lesions, volumes: dict[int, float],
+def render_key_images(volume_hu: np.ndarray, affine_lps: np.ndarray, labels: np.ndarray, plan: SegmentPlan,
+                      lesions: Iterable[Lesion], volumes: dict[int, float],
                       max_lesions: int = 6, title: str = "") -> list[KeyImage]:
     """The overview plus one image per lesion (largest first), as RGB arrays."""
     scene = make_scene(volume_hu, affine_lps, plan, volumes)
@@ -277,18 +299,19 @@ def render_key_images(volume_hu, affine_lps, labels, plan: SegmentPlan, lesions,
 
 
 # ---- DICOM ----------------------------------------------------------------------------------------
-def build_key_images(volume, labels: np.ndarray, seg: SegResult, sr, options: ResultOptions) -> KeyImagesResult:
+def build_key_images(volume: Volume, labels: np.ndarray, seg: SegResult, sr: SRResult, options: ResultOptions) -> KeyImagesResult:
     """Secondary Capture datasets for the SEG's segments and the SR's lesions."""
     from highdicom.sc import SCImage
 
     t0 = time.perf_counter()
     check_source(volume)
     volumes = {s.number: sr.measurements[s.label].volume_cm3 for s in seg.segments if s.label in sr.measurements}
-    images = render_key_images(volume.hu, volume.affine_lps, labels, seg.plan, sr.lesions, volumes,
+    # Only a SEG with its plan gets key images (write_results checks).
+    images = render_key_images(volume.hu, volume.affine_lps, labels, seg.plan, sr.lesions, volumes,  # type: ignore[arg-type]
                                max_lesions=options.key_images_max_lesions)
     t1 = time.perf_counter()
     uids = options.uids(volume.series_instance_uid)
-    datasets = []
+    datasets: list[SCImage] = []
     for number, image in enumerate(images, start=1):
         with quiet_source_warnings():
             ds = SCImage.from_ref_dataset(
@@ -306,7 +329,7 @@ def build_key_images(volume, labels: np.ndarray, seg: SegResult, sr, options: Re
     return KeyImagesResult(images, datasets, timings={"render_s": t1 - t0, "encode_s": t2 - t1})
 
 
-def _finish(ds, volume, image: KeyImage, options: ResultOptions) -> None:
+def _finish(ds: SCImage, volume: Volume, image: KeyImage, options: ResultOptions) -> None:
     from pydicom.dataset import Dataset
 
     ds.ConversionType = "WSD"  # rendered by a workstation, not digitised film
@@ -314,7 +337,9 @@ def _finish(ds, volume, image: KeyImage, options: ResultOptions) -> None:
     ds.ImageComments = f"{image.title} - {BANNER}"[:10240]
     ds.DerivationDescription = f"{options.model_name} {options.model_version} results rendered on the CT"[:1024]
     if not image.axial_only:
-        ds.PatientOrientation = ""  # axial and coronal panels side by side: no single orientation
+        # axial and coronal panels side by side: no single orientation (highdicom types the
+        # attributes it sets by its own arguments; pydicom takes any value of the VR)
+        ds.PatientOrientation = ""  # type: ignore[assignment]
     # The images show the body part of the CT; without one, Laterality (Type 2C) is "unknown".
     body_part = str(volume.headers[0].get("BodyPartExamined", "") or "")
     if body_part:
@@ -322,7 +347,7 @@ def _finish(ds, volume, image: KeyImage, options: ResultOptions) -> None:
     else:
         ds.Laterality = ""
     ds.ManufacturerModelName = options.model_name
-    ds.SoftwareVersions = list(options.software_versions)
+    ds.SoftwareVersions = list(options.software_versions)  # type: ignore[assignment]  # as PatientOrientation
     if options.institution_name:
         ds.InstitutionName = options.institution_name
     if image.source_slice is not None:
@@ -342,8 +367,8 @@ def _finish(ds, volume, image: KeyImage, options: ResultOptions) -> None:
     ds.ContributingEquipmentSequence = equipment
 
 
-def write_key_images(volume, labels: np.ndarray, seg: SegResult, sr, options: ResultOptions,
-                     out_dir: str | os.PathLike) -> KeyImagesResult:
+def write_key_images(volume: Volume, labels: np.ndarray, seg: SegResult, sr: SRResult, options: ResultOptions,
+                     out_dir: str | os.PathLike[str]) -> KeyImagesResult:
     """Build the key images and write each as ``out_dir/SC_<SOPInstanceUID>.dcm``."""
     result = build_key_images(volume, labels, seg, sr, options)
     t = time.perf_counter()
@@ -352,13 +377,13 @@ def write_key_images(volume, labels: np.ndarray, seg: SegResult, sr, options: Re
     return result
 
 
-def write_pngs(images: list[KeyImage], out_dir: str | os.PathLike) -> list[Path]:
+def write_pngs(images: list[KeyImage], out_dir: str | os.PathLike[str]) -> list[Path]:
     """The rendered images as PNG files (``overview.png``, ``NN_<lesion>.png``)."""
     from PIL import Image
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
+    paths: list[Path] = []
     for rank, image in enumerate(images):
         stem = "overview" if image.name == "overview" else f"{rank:02d}_" + "".join(
             ch if ch.isalnum() else "_" for ch in image.name.lower())

@@ -24,12 +24,20 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from scipy import ndimage
 
 from .measurements import max_diameter_mm, mean_hu, voxel_volume_mm3
+
+if TYPE_CHECKING:
+    from model.catalog import Catalog, ClassEntry
+
+#: (z, y, x) bounding box of a component in the volume.
+Box3 = tuple[slice, slice, slice]
 
 _CONNECTIVITY_26 = ndimage.generate_binary_structure(3, 3)
 _IDENTIFIER = re.compile(r"^(?P<cls>.+) lesion (?P<n>\d+)$")
@@ -48,13 +56,13 @@ class Axis:
 
 @dataclass(frozen=True)
 class Lesion:
-    entry: object  # model.catalog.ClassEntry of the tumour class
+    entry: ClassEntry  # of the tumour class
     rank: int  # 1 = largest component of its class in this series
     voxel_count: int
     volume_cm3: float
     mean_hu: float | None
     max_diameter_mm: float | None  # longest 3-D diameter (centre to centre)
-    box: tuple[slice, slice, slice]  # (z, y, x) bounding box in the volume
+    box: Box3  # (z, y, x) bounding box in the volume
     centroid_mm: tuple[float, float, float]  # LPS
     slice_index: int  # the volume slice (z) of the axes
     long_axis: Axis
@@ -64,11 +72,11 @@ class Lesion:
 
     @property
     def label(self) -> int:
-        return int(self.entry.index)  # type: ignore[attr-defined]
+        return int(self.entry.index)
 
     @property
     def tracking_identifier(self) -> str:
-        return f"{self.entry.name} lesion {self.number}"[:64]  # type: ignore[attr-defined]
+        return f"{self.entry.name} lesion {self.number}"[:64]
 
     def mask(self, labels: np.ndarray) -> np.ndarray:
         """This component's voxels within :attr:`box`, recomputed from the label map: the
@@ -76,7 +84,8 @@ class Lesion:
         comps, _ = ndimage.label(labels[self.box] == self.label, structure=_CONNECTIVITY_26)
         r, c = (int(round(v)) for v in self.long_axis.start)
         value = comps[self.slice_index - self.box[0].start, r - self.box[1].start, c - self.box[2].start]
-        return comps == value
+        mask: np.ndarray = comps == value
+        return mask
 
 
 # ---- 2-D axes --------------------------------------------------------------------------------
@@ -112,7 +121,8 @@ def long_axis(mask2d: np.ndarray, spacing_rc: tuple[float, float]) -> Axis | Non
         return None
     mm = rc * np.asarray(spacing_rc, float)
     i, j, d = _farthest_pair(mm)
-    a, b = tuple(float(v) for v in rc[i]), tuple(float(v) for v in rc[j])
+    a = cast("tuple[float, float]", tuple(float(v) for v in rc[i]))
+    b = cast("tuple[float, float]", tuple(float(v) for v in rc[j]))
     if (a[1], a[0]) > (b[1], b[0]):  # stable orientation: start = smaller column, then row
         a, b = b, a
     return Axis(d, a, b)
@@ -163,7 +173,7 @@ def short_axis(mask2d: np.ndarray, spacing_rc: tuple[float, float], long: Axis) 
 
 
 # ---- lesions ---------------------------------------------------------------------------------
-def find_lesions(labels: np.ndarray, hu: np.ndarray | None, affine: np.ndarray, catalog, *,
+def find_lesions(labels: np.ndarray, hu: np.ndarray | None, affine: np.ndarray, catalog: Catalog, *,
                  min_volume_ml: float = 0.5) -> list[Lesion]:
     """Every tumour component of at least ``min_volume_ml``, largest first within each class
     (classes in catalog order); ``number`` = rank until :func:`assign_identities` runs."""
@@ -177,13 +187,13 @@ def find_lesions(labels: np.ndarray, hu: np.ndarray | None, affine: np.ndarray, 
             continue
         cbox = boxes[entry.index - 1]
         comps, n = ndimage.label(labels[cbox] == entry.index, structure=_CONNECTIVITY_26)
-        found = []
+        found: list[tuple[int, Box3, np.ndarray]] = []
         for k, box in enumerate(ndimage.find_objects(comps), start=1):
             mask = comps[box] == k
             count = int(np.count_nonzero(mask))
             if count * vvol / 1000.0 < min_volume_ml or count == 0:
                 continue
-            full_box = tuple(slice(c.start + b.start, c.start + b.stop) for c, b in zip(cbox, box))
+            full_box = cast(Box3, tuple(slice(c.start + b.start, c.start + b.stop) for c, b in zip(cbox, box)))
             found.append((count, full_box, mask))
         found.sort(key=lambda f: (-f[0], tuple(s.start for s in f[1])))
         for rank, (count, box, mask) in enumerate(found, start=1):
@@ -191,10 +201,11 @@ def find_lesions(labels: np.ndarray, hu: np.ndarray | None, affine: np.ndarray, 
     return out
 
 
-def _lesion(entry, rank, count, box, mask, hu, affine, spacing_rc, vvol) -> Lesion:
+def _lesion(entry: ClassEntry, rank: int, count: int, box: Box3, mask: np.ndarray, hu: np.ndarray | None,
+            affine: np.ndarray, spacing_rc: tuple[float, float], vvol: float) -> Lesion:
     zyx = np.argwhere(mask).mean(axis=0) + [s.start for s in box]
     centroid = affine[:3, :3] @ zyx[::-1] + affine[:3, 3]
-    best = None
+    best: tuple[tuple[float, float, int], int, Axis] | None = None
     for dz in range(mask.shape[0]):
         ax = long_axis(mask[dz], spacing_rc)
         if ax is None:
@@ -202,7 +213,7 @@ def _lesion(entry, rank, count, box, mask, hu, affine, spacing_rc, vvol) -> Lesi
         key = (round(ax.length_mm, 6), -abs(box[0].start + dz - zyx[0]), -dz)
         if best is None or key > best[0]:
             best = (key, dz, ax)
-    _, dz, long = best
+    _, dz, long = best  # type: ignore[misc]  # not None: the component has a voxel, so a slice has an axis
     short = short_axis(mask[dz], spacing_rc, long)
     off = (box[1].start, box[2].start)
 
@@ -214,7 +225,7 @@ def _lesion(entry, rank, count, box, mask, hu, affine, spacing_rc, vvol) -> Lesi
         entry=entry, rank=rank, voxel_count=count, volume_cm3=count * vvol / 1000.0,
         mean_hu=mean_hu(hu[box], mask) if hu is not None else None,
         max_diameter_mm=max_diameter_mm(mask, affine, offset_zyx=tuple(s.start for s in box)),
-        box=box, centroid_mm=tuple(float(v) for v in centroid), slice_index=box[0].start + dz,
+        box=box, centroid_mm=cast("tuple[float, float, float]", tuple(float(v) for v in centroid)), slice_index=box[0].start + dz,
         long_axis=shift(long), short_axis=shift(short), number=rank,
     )
 
@@ -234,13 +245,15 @@ class KnownLesion:
 def axis_world(lesion: Lesion, axis: Axis, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(affine, float)
 
-    def world(rc):
-        return a[:3, :3] @ np.array([rc[1], rc[0], lesion.slice_index], float) + a[:3, 3]
+    def world(rc: tuple[float, float]) -> np.ndarray:
+        point: np.ndarray = a[:3, :3] @ np.array([rc[1], rc[0], lesion.slice_index], float) + a[:3, 3]
+        return point
 
     return world(axis.start), world(axis.end)
 
 
-def assign_identities(lesions: list[Lesion], affine: np.ndarray, uid_for, known: list[KnownLesion] = ()) -> list[Lesion]:
+def assign_identities(lesions: list[Lesion], affine: np.ndarray, uid_for: Callable[[str, str], str],
+                      known: Sequence[KnownLesion] = ()) -> list[Lesion]:
     """Give each lesion its tracking number and UID.
 
     A lesion that matches one reported for an earlier revision of the study (same class, its
@@ -252,17 +265,18 @@ def assign_identities(lesions: list[Lesion], affine: np.ndarray, uid_for, known:
     """
     out = list(lesions)
     taken: dict[str, set[int]] = {}
-    pairs = []
+    pairs: list[tuple[float, int, int]] = []
     for i, les in enumerate(out):
         s, e = axis_world(les, les.long_axis, affine)
         mid = (s + e) / 2
         for j, k in enumerate(known):
-            if k.class_name != les.entry.name:  # type: ignore[attr-defined]
+            if k.class_name != les.entry.name:
                 continue
             d = float(np.linalg.norm(mid - np.array(k.midpoint_mm)))
             if d <= max(5.0, 0.5 * k.long_axis_mm):
                 pairs.append((d, i, j))
-    used_i, used_j = set(), set()
+    used_i: set[int] = set()
+    used_j: set[int] = set()
     for _d, i, j in sorted(pairs):
         if i in used_i or j in used_j:
             continue
@@ -276,7 +290,7 @@ def assign_identities(lesions: list[Lesion], affine: np.ndarray, uid_for, known:
     for i, les in enumerate(out):
         if i in used_i:
             continue
-        name = les.entry.name  # type: ignore[attr-defined]
+        name = les.entry.name
         used = taken.setdefault(name, set())
         n = les.rank if les.rank not in used and not known else (max(used) + 1 if used else 1)
         while n in used:

@@ -10,16 +10,24 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from .keyimages import KeyImagesResult, write_key_images
 from .lesions import KnownLesion
 from .options import ResultOptions
 from .seg import SegResult, write_seg
 from .sr import SRResult, known_lesions, write_sr
+
+if TYPE_CHECKING:
+    from model.catalog import Catalog
+
+    from ..volume.assembly import Volume
 
 _REVISION_DIR = re.compile(r"^r(\d+)$")
 
@@ -31,19 +39,21 @@ class ResultSet:
     key_images: KeyImagesResult | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
-    def files(self) -> list[tuple[str, object, Path]]:
+    def files(self) -> list[tuple[str, Dataset, Path]]:
         """(kind, dataset, path) of every written object: SEG, SR, then SC."""
-        out: list[tuple[str, object, Path]] = []
+        out: list[tuple[str, Dataset, Path]] = []
+        # The write_* functions set the paths (only a built, unwritten result has none).
         if self.seg is not None:
-            out.append(("SEG", self.seg.dataset, self.seg.path))
-        out.append(("SR", self.sr.dataset, self.sr.path))
+            out.append(("SEG", self.seg.dataset, cast(Path, self.seg.path)))
+        out.append(("SR", self.sr.dataset, cast(Path, self.sr.path)))
         if self.key_images is not None:
             out += [("SC", ds, path) for ds, path in zip(self.key_images.datasets, self.key_images.paths)]
         return out
 
 
-def write_results(volume, labels: np.ndarray, catalog, options: ResultOptions, out_dir: str | os.PathLike, *,
-                  seg_type: str | None = None, known: list[KnownLesion] = ()) -> ResultSet:
+def write_results(volume: Volume, labels: np.ndarray, catalog: Catalog, options: ResultOptions,
+                  out_dir: str | os.PathLike[str], *, seg_type: str | None = None,
+                  known: Sequence[KnownLesion] = ()) -> ResultSet:
     """SEG + SR (+ key images) for ``labels`` on ``volume``'s grid, written under ``out_dir``.
 
     ``known``: lesions reported for earlier revisions of the study (:func:`earlier_lesions`),
@@ -60,13 +70,13 @@ def write_results(volume, labels: np.ndarray, catalog, options: ResultOptions, o
     return ResultSet(seg, sr, key, timings={"seg_s": t1 - t0, "sr_s": t2 - t1, "key_images_s": t3 - t2})
 
 
-def earlier_lesions(study_dir: str | os.PathLike, revision: int, volume) -> list[KnownLesion]:
+def earlier_lesions(study_dir: str | os.PathLike[str], revision: int, volume: Volume) -> list[KnownLesion]:
     """Lesions of the SRs written for earlier revisions of a study (``study_dir/r<N>/SR_*.dcm``,
     newest revision first), placed on ``volume``. Missing or removed folders give nothing."""
     root = Path(study_dir)
     if not root.is_dir():
         return []
-    earlier = []
+    earlier: list[tuple[int, Path]] = []
     for child in root.iterdir():
         m = _REVISION_DIR.match(child.name)
         if m and int(m.group(1)) < revision:

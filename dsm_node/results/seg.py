@@ -23,17 +23,35 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from highdicom.color import CIELabColor
 from highdicom.content import AlgorithmIdentificationSequence
-from highdicom.seg import SegmentAlgorithmTypeValues, Segmentation, SegmentDescription, SegmentsOverlapValues
+from highdicom.seg import (
+    SegmentAlgorithmTypeValues,
+    Segmentation,
+    SegmentationTypeValues,
+    SegmentDescription,
+    SegmentsOverlapValues,
+)
 
 from . import coding
 from .options import ResultOptions
 from .segments import TISSUE, WITH_TUMOURS, SegmentPlan, plan_segments
+
+if TYPE_CHECKING:
+    from highdicom.volume import Volume as HighdicomVolume
+    from pydicom.dataset import Dataset
+    from pydicom.multival import MultiValue
+
+    from model.catalog import Catalog, ClassEntry
+
+    from ..volume.assembly import Volume
+    from .uids import ResultUIDs
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +61,7 @@ class SegmentInfo:
     """One written segment: its number in the SEG and its catalog class."""
 
     number: int
-    entry: object  # model.catalog.ClassEntry
+    entry: ClassEntry
     voxel_count: int  # voxels of the segment as encoded (organ: tissue + tumours + filled holes)
     tracking_uid: str
     method: str = TISSUE  # segments.TISSUE | segments.WITH_TUMOURS
@@ -51,7 +69,7 @@ class SegmentInfo:
 
     @property
     def label(self) -> int:
-        return int(self.entry.index)  # type: ignore[attr-defined]
+        return int(self.entry.index)
 
 
 @dataclass
@@ -75,7 +93,7 @@ _TYPE2_COPIED = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "
 
 
 @contextlib.contextmanager
-def quiet_source_warnings():
+def quiet_source_warnings() -> Iterator[None]:
     """highdicom warns about source values it copies unchanged (e.g. a one-component
     PatientName); they are not actionable here, so keep logs free of them."""
     with warnings.catch_warnings():
@@ -83,7 +101,7 @@ def quiet_source_warnings():
         yield
 
 
-def check_source(volume) -> None:
+def check_source(volume: Volume) -> None:
     """Refuse sources that cannot carry results; fill absent Type 2 attributes with empty values."""
     for header in volume.headers:
         for attr in _TYPE2_COPIED:
@@ -100,10 +118,10 @@ def check_source(volume) -> None:
         raise ResultError(f"{len(empty_sop)} source instance(s) without SOP Class/Instance UID, e.g. {empty_sop[0]}")
 
 
-def character_set(volume):
+def character_set(volume: Volume) -> str | Sequence[str] | None:
     """SpecificCharacterSet for the results: the source's, or ISO_IR 100 where the source leaves it
     empty (default repertoire; highdicom refuses an empty value, Latin-1 is a superset of it)."""
-    value = volume.headers[0].get("SpecificCharacterSet")
+    value: str | MultiValue[str] | None = volume.headers[0].get("SpecificCharacterSet")
     if value is None:
         return None
     values = [value] if isinstance(value, str) else list(value)
@@ -114,7 +132,7 @@ def character_set(volume):
     return value
 
 
-def present_classes(labels: np.ndarray, catalog) -> dict[int, int]:
+def present_classes(labels: np.ndarray, catalog: Catalog) -> dict[int, int]:
     """{catalog index: voxel count} of the classes present; raises on values not in the catalog."""
     if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
         raise ResultError(f"labels must be an integer label map, got {labels.dtype}")
@@ -144,7 +162,7 @@ def segment_text(method: str, included_tumours: tuple[str, ...]) -> str | None:
     return "incl. its tumours (none found); enclosed holes filled"
 
 
-def tracking_identifier(entry, options: ResultOptions, method: str | None = None) -> str:
+def tracking_identifier(entry: ClassEntry, options: ResultOptions, method: str | None = None) -> str:
     """The human-readable Tracking ID of a segment: the same text in the SEG and in the SR's
     measurement group (with the same Tracking UID), so viewers can match them by either. It says
     when an organ segment includes its tumours."""
@@ -152,7 +170,7 @@ def tracking_identifier(entry, options: ResultOptions, method: str | None = None
     return f"{what} ({options.model_name})"[:64]
 
 
-def segment_description(entry, number: int, options: ResultOptions, tracking_uid: str,
+def segment_description(entry: ClassEntry, number: int, options: ResultOptions, tracking_uid: str,
                         text: str | None = None, method: str | None = None) -> SegmentDescription:
     c = coding.resolve(entry)
     algorithm = AlgorithmIdentificationSequence(
@@ -177,7 +195,7 @@ def segment_description(entry, number: int, options: ResultOptions, tracking_uid
     return desc
 
 
-def build_seg(volume, labels: np.ndarray, catalog, options: ResultOptions, *,
+def build_seg(volume: Volume, labels: np.ndarray, catalog: Catalog, options: ResultOptions, *,
               seg_type: str | None = None, present: dict[int, int] | None = None) -> SegResult | None:
     """The SEG for ``labels`` ((z, y, x) catalog indices on ``volume``'s grid); None if empty."""
     t0 = time.perf_counter()
@@ -196,7 +214,7 @@ def build_seg(volume, labels: np.ndarray, catalog, options: ResultOptions, *,
     plan = plan_segments(labels, catalog, present,
                          organs_include_tumours=options.organs_include_tumours and seg_type == "BINARY")
     segments: list[SegmentInfo] = []
-    descriptions = []
+    descriptions: list[SegmentDescription] = []
     for p in plan.segments:
         tracking = uids.tracking(p.entry.name)
         segments.append(SegmentInfo(p.number, p.entry, p.voxel_count, tracking, p.method, p.included_tumours))
@@ -231,21 +249,28 @@ def _partition_segmentation(members: np.ndarray) -> type[Segmentation]:
 
     class PartitionSegmentation(Segmentation):
         @classmethod
-        def _check_and_cast_pixel_array(cls, pixel_array, segment_numbers, segmentation_type, dtype):
+        def _check_and_cast_pixel_array(cls, pixel_array: np.ndarray | HighdicomVolume, segment_numbers: np.ndarray,
+                                        segmentation_type: SegmentationTypeValues,
+                                        dtype: type) -> tuple[np.ndarray | HighdicomVolume, SegmentsOverlapValues]:
             if pixel_array.ndim != 3 or len(segment_numbers) != members.shape[0] - 1:
                 raise ValueError("the partition must be (frames, rows, columns) with one table row per segment")
-            if int(pixel_array.max()) >= members.shape[1]:
+            # Always the partition array (_segmentation passes it), never a highdicom Volume.
+            if int(pixel_array.max()) >= members.shape[1]:  # type: ignore[union-attr]
                 raise ValueError("partition values outside the membership table")
             return pixel_array, SegmentsOverlapValues.YES
 
-        def _get_segment_pixel_array(self, pixel_array, segment_number, described_segment_numbers,
-                                     segmentation_type, max_fractional_value, dtype):
-            return members[segment_number][pixel_array].astype(dtype)
+        @staticmethod  # as in highdicom, which calls it through the instance
+        def _get_segment_pixel_array(pixel_array: np.ndarray, segment_number: int, described_segment_numbers: np.ndarray,
+                                     segmentation_type: SegmentationTypeValues, max_fractional_value: int,
+                                     dtype: type) -> np.ndarray:
+            plane: np.ndarray = members[segment_number][pixel_array].astype(dtype)
+            return plane
 
     return PartitionSegmentation
 
 
-def _segmentation(cls, volume, pixel, seg_type, descriptions, uids, options: ResultOptions) -> Segmentation:
+def _segmentation(cls: type[Segmentation], volume: Volume, pixel: np.ndarray, seg_type: str,
+                  descriptions: list[SegmentDescription], uids: ResultUIDs, options: ResultOptions) -> Segmentation:
     return cls(
         source_images=volume.headers,
         pixel_array=pixel,
@@ -257,7 +282,7 @@ def _segmentation(cls, volume, pixel, seg_type, descriptions, uids, options: Res
         instance_number=1,
         manufacturer=options.manufacturer,
         manufacturer_model_name=options.model_name,
-        software_versions=list(options.software_versions),
+        software_versions=list(options.software_versions),  # type: ignore[arg-type]  # hint says tuple[str]; any str sequence works
         device_serial_number=options.device_serial_number,
         content_label=options.content_label,
         content_description=f"{options.model_name} {options.model_version} automatic segmentation"[:64],
@@ -268,9 +293,11 @@ def _segmentation(cls, volume, pixel, seg_type, descriptions, uids, options: Res
     )
 
 
-def _finish(seg, options: ResultOptions, uids) -> None:
+def _finish(seg: Segmentation, options: ResultOptions, uids: ResultUIDs) -> None:
     """AIR contributing equipment; deterministic DimensionOrganizationUID."""
-    seg.ContributingEquipmentSequence.append(coding.air_contributing_equipment(
+    # highdicom's attribute type comes from its own ContributingEquipment items; pydicom holds
+    # the value as a Sequence of plain Datasets.
+    seg.ContributingEquipmentSequence.append(coding.air_contributing_equipment(  # type: ignore[arg-type]
         manufacturer=options.manufacturer, model_name=options.model_name,
         software_versions=options.software_versions, device_uid=options.algorithm_device_uid,
         institution_name=options.institution_name,
@@ -284,7 +311,7 @@ def _finish(seg, options: ResultOptions, uids) -> None:
             item.DimensionOrganizationUID = dim_uid
 
 
-def save(dataset, path: str | os.PathLike) -> Path:
+def save(dataset: Dataset, path: str | os.PathLike[str]) -> Path:
     """Write a DICOM file atomically (temp file + fsync + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -301,7 +328,8 @@ def save(dataset, path: str | os.PathLike) -> Path:
     return path
 
 
-def write_seg(volume, labels: np.ndarray, catalog, options: ResultOptions, out_dir: str | os.PathLike, *,
+def write_seg(volume: Volume, labels: np.ndarray, catalog: Catalog, options: ResultOptions,
+              out_dir: str | os.PathLike[str], *,
               seg_type: str | None = None, present: dict[int, int] | None = None) -> SegResult | None:
     """Build the SEG and write it as ``out_dir/SEG_<SOPInstanceUID>.dcm``; None when no class is found."""
     result = build_seg(volume, labels, catalog, options, seg_type=seg_type, present=present)

@@ -29,9 +29,16 @@ partition and extracts each segment per frame with the table.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    from model.catalog import Catalog, ClassEntry
+
+#: A (z, y, x) bounding box as ndimage.find_objects gives it.
+Box = tuple[slice, ...]
 
 #: How a segment was built (also the SR's measurement method for its volume).
 TISSUE = "tissue"
@@ -45,7 +52,7 @@ class PlannedSegment:
     """One segment of the SEG: its number, catalog class and what it contains."""
 
     number: int
-    entry: object  # model.catalog.ClassEntry
+    entry: ClassEntry
     voxel_count: int  # voxels of the segment as encoded
     tissue_count: int  # voxels labelled with the class itself
     method: str  # TISSUE | WITH_TUMOURS
@@ -55,7 +62,7 @@ class PlannedSegment:
 
     @property
     def label(self) -> int:
-        return int(self.entry.index)  # type: ignore[attr-defined]
+        return int(self.entry.index)
 
 
 @dataclass
@@ -77,25 +84,27 @@ class SegmentPlan:
     def mask(self, number: int, box: tuple[slice, ...] | None = None) -> np.ndarray:
         """Boolean mask of segment ``number`` (whole volume, or cropped to ``box``)."""
         part = self.partition if box is None else self.partition[box]
-        return self.members[number][part]
+        mask: np.ndarray = self.members[number][part]
+        return mask
 
     def plane_mask(self, plane: np.ndarray, number: int) -> np.ndarray:
-        return self.members[number][plane]
+        mask: np.ndarray = self.members[number][plane]
+        return mask
 
 
-def _box_union(a, b):
+def _box_union(a: Box | None, b: Box) -> Box:
     if a is None:
         return b
     return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
 
 
-def _grow(box, shape, by: int = 1):
+def _grow(box: Box, shape: tuple[int, ...], by: int = 1) -> Box:
     return tuple(slice(max(0, s.start - by), min(n, s.stop + by)) for s, n in zip(box, shape))
 
 
-def _tumour_parents(catalog, present: set[int]) -> dict[int, list[int]]:
+def _tumour_parents(catalog: Catalog, present: set[int]) -> dict[int, list[int]]:
     """{tumour class index: [parent organ indices present]} for every tumour class present."""
-    out = {}
+    out: dict[int, list[int]] = {}
     for e in catalog:
         if e.kind == "tumor" and e.index in present:
             out[e.index] = [p for p in (_index_of(catalog, name) for name in e.parents) if p in present]
@@ -103,10 +112,10 @@ def _tumour_parents(catalog, present: set[int]) -> dict[int, list[int]]:
 
 
 def _assign_tumours(labels: np.ndarray, tumour_parents: dict[int, list[int]],
-                    boxes: list) -> dict[int, list[tuple[int, tuple[slice, ...], np.ndarray]]]:
+                    boxes: list[Box | None]) -> dict[int, list[tuple[int, Box, np.ndarray]]]:
     """{organ index: [(tumour index, box, component mask in box)]}: each tumour component goes
     to the parent organ with the most voxels in its one-voxel shell (none: not folded in)."""
-    folded: dict[int, list] = {}
+    folded: dict[int, list[tuple[int, Box, np.ndarray]]] = {}
     for tumour, parents in tumour_parents.items():
         box = boxes[tumour - 1]
         if not parents or box is None:
@@ -130,7 +139,16 @@ def _assign_tumours(labels: np.ndarray, tumour_parents: dict[int, list[int]],
     return folded
 
 
-def plan_segments(labels: np.ndarray, catalog, present: dict[int, int], *,
+class _Extended(TypedDict, total=False):
+    """The :class:`PlannedSegment` fields of an organ extended with its tumours."""
+
+    method: str
+    included: tuple[str, ...]
+    tumour_voxels: int
+    filled_voxels: int
+
+
+def plan_segments(labels: np.ndarray, catalog: Catalog, present: dict[int, int], *,
                   organs_include_tumours: bool = True) -> SegmentPlan:
     """The segments for ``present`` classes ({catalog index: voxels}, catalog order)."""
     classes = sorted(present)
@@ -144,7 +162,7 @@ def plan_segments(labels: np.ndarray, catalog, present: dict[int, int], *,
     seg_boxes = {number[c]: boxes_by_label[c - 1] for c in classes if c - 1 < len(boxes_by_label)}
 
     extras: dict[int, tuple[tuple[slice, ...], np.ndarray]] = {}  # organ number -> (box, extra mask)
-    info: dict[int, dict] = {}
+    info: dict[int, _Extended] = {}
     if organs_include_tumours:
         present_set = set(classes)
         tumour_parents = _tumour_parents(catalog, present_set)
@@ -186,14 +204,14 @@ def plan_segments(labels: np.ndarray, catalog, present: dict[int, int], *,
     return SegmentPlan(segments, partition, members, seg_boxes)
 
 
-def _index_of(catalog, name: str) -> int | None:
+def _index_of(catalog: Catalog, name: str) -> int | None:
     for e in catalog:
         if e.name == name:
             return int(e.index)
     return None
 
 
-def _partition(base: np.ndarray, n_seg: int, extras: dict) -> tuple[np.ndarray, np.ndarray]:
+def _partition(base: np.ndarray, n_seg: int, extras: dict[int, tuple[Box, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """Partition volume + membership table. Plain voxels keep their segment number; a voxel that
     also belongs to extended organs gets a value for its (own segment, organs) combination."""
     members = np.eye(n_seg + 1, dtype=bool)

@@ -29,13 +29,16 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from highdicom.sr import (
     AlgorithmIdentification,
     CodeContentItem,
+    CodedConcept,
     Comprehensive3DSR,
     ContainerContentItem,
     CoordinatesForMeasurement,
@@ -71,8 +74,20 @@ from .seg import ResultError, SegResult, character_set, check_source, quiet_sour
 from .segments import TISSUE, WITH_TUMOURS, SegmentPlan, plan_segments
 from .uids import lesion_tracking_uid
 
-QUALITATIVE_EVALUATIONS = coding.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
-COMMENT = coding.CodedConcept.from_code(codes.DCM.Comment)
+if TYPE_CHECKING:
+    from model.catalog import Catalog, ClassEntry
+
+    from ..volume.assembly import Volume
+    from .lesions import Axis
+    from .seg import SegmentInfo
+    from .uids import ResultUIDs
+
+#: A measurement group of the report (TID 1410, 1411 or 1501).
+Group = (PlanarROIMeasurementsAndQualitativeEvaluations | VolumetricROIMeasurementsAndQualitativeEvaluations
+         | MeasurementsAndQualitativeEvaluations)
+
+QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+COMMENT = CodedConcept.from_code(codes.DCM.Comment)
 
 
 @dataclass
@@ -88,7 +103,7 @@ class SRResult:
     with_tumours: dict[int, LabelMeasurement] = field(default_factory=dict)
 
 
-def measure(volume, labels: np.ndarray, catalog, plan: SegmentPlan | None = None) -> dict[int, LabelMeasurement]:
+def measure(volume: Volume, labels: np.ndarray, catalog: Catalog, plan: SegmentPlan | None = None) -> dict[int, LabelMeasurement]:
     """Volume and mean HU of every segment as the SEG encodes it: a class's own voxels, or,
     for an organ built with its tumours (``plan``), the organ segment's voxels."""
     out = measure_labels(labels, volume.hu, volume.affine_lps)
@@ -105,7 +120,7 @@ def measure(volume, labels: np.ndarray, catalog, plan: SegmentPlan | None = None
     return out
 
 
-def organs_with_tumours(volume, labels: np.ndarray, catalog, seg: SegResult) -> dict[int, LabelMeasurement]:
+def organs_with_tumours(volume: Volume, labels: np.ndarray, catalog: Catalog, seg: SegResult) -> dict[int, LabelMeasurement]:
     """For organ segments encoded as their tissue only, the organ incl. its tumours (holes
     filled), measured with the same rule the overlapping encoding uses (:mod:`.segments`)."""
     if seg.plan is None:
@@ -119,7 +134,7 @@ def organs_with_tumours(volume, labels: np.ndarray, catalog, seg: SegResult) -> 
     if not wanted:
         return {}
     vvol = float(volume.voxel_volume_mm3)
-    out = {}
+    out: dict[int, LabelMeasurement] = {}
     for p in wanted:
         box = full.boxes[p.number]
         mask = full.mask(p.number, box)
@@ -128,8 +143,8 @@ def organs_with_tumours(volume, labels: np.ndarray, catalog, seg: SegResult) -> 
     return out
 
 
-def lesions_of(volume, labels: np.ndarray, catalog, options: ResultOptions,
-               known: list[KnownLesion] = ()) -> list[Lesion]:
+def lesions_of(volume: Volume, labels: np.ndarray, catalog: Catalog, options: ResultOptions,
+               known: Sequence[KnownLesion] = ()) -> list[Lesion]:
     """The lesions of ``labels`` with their tracking numbers and UIDs (see :mod:`.lesions`)."""
     found = find_lesions(labels, volume.hu, volume.affine_lps, catalog, min_volume_ml=options.lesion_min_volume_ml)
 
@@ -154,7 +169,7 @@ def _algorithm(options: ResultOptions) -> AlgorithmIdentification:
     return AlgorithmIdentification(name=options.model_name, version=str(options.model_version))
 
 
-def _finding_sites(entry) -> list[FindingSite]:
+def _finding_sites(entry: ClassEntry) -> list[FindingSite]:
     c = coding.resolve(entry)
     if entry.kind == "tumor":
         site = c.anatomic_region
@@ -165,8 +180,8 @@ def _finding_sites(entry) -> list[FindingSite]:
     return sites
 
 
-def _group(seg: SegResult, segment, m: LabelMeasurement, options: ResultOptions, source_series: str,
-           with_tumours: LabelMeasurement | None = None):
+def _group(seg: SegResult, segment: SegmentInfo, m: LabelMeasurement, options: ResultOptions, source_series: str,
+           with_tumours: LabelMeasurement | None = None) -> VolumetricROIMeasurementsAndQualitativeEvaluations:
     entry = segment.entry
     c = coding.resolve(entry)
     algo = _algorithm(options)
@@ -193,19 +208,21 @@ def _group(seg: SegResult, segment, m: LabelMeasurement, options: ResultOptions,
     )
 
 
-def scoord_points(points_rc) -> np.ndarray:
+def scoord_points(points_rc: Iterable[Sequence[float]]) -> np.ndarray:
     """(row, column) pixel-centre indices -> SCOORD image coordinates (column + 0.5, row + 0.5),
     PS3.3 C.18.6.1.1 (the top left corner of the image is 0\\0)."""
     return np.array([[p[1] + 0.5, p[0] + 0.5] for p in points_rc], dtype=np.float32)
 
 
-def _image_of(volume, k: int) -> SourceImageForRegion:
+def _image_of(volume: Volume, k: int) -> SourceImageForRegion:
     frame = volume.frames[k]
+    # frame_number is set for every frame of a multi-frame source.
     return SourceImageForRegion(frame.sop_class_uid, frame.sop_instance_uid,
-                                [frame.frame_number] if volume.is_multiframe else None)
+                                [frame.frame_number] if volume.is_multiframe else None)  # type: ignore[list-item]
 
 
-def _outline_group(volume, seg: SegResult, segment, options: ResultOptions):
+def _outline_group(volume: Volume, seg: SegResult, segment: SegmentInfo,
+                   options: ResultOptions) -> PlanarROIMeasurementsAndQualitativeEvaluations | None:
     """TID 1410 companion of a segment's volumetric group: its outline where it is largest."""
     plan = seg.plan
     if plan is None or segment.number not in plan.boxes:
@@ -229,7 +246,7 @@ def _outline_group(volume, seg: SegResult, segment, options: ResultOptions):
     )
 
 
-def _lesion_group(volume, lesion: Lesion, options: ResultOptions):
+def _lesion_group(volume: Volume, lesion: Lesion, options: ResultOptions) -> MeasurementsAndQualitativeEvaluations:
     """TID 1501 group of one lesion: long/short axis lines on its image, then volumetric values.
 
     The lines' NUMs carry the algorithm as concept modifiers next to the SCOORD; the volume,
@@ -241,7 +258,7 @@ def _lesion_group(volume, lesion: Lesion, options: ResultOptions):
     frame = volume.frames[lesion.slice_index]
     image = _image_of(volume, lesion.slice_index)
 
-    def line(name, axis) -> Measurement:
+    def line(name: CodedConcept, axis: Axis) -> Measurement:
         return Measurement(name=name, value=round(axis.length_mm, 2), unit=coding.MM, algorithm_id=algo,
                            referenced_coordinates=[CoordinatesForMeasurement(
                                GraphicTypeValues.POLYLINE, scoord_points((axis.start, axis.end)), image)])
@@ -262,7 +279,8 @@ def _lesion_group(volume, lesion: Lesion, options: ResultOptions):
         algorithm_id=algo,
         measurements=measurements,
         source_images=[SourceImageForMeasurementGroup(
-            frame.sop_class_uid, frame.sop_instance_uid, [frame.frame_number] if volume.is_multiframe else None)],
+            frame.sop_class_uid, frame.sop_instance_uid,
+            [frame.frame_number] if volume.is_multiframe else None)],  # type: ignore[list-item]  # as in _image_of
     )
 
 
@@ -279,7 +297,8 @@ def _no_findings_report(options: ResultOptions, n_classes: int) -> MeasurementRe
     )
     root = report[0]
     evaluations = ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type=RelationshipTypeValues.CONTAINS)
-    evaluations.ContentSequence = [
+    # pydicom turns the list into a Sequence on assignment.
+    evaluations.ContentSequence = [  # type: ignore[assignment]
         CodeContentItem(name=coding.FINDING, value=coding.NONE, relationship_type=RelationshipTypeValues.CONTAINS),
         TextContentItem(name=COMMENT, relationship_type=RelationshipTypeValues.CONTAINS,
                         value=f"No findings: {options.model_name} {options.model_version} segmented none of the "
@@ -290,7 +309,7 @@ def _no_findings_report(options: ResultOptions, n_classes: int) -> MeasurementRe
     return report
 
 
-def _reference_stub(ds) -> Dataset:
+def _reference_stub(ds: Dataset) -> Dataset:
     """The four UIDs highdicom needs to list an instance as evidence (not the whole SEG)."""
     stub = Dataset()
     for attr in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
@@ -298,9 +317,9 @@ def _reference_stub(ds) -> Dataset:
     return stub
 
 
-def build_sr(volume, labels: np.ndarray | None, catalog, options: ResultOptions, seg: SegResult | None, *,
-             measurements: dict[int, LabelMeasurement] | None = None, lesions: list[Lesion] | None = None,
-             known: list[KnownLesion] = ()) -> SRResult:
+def build_sr(volume: Volume, labels: np.ndarray | None, catalog: Catalog, options: ResultOptions,
+             seg: SegResult | None, *, measurements: dict[int, LabelMeasurement] | None = None,
+             lesions: list[Lesion] | None = None, known: Sequence[KnownLesion] = ()) -> SRResult:
     """The SR for one processed series. ``seg`` None (or no segments) -> a "no findings" report.
 
     ``lesions``: as :func:`lesions_of` returns them (computed here from ``labels`` when None);
@@ -309,16 +328,16 @@ def build_sr(volume, labels: np.ndarray | None, catalog, options: ResultOptions,
     check_source(volume)
     uids = options.uids(volume.series_instance_uid)
     no_findings = seg is None or not seg.segments
-    if not no_findings:
+    if seg is not None and seg.segments:  # = not no_findings, spelled so that seg is narrowed
         if labels is None and (measurements is None or lesions is None):
             raise ResultError("labels, or measurements and lesions, are needed for the measurement groups")
         if measurements is None:
-            measurements = measure(volume, labels, catalog, seg.plan)
+            measurements = measure(volume, labels, catalog, seg.plan)  # type: ignore[arg-type]  # labels: see above
         if lesions is None:
-            lesions = lesions_of(volume, labels, catalog, options, known)
+            lesions = lesions_of(volume, labels, catalog, options, known)  # type: ignore[arg-type]  # labels: see above
         whole = organs_with_tumours(volume, labels, catalog, seg) if labels is not None else {}
         t_measured = time.perf_counter()
-        groups = []
+        groups: list[Group] = []
         for segment in seg.segments:
             m = measurements.get(segment.label)
             if m is None:
@@ -343,7 +362,9 @@ def build_sr(volume, labels: np.ndarray | None, catalog, options: ResultOptions,
     t1 = time.perf_counter()
     with quiet_source_warnings():
         sr = _sr_dataset(volume, evidence, report, uids, options)
-    sr.ContributingEquipmentSequence.append(coding.air_contributing_equipment(
+    # highdicom's attribute type comes from its own ContributingEquipment items; pydicom holds
+    # the value as a Sequence of plain Datasets.
+    sr.ContributingEquipmentSequence.append(coding.air_contributing_equipment(  # type: ignore[arg-type]
         manufacturer=options.manufacturer, model_name=options.model_name,
         software_versions=options.software_versions, device_uid=options.algorithm_device_uid,
         institution_name=options.institution_name,
@@ -354,7 +375,8 @@ def build_sr(volume, labels: np.ndarray | None, catalog, options: ResultOptions,
                     lesions=list(lesions), with_tumours=whole)
 
 
-def _sr_dataset(volume, evidence, report, uids, options: ResultOptions) -> Comprehensive3DSR:
+def _sr_dataset(volume: Volume, evidence: list[Dataset], report: MeasurementReport, uids: ResultUIDs,
+                options: ResultOptions) -> Comprehensive3DSR:
     return Comprehensive3DSR(
         evidence=evidence,
         content=report,
@@ -375,9 +397,10 @@ def _sr_dataset(volume, evidence, report, uids, options: ResultOptions) -> Compr
     )
 
 
-def write_sr(volume, labels: np.ndarray | None, catalog, options: ResultOptions, seg: SegResult | None,
-             out_dir: str | os.PathLike, *, measurements: dict[int, LabelMeasurement] | None = None,
-             lesions: list[Lesion] | None = None, known: list[KnownLesion] = ()) -> SRResult:
+def write_sr(volume: Volume, labels: np.ndarray | None, catalog: Catalog, options: ResultOptions,
+             seg: SegResult | None, out_dir: str | os.PathLike[str], *,
+             measurements: dict[int, LabelMeasurement] | None = None, lesions: list[Lesion] | None = None,
+             known: Sequence[KnownLesion] = ()) -> SRResult:
     """Build the SR and write it as ``out_dir/SR_<SOPInstanceUID>.dcm``."""
     result = build_sr(volume, labels, catalog, options, seg, measurements=measurements, lesions=lesions, known=known)
     t = time.perf_counter()
@@ -387,7 +410,7 @@ def write_sr(volume, labels: np.ndarray | None, catalog, options: ResultOptions,
 
 
 # ---- reading lesions back (identity across revisions) --------------------------------------------
-def known_lesions(sr_paths, volume) -> list[KnownLesion]:
+def known_lesions(sr_paths: Iterable[str | os.PathLike[str]], volume: Volume) -> list[KnownLesion]:
     """Lesion groups of earlier SRs of the study, placed with ``volume``'s geometry.
 
     A group counts when its tracking identifier is "<class> lesion <n>" and its Long axis NUM
@@ -412,19 +435,21 @@ def known_lesions(sr_paths, volume) -> list[KnownLesion]:
     return out
 
 
-def _code(item) -> str:
-    return item.ConceptNameCodeSequence[0].CodeValue if "ConceptNameCodeSequence" in item else ""
+def _code(item: Dataset) -> str:
+    code: str = item.ConceptNameCodeSequence[0].CodeValue if "ConceptNameCodeSequence" in item else ""
+    return code
 
 
-def _measurement_groups(ds):
+def _measurement_groups(ds: Dataset) -> Iterator[Dataset]:
     for item in ds.get("ContentSequence", []):
         if _code(item) == "126010":  # Imaging Measurements
             yield from (g for g in item.get("ContentSequence", []) if _code(g) == "125007")
 
 
-def _known_from_group(group, slice_of: dict, affine: np.ndarray) -> KnownLesion | None:
-    ident = uid = None
-    line = None
+def _known_from_group(group: Dataset, slice_of: dict[str, int], affine: np.ndarray) -> KnownLesion | None:
+    ident: tuple[str, int] | None = None
+    uid: str | None = None
+    line: tuple[float, list[float], str] | None = None
     for item in group.get("ContentSequence", []):
         code = _code(item)
         if code == "112039":
@@ -443,4 +468,4 @@ def _known_from_group(group, slice_of: dict, affine: np.ndarray) -> KnownLesion 
     k = slice_of[ref]
     ends = [affine[:3, :3] @ np.array([c - 0.5, r - 0.5, k]) + affine[:3, 3] for c, r in ((c0, r0), (c1, r1))]
     mid = (ends[0] + ends[1]) / 2
-    return KnownLesion(ident[0], ident[1], uid, tuple(float(v) for v in mid), length)
+    return KnownLesion(ident[0], ident[1], uid, cast("tuple[float, float, float]", tuple(float(v) for v in mid)), length)
