@@ -151,8 +151,8 @@ def test_stage2_loads_stage1_weights_non_strictly():
     torch.manual_seed(1)
     stage2 = DSMNet(tiny_config(stage=2))
     report = stage2.load_stage1(stage1.state_dict())
-    assert {k.split(".")[0] for k in report.missing} == {"tumor_queries", "tumor_mask_bias", "dqr", "interaction", "interaction_gate",
-                                                           "class_proj"}
+    fresh = {"tumor_queries", "tumor_mask_bias", "dqr", "interaction", "interaction_gate", "class_proj"}
+    assert {k.split(".")[0] for k in report.missing} == fresh
     assert {k.split(".")[0] for k in report.unexpected} == {"class_head"}
     assert "missing: " in str(report) and "class_head" in str(report)
     # fresh tumour masks start at the configured prior, not at half of every crop
