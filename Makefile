@@ -61,7 +61,7 @@ bench-scale: venv
 demo: venv
 	$(PY) -m dsm_node.demo $(ARGS)
 
-# Reproduces weights/dsm-small-demo.pt (dsm-small-demo-0.4): fine-tuned from the previous demo
+# Reproduces weights/dsm-small-demo.pt (dsm-small-demo-0.5): fine-tuned from the previous demo
 # weights 0.2 (taken from git history) on phantoms with anomaly exposure, both stages, then
 # exported (to model/weights/, which weights/ links to: the export replaces the file, so it must
 # not write through the link) and evaluated on held-out phantoms and on the real CTs of
@@ -77,7 +77,7 @@ runs/dsm-small-demo-0.2.pt:
 demo-weights: venv runs/dsm-small-demo-0.2.pt
 	$(VENV)/bin/dsm-train stage1 --config config/train_stage1_small.yaml --resume none $(if $(DEMO_BUDGET1),--time-budget $(DEMO_BUDGET1)) $(if $(DEMO_SET),--set $(DEMO_SET))
 	$(VENV)/bin/dsm-train stage2 --config config/train_stage2_small.yaml --init runs/demo_stage1/final.pt --resume none $(if $(DEMO_BUDGET2),--time-budget $(DEMO_BUDGET2)) $(if $(DEMO_SET),--set $(DEMO_SET))
-	$(VENV)/bin/dsm-train export --checkpoint runs/demo_stage2/final.pt --out model/weights/dsm-small-demo.pt --version dsm-small-demo-0.4
+	$(VENV)/bin/dsm-train export --checkpoint runs/demo_stage2/final.pt --out model/weights/dsm-small-demo.pt --version dsm-small-demo-0.5
 	$(VENV)/bin/dsm-train eval --checkpoint weights/dsm-small-demo.pt --data phantom:5000:8 --out runs/demo_eval
 	$(VENV)/bin/dsm-train eval --checkpoint weights/dsm-small-demo.pt --data real --out runs/demo_eval_real
 

@@ -21,8 +21,9 @@ def test_demo_weights_are_the_documented_stage2_model():
 
 @pytest.mark.timeout(600)
 def test_demo_weights_segment_a_held_out_phantom(tmp_path):
-    """A guard against shipping worse weights, set a margin below what dsm-small-demo-0.4 measured
-    on this phantom (spleen 0.87, liver 0.84, stomach 0.91, aorta 0.95, lungs 0.97, bladder 0.97):
+    """A guard against shipping worse weights, set a margin below what the demo weights measured
+    on this phantom (0.4: spleen 0.87, liver 0.84, stomach 0.91, aorta 0.95, lungs 0.97, bladder
+    0.97; 0.5: spleen 0.94, liver 0.93, stomach 0.91, aorta 0.94, lungs 0.97/0.96, bladder 0.86):
     the issue's targets (organ DSC >= 0.85) are not met by these weights (see the model card), so
     this does not assert them."""
     # One phantom from the evaluation seeds of the model card (5000..5007), CPU.
