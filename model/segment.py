@@ -120,6 +120,13 @@ class VolumeSegmentation:
         return to_source_slabs(self.decisions.anomaly, m.gmap, m.box)
 
 
+def _upsampler(values: np.ndarray, gmap: grid.GridMap, box: tuple[slice, ...]) -> slabs.Upsampled:
+    """A model-grid (box) map, zero outside the box, ready to be upsampled slab by slab."""
+    full = np.zeros(gmap.model_shape, dtype=np.float32)
+    full[box] = values
+    return slabs.Upsampled(full, gmap.oriented_shape)
+
+
 def to_source(values: np.ndarray, gmap: grid.GridMap, box: tuple[slice, ...],
               like: np.ndarray | None = None) -> np.ndarray:
     """A model-grid (box) map onto the source grid, trilinear, zero outside the body box (float32).
@@ -127,10 +134,7 @@ def to_source(values: np.ndarray, gmap: grid.GridMap, box: tuple[slice, ...],
     Computed in slabs (model/slabs.py: the same values as one whole-volume interpolation), so
     the only source-sized array is the result; ``like``: an array whose memory layout the
     result takes (the input volume), so that a caller's transpose back needs no copy."""
-    full = np.zeros(gmap.model_shape, dtype=np.float32)
-    full[box] = values
-    up = slabs.Upsampled(full, gmap.oriented_shape)
-    del full
+    up = _upsampler(values, gmap, box)
     out = np.zeros(gmap.source_shape, dtype=np.float32) if like is None else np.zeros_like(like, dtype=np.float32)
     view = gmap.oriented_view(out)
     X, Y, Z = gmap.oriented_shape
@@ -155,10 +159,7 @@ def to_source_slabs(values: np.ndarray, gmap: grid.GridMap,
         yield 0, to_source(values, gmap, box)
         return
     flipped = float(gmap.ornt[2, 1]) < 0
-    full = np.zeros(gmap.model_shape, dtype=np.float32)
-    full[box] = values
-    up = slabs.Upsampled(full, gmap.oriented_shape)
-    del full
+    up = _upsampler(values, gmap, box)
     I, J, K = gmap.source_shape
     Z = gmap.oriented_shape[2]
     for k0, k1 in slabs.slab_ranges(K, I * J):
