@@ -107,7 +107,7 @@ class AssociationLedger:
         event = "instance_conflict" if refusal.is_conflict else "instance_rejected"
         return AuditRow(event, {"outcome": SERIOUS_FAILURE, **actor, **detail})
 
-    def feed_pdata(self, values: Iterable[bytes], limit: int) -> bool:
+    def feed_pdata(self, values: Iterable[bytes | None], limit: int) -> bool:
         """Count the data set bytes of one P-DATA-TF PDU's value items (each starts with its
         message control header); True once, when the data set being received grows past
         ``limit`` (the association is then aborted and the instance counted as refused)."""

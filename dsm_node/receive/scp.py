@@ -334,9 +334,9 @@ class StorageSCP:
             return response(r.status, r.reason)
         except Exception as exc:
             log.exception("C-STORE handler failed", extra={"calling_ae": ledger.calling_ae})
-            r = Refusal(StoreStatus.INTERNAL_ERROR, f"internal error: {type(exc).__name__}", "internal")
-            self._refused(ledger, r)
-            return response(r.status, r.reason)
+            internal = Refusal(StoreStatus.INTERNAL_ERROR, f"internal error: {type(exc).__name__}", "internal")
+            self._refused(ledger, internal)
+            return response(internal.status, internal.reason)
         if ledger.flush_due():
             self._write(ledger.take_summaries())
         return int(StoreStatus.SUCCESS)
