@@ -75,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
     from model.catalog import CatalogError, load_catalog
 
     from ..volume import VolumeError, assemble_volume, find_series, load_labels
+    from .common import ResultError
     from .inputs import InputError, check_ct_source, checked_reading
     from .options import ResultOptions
     from .outputs import write_results
-    from .seg import ResultError
 
     def fail(msg: str) -> int:
         print(f"dsm-node export: {msg}", file=sys.stderr)
