@@ -40,7 +40,7 @@ class MemoryModel:
     # before the model-grid arrays exist; labels 1 + the SEG's partition 1 + slabs
     spilled_source_bytes: float = 3.0
     anomaly_bytes: float = 4.0  # the float32 anomaly map held whole (dsm-node infer, non-axial series)
-    channel_bytes: float = 10.0  # sliding-window output and blending, post-processing masks/scores
+    channel_bytes: float = 6.0  # sliding-window output and blending, post-processing masks/scores
 
     def estimate_mb(self, shape: Sequence[int], spacing_mm: Sequence[float], model_spacing_mm: Sequence[float],
                     channels: int, anomaly: bool = False, spill: bool = False) -> float:
