@@ -29,7 +29,13 @@ def file_backed(shape: tuple[int, ...], dtype: np.dtype | type, directory: str |
     if size == 0:
         return np.zeros(shape, dtype=dtype)
     with tempfile.TemporaryFile(dir=directory, prefix="dsm-spill-") as fh:
-        fh.truncate(size)  # sparse: blocks are allocated as pages are written
+        # Blocks reserved now: a write through the mapping to a sparse file on a full disk is a
+        # SIGBUS that kills the process; this is an OSError (ENOSPC) with a reason instead.
+        try:
+            os.posix_fallocate(fh.fileno(), 0, size)
+        except OSError as exc:
+            raise OSError(exc.errno, f"no room for a {size / 2**20:.0f} MB file-backed array in {directory}: "
+                                     f"{exc.strerror}") from None
         # The mapping keeps the file alive after the descriptor is closed; the file has no name.
         return np.memmap(fh, dtype=dtype, mode="r+", shape=shape)
 

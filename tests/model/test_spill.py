@@ -2,6 +2,9 @@
 given back on release, planes and means read chunk by chunk."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -67,3 +70,20 @@ def test_planes_and_boxes_read_in_chunks_equal_the_in_memory_ones(volume):
     box = (slice(3, 90), slice(10, 120), slice(0, 100))
     assert mean_hu(volume[box], mask[box]) == mean_hu(ref[box], mask[box])  # exact: integer sums
     assert mean_hu(volume[box], np.zeros_like(mask[box])) is None
+
+
+def test_no_room_is_an_error_up_front_not_a_crash_on_write(tmp_path):
+    # A file-size limit stands in for a full disk: fallocate fails (EFBIG) before any write.
+    code = (
+        "import resource, sys, numpy as np\n"
+        "from model.spill import file_backed\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+        "import signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "try:\n"
+        "    file_backed((64, 512, 512), np.int16, sys.argv[1])\n"
+        "except OSError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "refused:" in out.stdout and "no room for a 32 MB file-backed array" in out.stdout
