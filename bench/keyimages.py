@@ -25,9 +25,10 @@ sys.path.insert(0, str(REPO / "tests"))
 import handmade  # noqa: E402
 import numpy as np  # noqa: E402
 
+from dsm_node.results.common import save  # noqa: E402
 from dsm_node.results.keyimages import build_key_images  # noqa: E402
 from dsm_node.results.options import ResultOptions  # noqa: E402
-from dsm_node.results.seg import build_seg, save  # noqa: E402
+from dsm_node.results.seg import build_seg  # noqa: E402
 from dsm_node.results.sr import build_sr  # noqa: E402
 from dsm_node.volume import assemble_volume, load_labels  # noqa: E402
 from model.catalog import load_catalog  # noqa: E402

@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pydicom.dataset import Dataset  # noqa: E402
 from pydicom.uid import CTImageStorage, generate_uid  # noqa: E402
 
+from dsm_node.results.common import save  # noqa: E402
 from dsm_node.results.options import ResultOptions  # noqa: E402
-from dsm_node.results.seg import build_seg, save  # noqa: E402
+from dsm_node.results.seg import build_seg  # noqa: E402
 from dsm_node.results.sr import build_sr  # noqa: E402
 from dsm_node.volume.assembly import SourceFrame, Volume  # noqa: E402
 from model.catalog import load_catalog  # noqa: E402

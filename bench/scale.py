@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,7 +73,9 @@ def run_infer(study: Path, out: Path, checkpoint: Path | None, no_overlays: bool
     if no_overlays:
         cmd.append("--no-overlays")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # a rerun of the same tag: no files of the previous run left beside the new ones
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
     log = out / "infer.log"
     t0 = time.perf_counter()
     with open(log, "w") as fh:

@@ -49,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .fsmodes import restrict_umask
+    from .heap import return_freed_memory
 
     restrict_umask()  # files 0640, folders 0750 at most, whatever the caller's umask
+    return_freed_memory()  # large series: freed NumPy temporaries go back to the system
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_module", None):

@@ -50,6 +50,7 @@ from .db.models import (
     StudyState,
     utcnow,
 )
+from .polling import PollingService
 
 log = logging.getLogger("dsm_node.retention")
 
@@ -71,7 +72,7 @@ class RetentionReport:
     disk_used_fraction_after: float = 0.0
 
 
-class RetentionService:
+class RetentionService(PollingService):
     """Runs :meth:`run_once` every ``retention.interval_s`` on a background thread."""
 
     name = "retention"
@@ -83,34 +84,22 @@ class RetentionService:
         disk_usage: Callable[[Path], Any] | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
+        super().__init__(thread_name="dsm-retention", interval_s=ctx.settings.retention.interval_s, logger=log,
+                         failure_message="retention pass failed", stop_timeout_s=30)
         self._ctx = ctx
         self._disk_usage = disk_usage or shutil.disk_usage
         self._clock = clock
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one pass at a time (thread and explicit calls)
 
     # Lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        if not self._ctx.settings.retention.enabled or self._thread is not None:
+        if not self._ctx.settings.retention.enabled:
             return
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._loop, name="dsm-retention", daemon=True)
-        self._thread.start()
+        super().start()
 
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(30)
-            self._thread = None
-
-    def _loop(self) -> None:
-        interval = self._ctx.settings.retention.interval_s
-        while not self._stopping.wait(interval):
-            try:
-                self.run_once()
-            except Exception:  # noqa: BLE001 - a database hiccup must not end retention for good
-                log.exception("retention pass failed")
+    def poll_once(self) -> bool:
+        self.run_once()
+        return False
 
     # One pass ----------------------------------------------------------------------------
     def _used_fraction(self) -> float:

@@ -132,6 +132,11 @@ class Storage(_Section):
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
 
+    @property
+    def work_dir(self) -> Path:
+        """Scratch files of running jobs (file-backed volumes; unlinked, nothing stays)."""
+        return self.data_dir / "work"
+
 
 class Database(_Section):
     url: SecretStr | None = Field(None, description="SQLAlchemy URL; empty = SQLite at DATA_DIR/dsm-node.db")
@@ -201,6 +206,12 @@ class Inference(_Section):
         None, ge=1,
         description="A series whose estimated inference peak (docs/memory.md) exceeds this fails its job before "
                     "anything is decoded; empty = what the machine has available (MemAvailable) at job start",
+    )
+    spill: bool = Field(
+        True,
+        description="Keep the CT's HU in a file-backed array under storage.data_dir/work (dsm-node infer: the "
+                    "output folder), paged in where a stage reads it: peak memory grows less with the slice "
+                    "count (docs/memory.md). Off: in memory",
     )
 
 

@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import grid, slabs
+from . import grid, slabs, spill
 from .catalog import Catalog, ClassEntry, load_catalog
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .inference import Predictor
-from .postprocess import Decisions, dilate, postprocess
+from .postprocess import Decisions, postprocess
 
 DEFAULT_ZERO_SHOT_THRESHOLD = 0.5
 
@@ -242,6 +242,7 @@ class VolumeSegmenter:
         # The source stays in its own dtype (int16 HU from the assembly); only the model grid
         # and a chunk of planes at a time exist as float32 (model/slabs.py, same values).
         hu = slabs.downsample(gmap.oriented_view(image_hu), gmap.model_shape)
+        spill.release(image_hu)  # a file-backed source (model/spill.py) leaves memory until read again
         image = grid.window(hu, *s.hu_window)
         del hu
         box = grid.foreground_box(image, s.crop_margin)
@@ -309,7 +310,7 @@ class VolumeSegmenter:
             if i not in d.scores:
                 continue
             gated = np.zeros(gmap.model_shape, dtype=np.float32)
-            gated[box] = np.where(dilate(d.masks[i], 1), d.scores[i], 0.0)
+            gated[box] = d.scores[i].gated(d.masks[i], 1)
             maps.append((self.catalog[i], slabs.Upsampled(gated, gmap.oriented_shape)))
         source = np.zeros(gmap.source_shape, dtype=dtype) if like is None else np.zeros_like(like, dtype=dtype)
         view = gmap.oriented_view(source)

@@ -46,11 +46,11 @@ def run(args: argparse.Namespace) -> int:
     from model.catalog import CatalogError, load_catalog
 
     from .. import __version__
+    from ..results.common import ResultError
     from ..results.export import read_label_map, summarize
     from ..results.inputs import InputError
     from ..results.options import ResultOptions
     from ..results.outputs import write_results
-    from ..results.seg import ResultError
     from ..settings import ConfigError, load_settings
     from ..volume import VolumeError, find_series
 

@@ -49,8 +49,12 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.input)
     out = Path(args.out)
 
+    made_out = not out.exists()  # the HU spill file may create it; a refused input leaves nothing
+
     def refuse(why: object) -> int:
         print(f"dsm-node infer: {source}: {why}", file=sys.stderr)
+        if made_out and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
         return 2
 
     # The input is read and checked before the model is loaded: a series that cannot be
@@ -60,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     if source.is_dir():
         try:
             with checked_reading():
-                volume = assemble_volume(files_of([source]))
+                # file-backed HU in the output folder (an unlinked file: nothing stays there)
+                volume = assemble_volume(files_of([source]), spill_dir=out if settings.inference.spill else None)
             check_ct_source(volume)
         except (VolumeError, InputError) as exc:
             return refuse(exc)
@@ -120,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     # never exists whole.
     assert result.anomaly_slabs is not None
     write_blocks(out / "anomaly.nii.gz", hu.transpose(2, 1, 0).shape, affine_ras, np.float32, result.anomaly_slabs())
+    result.anomaly_slabs = None  # it holds the model-grid decisions (hundreds of MB on a long series)
     timings["nifti_s"] = time.perf_counter() - t2
     peaks["nifti"] = peak_rss_mb()
     written = ["labels.nii.gz", "anomaly.nii.gz"]
@@ -128,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         results = write_results(volume, result.labels, result.catalog, options, out)
         timings.update(results.timings)
         written += [path.name for _kind, _ds, path in results.files()]
+        del results  # the SEG dataset and its plan (source-sized) are written: let them go
         peaks["seg_sr_key_images"] = peak_rss_mb()
     t3 = time.perf_counter()
     if not args.no_overlays:

@@ -10,7 +10,6 @@ import contextlib
 import datetime as dt
 import logging
 import random
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from ..db.engine import transaction
 from ..db.models import Delivery, DeliveryState, Job, Result, Study, utcnow
 from ..liveness import HOLDER, holder_gone
 from ..metrics import DELIVERY_ATTEMPTS
+from ..polling import PollingService
 from . import outbox, stow
 from .outbox import Claim
 from .scu import Outcome, Outgoing, send_batch
@@ -58,7 +58,10 @@ def lease_seconds(timeout_s: float) -> float:
     return 4 * timeout_s + 60
 
 
-class DeliveryService:
+class DeliveryService(PollingService):
+    """Sends due outbox rows on its own thread. ``stop()`` lets the instance being sent finish,
+    gives the unsent claimed rows back and waits up to ``delivery.timeout_s`` + 10 s."""
+
     def __init__(
         self,
         ctx: NodeContext,
@@ -67,42 +70,17 @@ class DeliveryService:
         poll_interval_s: float | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        poll = poll_interval_s if poll_interval_s is not None else min(1.0, ctx.settings.delivery.backoff_initial_s)
+        # A pass that sent something is followed by the next at once; an idle one waits for the
+        # poll interval or a wake() (after enqueueing).
+        super().__init__(thread_name="dsm-delivery", interval_s=poll, logger=log, first_pass_at_once=True,
+                         failure_message="delivery pass failed", stop_timeout_s=ctx.settings.delivery.timeout_s + 10)
         self._ctx = ctx
         self._batch = batch_size
-        self._poll = poll_interval_s if poll_interval_s is not None else min(1.0, ctx.settings.delivery.backoff_initial_s)
         self._rng = rng or random.Random()
-        self._stopping = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    # Lifecycle --------------------------------------------------------------------------------
-    def start(self) -> None:
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._loop, name="dsm-delivery", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float | None = None) -> None:
-        """Finish the instance being sent, give unsent claimed rows back, and stop."""
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s if timeout_s is not None else self._ctx.settings.delivery.timeout_s + 10)
-            self._thread = None
-
-    def wake(self) -> None:
-        """Look for due rows now (call after enqueueing) instead of at the next poll."""
-        self._wake.set()
-
-    def _loop(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.clear()
-            try:
-                attempted = self.run_once()
-            except Exception:  # a database or network hiccup must not end delivery for good
-                log.exception("delivery pass failed")
-                attempted = 0
-            if attempted == 0:
-                self._wake.wait(self._poll)
+    def poll_once(self) -> bool:
+        return self.run_once() > 0
 
     # One pass ---------------------------------------------------------------------------------
     def run_once(self) -> int:
@@ -121,7 +99,7 @@ class DeliveryService:
         attempted = 0
         try:
             for group in _by_destination(rows):
-                if self._stopping.is_set():
+                if self.stopping:
                     break
                 self._extend_lease(unsent.values())
                 first = group[0]
@@ -160,7 +138,7 @@ class DeliveryService:
             for item, outcome in batch:
                 settle(by_id[item.delivery_id], outcome)
                 self._extend_lease(unsent.values())
-                if self._stopping.is_set():
+                if self.stopping:
                     break
         return attempted
 

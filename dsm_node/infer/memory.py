@@ -10,7 +10,8 @@ The estimate (fitted to ``make bench-scale``, see docs/memory.md) is
     peak = base + source_voxels * source_bytes + model_voxels * channels * channel_bytes
 
 * ``base``: the process with torch and the loaded model, and the fixed costs of one job;
-* ``source_bytes``: what stays per voxel of the series on its own grid: the int16 HU (2), the
+* ``source_bytes``: what stays per voxel of the series on its own grid: the int16 HU (2; not
+  counted with ``inference.spill``, which keeps them file-backed), the
   uint8 label map (1), the float32 anomaly map when it is held whole (4: ``dsm-node infer`` on a
   series whose slices are not axial; axial series stream it plane by plane),
   the result encoding's per-voxel work;
@@ -35,17 +36,20 @@ class MemoryModel:
 
     base_mb: float = 1300.0  # python, torch, the loaded model, the fixed part of one job
     source_bytes: float = 5.0  # int16 HU 2 + uint8 labels 1 + encoding and overlay slabs
+    # with inference.spill the HU are file-backed: resident whole only while they are resampled,
+    # before the model-grid arrays exist; labels 1 + the SEG's partition 1 + slabs
+    spilled_source_bytes: float = 3.0
     anomaly_bytes: float = 4.0  # the float32 anomaly map held whole (dsm-node infer, non-axial series)
-    channel_bytes: float = 10.0  # sliding-window output and blending, post-processing masks/scores
+    channel_bytes: float = 6.0  # sliding-window output and blending, post-processing masks/scores
 
     def estimate_mb(self, shape: Sequence[int], spacing_mm: Sequence[float], model_spacing_mm: Sequence[float],
-                    channels: int, anomaly: bool = False) -> float:
+                    channels: int, anomaly: bool = False, spill: bool = False) -> float:
         """Peak resident memory (MiB) of segmenting a series of ``shape`` voxels of ``spacing_mm``
         (the same axis order) with a model on ``model_spacing_mm`` and ``channels`` output channels."""
         source = math.prod(int(n) for n in shape)
         # the series' extent on the model grid (axis order does not matter for the product)
         model = math.prod(n * s for n, s in zip(shape, spacing_mm)) / math.prod(model_spacing_mm)
-        per_source = self.source_bytes + (self.anomaly_bytes if anomaly else 0.0)
+        per_source = (self.spilled_source_bytes if spill else self.source_bytes) + (self.anomaly_bytes if anomaly else 0.0)
         return self.base_mb + (source * per_source + model * channels * self.channel_bytes) / MB
 
 
@@ -93,11 +97,11 @@ def check(needed_mb: float, cap_mb: float | None, what: str, *, available_mb: fl
 
 
 def guard(cap_mb: float | None, model_spacing_mm: Sequence[float], channels: int, anomaly: bool = False,
-          model: MemoryModel = DEFAULT_MODEL) -> Callable[[Sequence[int], Sequence[float]], None]:
+          model: MemoryModel = DEFAULT_MODEL, spill: bool = False) -> Callable[[Sequence[int], Sequence[float]], None]:
     """A check of (shape, spacing) for one segmenter: raises :class:`MemoryRefused` with the reason."""
 
     def check_series(shape: Sequence[int], spacing_mm: Sequence[float]) -> None:
-        needed = model.estimate_mb(shape, spacing_mm, model_spacing_mm, channels, anomaly)
+        needed = model.estimate_mb(shape, spacing_mm, model_spacing_mm, channels, anomaly, spill)
         dims = " x ".join(str(int(n)) for n in shape)
         check(needed, cap_mb, f"a series of {dims} voxels")
 
@@ -107,4 +111,5 @@ def guard(cap_mb: float | None, model_spacing_mm: Sequence[float], channels: int
 def segmenter_guard(settings, segmenter, anomaly: bool = False) -> Callable[[Sequence[int], Sequence[float]], None]:
     """The guard for a node's ``inference`` settings and its loaded segmenter."""
     s = segmenter.model.settings
-    return guard(settings.inference.max_memory_mb, s.spacing, len(segmenter.catalog) + 1, anomaly)
+    return guard(settings.inference.max_memory_mb, s.spacing, len(segmenter.catalog) + 1, anomaly,
+                 spill=settings.inference.spill)

@@ -62,6 +62,9 @@ def child_main(settings: Settings, pipeline: str, conn: Connection, parent_pid: 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent(parent_pid)
+    from ..heap import return_freed_memory
+
+    return_freed_memory()  # a spawned interpreter: the CLI's setting does not carry over
     from ..context import build_context
     from ..liveness import register
     from ..logs import configure_logging

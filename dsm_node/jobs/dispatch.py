@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 from pathlib import Path
 
 from sqlalchemy import select
@@ -26,40 +25,35 @@ from ..context import NodeContext
 from ..db.engine import transaction
 from ..db.models import DeliveryState, Job
 from ..lifecycle import JobState
+from ..polling import PollingService
 from .executors import Executor
 from .machine import DEAD_LETTER_REASON, interrupted_running, transition
 
 log = logging.getLogger("dsm_node.jobs")
 
 
-class JobDispatcher:
+class JobDispatcher(PollingService):
     def __init__(self, ctx: NodeContext, executor: Executor, interval_s: float | None = None) -> None:
+        super().__init__(thread_name="dsm-dispatcher", interval_s=interval_s or ctx.settings.completeness.poll_interval_s,
+                         logger=log, failure_message="dispatcher pass failed", stop_timeout_s=10)
         self._ctx = ctx
         self._executor = executor
-        self._interval = interval_s or ctx.settings.completeness.poll_interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        if self._thread is not None:
+            return
         self._executor.start()
         self.requeue_stale(submit=False)  # the previous incarnation's jobs, without waiting
         self.resubmit_queued()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="dsm-dispatcher", daemon=True)
-        self._thread.start()
+        super().start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+    def stop(self, timeout: float | None = None) -> None:
+        super().stop(timeout)
         self._executor.stop()
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.run_once()
-            except Exception:  # a database hiccup must not kill the loop
-                log.exception("dispatcher pass failed")
+    def poll_once(self) -> bool:
+        self.run_once()
+        return False
 
     def run_once(self) -> None:
         self.requeue_stale()

@@ -30,7 +30,8 @@ class DSMPipeline:
         t = time.perf_counter()
         try:
             volume = assemble_volume(paths, max_voxels=ctx.settings.inference.max_voxels,
-                                     budget=segmenter_guard(ctx.settings, self.segmenter))
+                                     budget=segmenter_guard(ctx.settings, self.segmenter),
+                                     spill_dir=ctx.settings.storage.work_dir if ctx.settings.inference.spill else None)
         except VolumeError as exc:
             raise JobInputError(f"volume assembly: {exc}") from None
         except MemoryRefused as exc:  # before decoding: a clear reason instead of the kernel's OOM kill

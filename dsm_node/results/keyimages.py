@@ -31,10 +31,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from model.spill import copy_out
+
 from . import coding
+from .common import character_set, check_source, quiet_source_warnings, save
 from .display import DisplayFrame
 from .options import ResultOptions
-from .seg import SegResult, character_set, check_source, quiet_source_warnings, save
+from .seg import SegResult
 from .segments import WITH_TUMOURS, SegmentPlan
 
 if TYPE_CHECKING:
@@ -219,7 +222,7 @@ def render_lesion(scene: _Scene, lesion: Lesion, labels: np.ndarray) -> KeyImage
     frame = scene.frame
     centre = frame.point((lesion.slice_index, *lesion.long_axis.midpoint))
     d = int(round(centre[0]))
-    hu2d, part2d = scene.hu[d], scene.partition[d]
+    hu2d, part2d = copy_out(scene.hu[d]), scene.partition[d]
     sp = frame.spacing
     aspect = sp[1] / sp[2]
     lesion_mask = _lesion_display_mask(scene, lesion, labels, d)
@@ -262,8 +265,9 @@ def render_overview(scene: _Scene, lesions: Sequence[Lesion], title: str = "") -
     sp = frame.spacing
     fig = _new_figure()
     views = [
-        ((0.01, 0.05, 0.40, 0.88), scene.hu[d], scene.partition[d], sp[1] / sp[2], ("A", "P", "R", "L")),
-        ((0.42, 0.05, 0.26, 0.88), scene.hu[::-1, r, :], scene.partition[::-1, r, :], sp[0] / sp[2], ("S", "I", "R", "L")),
+        ((0.01, 0.05, 0.40, 0.88), copy_out(scene.hu[d]), scene.partition[d], sp[1] / sp[2], ("A", "P", "R", "L")),
+        ((0.42, 0.05, 0.26, 0.88), copy_out(scene.hu[::-1, r, :]), scene.partition[::-1, r, :], sp[0] / sp[2],
+         ("S", "I", "R", "L")),
     ]
     for rect, image, part, aspect, letters in views:
         ax = _image_axes(fig, rect, image, aspect, _SOFT_TISSUE)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from model.spill import chunks, mapping_of, release
+
 
 @dataclass(frozen=True)
 class LabelMeasurement:
@@ -39,11 +41,24 @@ def volume_cm3(voxel_count: int, affine: np.ndarray) -> float:
 
 
 def mean_hu(hu: np.ndarray, mask: np.ndarray) -> float | None:
-    """Mean of ``hu`` over ``mask`` (same shape); None for an empty mask."""
-    values = hu[mask]
-    if values.size == 0:
-        return None
-    return float(values.mean(dtype=np.float64))
+    """Mean of ``hu`` over ``mask`` (same shape); None for an empty mask.
+
+    A file-backed CT (model/spill.py) is read in chunks whose pages are released after each:
+    the box of a large organ covers most of the volume, which must not become resident."""
+    if mapping_of(hu) is None:
+        values = hu[mask]
+        if values.size == 0:
+            return None
+        return float(values.mean(dtype=np.float64))
+    # Integer HU: the exact integer sum gives the same float64 mean as the one-pass mean.
+    total: int | float = 0 if np.issubdtype(hu.dtype, np.integer) else 0.0
+    count = 0
+    for part in chunks(hu):
+        values = hu[part][mask[part]]
+        release(hu)
+        total += int(values.sum(dtype=np.int64)) if isinstance(total, int) else float(values.sum(dtype=np.float64))
+        count += values.size
+    return None if count == 0 else float(total / count)
 
 
 def surface_voxels(mask: np.ndarray) -> np.ndarray:

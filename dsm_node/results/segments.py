@@ -29,7 +29,7 @@ partition and extracts each segment per frame with the table.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, TypedDict, cast
 
 import numpy as np
 from scipy import ndimage
@@ -148,6 +148,52 @@ class _Extended(TypedDict, total=False):
     filled_voxels: int
 
 
+@dataclass(frozen=True)
+class ExtendedOrgan:
+    """An organ as its tissue plus the tumour components folded into it, enclosed holes filled."""
+
+    box: tuple[slice, slice, slice]  # where ``mask`` lies (the organ and its tumours, grown by a voxel)
+    mask: np.ndarray  # the whole organ in ``box``
+    extra: np.ndarray  # the part of ``mask`` that is not the organ's own label
+    included: tuple[str, ...]  # tumour classes folded in (names)
+    tumour_voxels: int
+    filled_voxels: int
+
+
+def extend_organs(labels: np.ndarray, catalog: Catalog, present: set[int],
+                  boxes_by_label: list[Box | None] | None = None) -> dict[int, ExtendedOrgan]:
+    """{organ index: its extension} for every present organ that is a tumour's parent in the
+    catalog (the rule of the module docstring). Works in the organs' boxes only: nothing
+    source-sized is allocated."""
+    if boxes_by_label is None:
+        boxes_by_label = ndimage.find_objects(labels)
+    tumour_parents = _tumour_parents(catalog, present)
+    parent_classes = {p for e in catalog if e.kind == "tumor"
+                      for p in (_index_of(catalog, name) for name in e.parents) if p in present}
+    folded = _assign_tumours(labels, tumour_parents, boxes_by_label)
+    out: dict[int, ExtendedOrgan] = {}
+    for organ in sorted(parent_classes):
+        own = boxes_by_label[organ - 1]
+        if own is None:  # present classes have voxels; a caller's stale boxes would not
+            continue
+        for _t, tbox, _m in folded.get(organ, []):
+            own = _box_union(own, tbox)
+        box = cast(tuple[slice, slice, slice], _grow(own, labels.shape))
+        whole = labels[box] == organ
+        tumour_voxels = np.zeros_like(whole)
+        names = []
+        for tumour, tbox, tmask in folded.get(organ, []):
+            local = tuple(slice(t.start - b.start, t.stop - b.start) for t, b in zip(tbox, box))
+            tumour_voxels[local] |= tmask
+            names.append(catalog[tumour - 1].name)
+        whole |= tumour_voxels
+        filled = ndimage.binary_fill_holes(whole)
+        extra = filled & (labels[box] != organ)
+        out[organ] = ExtendedOrgan(box, filled, extra, tuple(dict.fromkeys(names)),
+                                   int(np.count_nonzero(tumour_voxels)), int(np.count_nonzero(extra & ~tumour_voxels)))
+    return out
+
+
 def plan_segments(labels: np.ndarray, catalog: Catalog, present: dict[int, int], *,
                   organs_include_tumours: bool = True) -> SegmentPlan:
     """The segments for ``present`` classes ({catalog index: voxels}, catalog order)."""
@@ -164,32 +210,12 @@ def plan_segments(labels: np.ndarray, catalog: Catalog, present: dict[int, int],
     extras: dict[int, tuple[tuple[slice, ...], np.ndarray]] = {}  # organ number -> (box, extra mask)
     info: dict[int, _Extended] = {}
     if organs_include_tumours:
-        present_set = set(classes)
-        tumour_parents = _tumour_parents(catalog, present_set)
-        parent_classes = {p for e in catalog if e.kind == "tumor"
-                          for p in (_index_of(catalog, name) for name in e.parents) if p in present_set}
-        folded = _assign_tumours(labels, tumour_parents, boxes_by_label)
-        for organ in sorted(parent_classes):
-            box = boxes_by_label[organ - 1]
-            for _t, tbox, _m in folded.get(organ, []):
-                box = _box_union(box, tbox)
-            box = _grow(box, labels.shape)
-            whole = labels[box] == organ
-            tumour_voxels = np.zeros_like(whole)
-            names = []
-            for tumour, tbox, tmask in folded.get(organ, []):
-                local = tuple(slice(t.start - b.start, t.stop - b.start) for t, b in zip(tbox, box))
-                tumour_voxels[local] |= tmask
-                names.append(catalog[tumour - 1].name)
-            whole |= tumour_voxels
-            filled = ndimage.binary_fill_holes(whole)
-            extra = filled & (labels[box] != organ)
-            info[organ] = {"method": WITH_TUMOURS, "included": tuple(dict.fromkeys(names)),
-                           "tumour_voxels": int(np.count_nonzero(tumour_voxels)),
-                           "filled_voxels": int(np.count_nonzero(extra & ~tumour_voxels))}
-            if extra.any():
-                extras[number[organ]] = (box, extra)
-                seg_boxes[number[organ]] = _box_union(seg_boxes.get(number[organ]), box)
+        for organ, ext in extend_organs(labels, catalog, set(classes), boxes_by_label).items():
+            info[organ] = {"method": WITH_TUMOURS, "included": ext.included,
+                           "tumour_voxels": ext.tumour_voxels, "filled_voxels": ext.filled_voxels}
+            if ext.extra.any():
+                extras[number[organ]] = (ext.box, ext.extra)
+                seg_boxes[number[organ]] = _box_union(seg_boxes.get(number[organ]), ext.box)
 
     partition, members = _partition(base, n_seg, extras)
     segments = []
@@ -238,7 +264,9 @@ def _partition(base: np.ndarray, n_seg: int, extras: dict[int, tuple[Box, np.nda
     dtype = np.uint8 if total <= 256 else np.uint16
     if total > 65536:
         raise ValueError("too many overlapping segment combinations")
-    partition = base.astype(dtype, copy=True)
+    # ``base`` is plan_segments' own array: rewritten in place when the dtype allows (no second
+    # source-sized copy)
+    partition = base if base.dtype == dtype else base.astype(dtype)
     partition.reshape(-1)[voxels] = (n_seg + 1 + combo_of_voxel.ravel()).astype(dtype)
     organ_numbers = [num for num, _ in sorted(extras.items())]
     table = np.zeros((n_seg + 1, total), dtype=bool)

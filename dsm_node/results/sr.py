@@ -66,12 +66,13 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from . import coding
+from .common import ResultError, character_set, check_source, quiet_source_warnings, save, tracking_identifier
 from .lesions import KnownLesion, Lesion, assign_identities, find_lesions, parse_identifier
 from .measurements import LabelMeasurement, mean_hu, measure_labels
 from .options import ResultOptions
 from .outlines import largest_slice, outline
-from .seg import ResultError, SegResult, character_set, check_source, quiet_source_warnings, save, tracking_identifier
-from .segments import TISSUE, WITH_TUMOURS, SegmentPlan, plan_segments
+from .seg import SegResult
+from .segments import TISSUE, WITH_TUMOURS, SegmentPlan, extend_organs
 from .uids import lesion_tracking_uid
 
 if TYPE_CHECKING:
@@ -122,24 +123,21 @@ def measure(volume: Volume, labels: np.ndarray, catalog: Catalog, plan: SegmentP
 
 def organs_with_tumours(volume: Volume, labels: np.ndarray, catalog: Catalog, seg: SegResult) -> dict[int, LabelMeasurement]:
     """For organ segments encoded as their tissue only, the organ incl. its tumours (holes
-    filled), measured with the same rule the overlapping encoding uses (:mod:`.segments`)."""
+    filled), measured with the same rule the overlapping encoding uses (:mod:`.segments`),
+    computed in the organs' boxes (no second source-sized plan)."""
     if seg.plan is None:
         return {}
-    tissue_only = {p.label for p in seg.plan.segments if p.method == TISSUE}
-    present = {p.label: p.tissue_count for p in seg.plan.segments}
-    full = plan_segments(labels, catalog, present, organs_include_tumours=True)
-    # Only where the whole organ differs from the tissue (a tumour or a filled hole in it).
-    wanted = [p for p in full.segments if p.method == WITH_TUMOURS and p.label in tissue_only
-              and p.voxel_count != p.tissue_count]
-    if not wanted:
-        return {}
+    tissue_only = {p.label: p.tissue_count for p in seg.plan.segments if p.method == TISSUE}
+    present = {p.label for p in seg.plan.segments}
     vvol = float(volume.voxel_volume_mm3)
     out: dict[int, LabelMeasurement] = {}
-    for p in wanted:
-        box = full.boxes[p.number]
-        mask = full.mask(p.number, box)
-        count = int(np.count_nonzero(mask))
-        out[p.label] = LabelMeasurement(p.label, count, count * vvol / 1000.0, mean_hu(volume.hu[box], mask), None, box)
+    for organ, ext in extend_organs(labels, catalog, present).items():
+        count = int(np.count_nonzero(ext.mask))
+        # Only where the whole organ differs from the tissue (a tumour or a filled hole in it).
+        if organ not in tissue_only or count == tissue_only[organ]:
+            continue
+        out[organ] = LabelMeasurement(organ, count, count * vvol / 1000.0, mean_hu(volume.hu[ext.box], ext.mask),
+                                      None, ext.box)
     return out
 
 

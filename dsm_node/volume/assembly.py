@@ -34,6 +34,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from model.spill import file_backed, release
+
 from .geometry import affine_from_dicom, lps_to_ras
 
 log = logging.getLogger(__name__)
@@ -378,6 +380,7 @@ def assemble_volume(
     series_instance_uid: str | None = None,
     max_voxels: int = DEFAULT_MAX_VOXELS,
     budget: Callable[[tuple[int, int, int], tuple[float, float, float]], None] | None = None,
+    spill_dir: str | os.PathLike | None = None,
 ) -> Volume:
     """Read the files of ONE series and return its :class:`Volume` (int16 or float32 HU, (z, y, x)).
 
@@ -390,6 +393,8 @@ def assemble_volume(
     ``max_voxels``: slices x Rows x Columns allowed (checked before any allocation or decoding).
     ``budget``: called with the (slices, rows, columns) shape and spacing before anything is
     decoded (the memory guard, dsm_node.infer.memory); what it raises propagates.
+    ``spill_dir``: decode into a file-backed array in this folder (model/spill.py) instead of
+    memory: the HU are paged in where a stage reads them, and stages release them after use.
     Raises :class:`VolumeError` with a reason.
     """
     paths = [str(p) for p in paths]
@@ -456,9 +461,10 @@ def assemble_volume(
         _check_codestreams(f.path, headers[f.header_index], rows, cols)
     integer = _integer_rescale(frames, padding_hu)
     try:
-        hu = _decode(frames, headers, multi, (n, rows, cols), np.int16 if integer else np.float32, padding_hu)
+        hu = _decode(frames, headers, multi, (n, rows, cols), np.int16 if integer else np.float32, padding_hu,
+                     spill_dir)
     except _NotInt16:  # a value outside int16 (e.g. 16-bit unsigned with an intercept): float32
-        hu = _decode(frames, headers, multi, (n, rows, cols), np.float32, padding_hu)
+        hu = _decode(frames, headers, multi, (n, rows, cols), np.float32, padding_hu, spill_dir)
     ordered_headers = headers if multi else [headers[f.header_index] for f in frames]
 
     thicknesses = {f.thickness for f in frames if f.thickness}
@@ -493,13 +499,18 @@ def _integer_rescale(frames: list[_Frame], padding_hu: float) -> bool:
 
 
 def _decode(frames: list[_Frame], headers: list[Dataset], multi: list, shape: tuple[int, int, int], dtype,
-            padding_hu: float) -> np.ndarray:
-    hu = np.empty(shape, dtype=dtype)
+            padding_hu: float, spill_dir: str | os.PathLike | None = None) -> np.ndarray:
+    hu = np.empty(shape, dtype=dtype) if spill_dir is None else file_backed(shape, dtype, spill_dir)
     if multi:
         _decode_multiframe(frames, headers[0], hu, padding_hu)
     else:
+        # file-backed: the decoded slices leave the resident set every ~64 MB written
+        every = max(1, (64 << 20) // max(1, hu[0].nbytes))
         for k, f in enumerate(frames):
             _decode_single(f, headers[f.header_index], hu[k], padding_hu)
+            if (k + 1) % every == 0:
+                release(hu)
+    release(hu)
     return hu
 
 

@@ -121,3 +121,22 @@ def test_catalog_index_helpers_exist():
     assert isinstance(CAT, Catalog)
     with pytest.raises(KeyError):
         CAT.index_of("No Such Organ")
+
+
+def test_a_score_kept_in_its_mask_box_gates_like_the_whole_map():
+    from model.postprocess import crop_score, dilate
+
+    rng = np.random.default_rng(4)
+    for trial in range(40):
+        shape = tuple(int(n) for n in rng.integers(2, 14, 3))
+        score = rng.uniform(0, 2, shape).astype(np.float32)
+        mask = rng.random(shape) < rng.uniform(0.002, 0.3)
+        if trial % 5 == 0:
+            mask[:] = False
+            mask[tuple(int(rng.integers(0, n)) for n in shape)] = True  # one voxel, maybe on a face
+        if not mask.any():
+            continue
+        kept = crop_score(score, mask)
+        assert kept.values.size <= score.size
+        for by in (0, 1):
+            assert np.array_equal(kept.gated(mask, by), np.where(dilate(mask, by), score, 0.0).astype(np.float32))

@@ -11,7 +11,7 @@ import torch
 import model.slabs as slabs_module
 from model import grid
 from model.catalog import load_catalog
-from model.postprocess import Decisions, dilate
+from model.postprocess import Decisions, crop_score, dilate
 from model.segment import ModelGridOutput, VolumeSegmenter, to_source, to_source_slabs
 
 SPACING = (3.0, 3.0, 3.0)
@@ -22,8 +22,9 @@ AFFINES = {  # (i, j, k) -> RAS: DICOM axial (LPS, i = column), flipped z, and a
 }
 
 
-def whole_volume_labels(catalog, output: ModelGridOutput, d: Decisions) -> np.ndarray:
-    """The previous implementation (one source-sized float32 interpolation per class)."""
+def whole_volume_labels(catalog, output: ModelGridOutput, d: Decisions, full_scores) -> np.ndarray:
+    """The previous implementation (one source-sized float32 interpolation per class, scores on
+    the whole model grid)."""
     gmap, box = output.gmap, output.box
     labels = np.zeros(gmap.oriented_shape, dtype=np.uint8)
     best = np.zeros(gmap.oriented_shape, dtype=np.float32)
@@ -34,7 +35,7 @@ def whole_volume_labels(catalog, output: ModelGridOutput, d: Decisions) -> np.nd
             continue
         entry = catalog[i]
         gated = np.zeros(gmap.model_shape, dtype=np.float32)
-        gated[box] = np.where(dilate(d.masks[i], 1), d.scores[i], 0.0)
+        gated[box] = np.where(dilate(d.masks[i], 1), full_scores[i], 0.0)
         up = grid.resample(torch.from_numpy(gated)[None], gmap.oriented_shape)[0].numpy()
         above = up >= 1.0
         if entry.is_organ:
@@ -78,9 +79,10 @@ def case(name: str, source_shape, seed: int):
         scores[i] = score
         masks[i] = score >= 1.0
     anomaly = np.where(scores[organs[0]] > 0.3, rng.uniform(0, 1, shape), 0).astype(np.float32)
-    d = Decisions(masks=masks, scores=scores, anomaly=anomaly, envelope=anomaly > 0)
+    kept = {i: crop_score(v, masks[i]) for i, v in scores.items()}  # as post-processing keeps them
+    d = Decisions(masks=masks, scores=kept, anomaly=anomaly, envelope=anomaly > 0)
     output = ModelGridOutput(probs=np.zeros((0, *shape), np.float32), anomaly_raw=anomaly, gmap=gmap, box=box)
-    return catalog, output, d
+    return catalog, output, d, scores
 
 
 @pytest.mark.parametrize("name", sorted(AFFINES))
@@ -89,11 +91,11 @@ def case(name: str, source_shape, seed: int):
 def test_slabbed_labels_and_anomaly_equal_whole_volume(monkeypatch, name, source_shape, slab_voxels):
     monkeypatch.setattr(slabs_module, "SLAB_VOXELS", slab_voxels)
     monkeypatch.setattr(slabs_module.slab_ranges, "__defaults__", (slab_voxels,))
-    catalog, output, d = case(name, source_shape, seed=slab_voxels % 97 + len(name))
+    catalog, output, d, full_scores = case(name, source_shape, seed=slab_voxels % 97 + len(name))
     # the input's layout: a (k, j, i) C-ordered volume seen as (i, j, k), as the node passes it
     like = np.zeros(source_shape[::-1], np.int16).transpose(2, 1, 0)
     labels, found = VolumeSegmenter._labels(SimpleNamespace(catalog=catalog), output, d, like=like)
-    ref = whole_volume_labels(catalog, output, d)
+    ref = whole_volume_labels(catalog, output, d, full_scores)
     assert labels.shape == ref.shape and labels.dtype == ref.dtype
     assert np.array_equal(labels, ref)
     assert len(np.unique(ref)) >= 3  # the case exercises competition, not just background
@@ -112,7 +114,7 @@ def test_anomaly_blocks_are_the_source_map_plane_by_plane(monkeypatch, name, sla
     # feet first (reversed on the oriented grid); a sagittal stack comes as one block.
     monkeypatch.setattr(slabs_module, "SLAB_VOXELS", slab_voxels)
     monkeypatch.setattr(slabs_module.slab_ranges, "__defaults__", (slab_voxels,))
-    _catalog, output, d = case(name, (30, 25, 61), seed=slab_voxels % 89 + len(name))
+    _catalog, output, d, _scores = case(name, (30, 25, 61), seed=slab_voxels % 89 + len(name))
     blocks = list(to_source_slabs(d.anomaly, output.gmap, output.box))
     starts = [k0 for k0, _ in blocks]
     assert starts == sorted(starts) and starts[0] == 0

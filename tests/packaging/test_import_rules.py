@@ -10,8 +10,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 # What of model/ the node may use: running it (segment, grid), naming its outputs (catalog),
-# and finding the packaged files (resources).
-NODE_MAY_IMPORT_FROM_MODEL = {"model.segment", "model.grid", "model.catalog", "model.resources"}
+# finding the packaged files (resources), and the file-backed arrays whose pages the model's
+# inference releases after use (spill).
+NODE_MAY_IMPORT_FROM_MODEL = {"model.segment", "model.grid", "model.catalog", "model.resources", "model.spill"}
 # The one node module that uses the trainer's package: the demo loop behind `dsm-node demo`
 # (dsm_node/commands/demo.py, which imports it only when run) makes its sample study with the
 # phantom generator (and finds ../shared/data the way evaluation does). It serves nothing to a

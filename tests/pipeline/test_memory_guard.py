@@ -24,6 +24,9 @@ def test_estimate_grows_with_the_source_and_model_grids():
     assert large - 1000.0 == pytest.approx(4 * (small - 1000.0))
     with_anomaly = m.estimate_mb((150, 512, 512), (1.5, 0.78, 0.78), (4.0, 4.0, 4.0), 46, anomaly=True)
     assert with_anomaly - small == pytest.approx(source_mb)
+    spilled = MemoryModel(base_mb=1000.0, source_bytes=4.0, spilled_source_bytes=1.0, channel_bytes=12.0)
+    assert small - spilled.estimate_mb((150, 512, 512), (1.5, 0.78, 0.78), (4.0, 4.0, 4.0), 46, spill=True) == \
+        pytest.approx(source_mb * 3 / 4)  # the file-backed HU are not counted
 
 
 def test_check_refuses_over_the_cap_or_over_what_is_available():

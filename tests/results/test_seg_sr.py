@@ -10,8 +10,9 @@ import pydicom
 import pytest
 
 from dsm_node.commands import export
+from dsm_node.results.common import ResultError
 from dsm_node.results.options import ResultOptions
-from dsm_node.results.seg import ResultError, build_seg, write_seg
+from dsm_node.results.seg import build_seg, write_seg
 from dsm_node.results.sr import write_sr
 from dsm_node.volume import assemble_volume, load_labels
 from tests.results.resulttools import dciodvfy, dcmqi_masks, expected_segment_masks

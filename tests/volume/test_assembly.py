@@ -33,6 +33,16 @@ def _check_geometry(vol, paths):
                                    atol=1e-4)
 
 
+def test_spilled_volume_has_the_same_hu_in_a_file_backed_array_that_leaves_no_file(tmp_path, ph):
+    hu, _ = ph
+    paths = write_series(tmp_path / "series", hu)
+    spill = tmp_path / "spill"
+    vol = assemble_volume(paths, spill_dir=spill)
+    assert isinstance(vol.hu, np.memmap) and vol.hu.dtype == np.int16
+    np.testing.assert_array_equal(vol.hu, assemble_volume(paths).hu)
+    assert list(spill.iterdir()) == []  # an unlinked file: nothing to clean up after a crash
+
+
 def test_shuffled_files_sorted_by_position_not_instance_number(tmp_path, ph):
     hu, _ = ph
     paths = write_series(tmp_path, hu, instance_numbers="reversed")
