@@ -59,7 +59,7 @@ bench-scale: venv
 # Node on embedded defaults + a local receiver; sends the real CT of ../shared/data/01 when
 # present (else a phantom study), prints segments/volumes/timings, leaves PNGs in var/demo.
 demo: venv
-	$(PY) -m dsm_node.demo $(ARGS)
+	$(VENV)/bin/dsm-node demo $(ARGS)
 
 # Reproduces weights/dsm-small-demo.pt (dsm-small-demo-0.5): fine-tuned from the previous demo
 # weights 0.2 (taken from git history) on phantoms with anomaly exposure, both stages, then

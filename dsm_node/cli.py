@@ -1,7 +1,8 @@
 """``dsm-node``: one entry point, one module per sub-command.
 
-Each module in COMMANDS exposes ``configure(parser)`` and ``run(args) -> int``. Command modules
-import heavy packages (torch, monai) inside ``run`` only, so ``dsm-node audit`` starts fast.
+Each module in COMMANDS exposes ``configure(parser)`` and ``run(args) -> int`` (and
+``CONFIG_OPTION = False`` where ``--config`` would not be used). Command modules import heavy
+packages (torch, monai) inside ``run`` only, so ``dsm-node audit`` starts fast.
 """
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "infer": ("dsm_node.commands.infer", "run DSM offline on a DICOM folder or NIfTI file (SEG, SR, NIfTI, PNGs)"),
     "worker": ("dsm_node.commands.worker", "run a Celery inference worker (scale-out; executor.kind: celery)"),
-    "view": ("dsm_node.viewer.command", "open a study and the node's SEG/SR in OHIF (offline, 127.0.0.1)"),
-    "export": ("dsm_node.results.export", "encode a label map (NIfTI on the CT grid) as DICOM-SEG + TID 1500 SR"),
+    "view": ("dsm_node.commands.view", "open a study and the node's SEG/SR in OHIF (offline, 127.0.0.1)"),
+    "export": ("dsm_node.commands.export", "encode a label map (NIfTI on the CT grid) as DICOM-SEG + TID 1500 SR"),
+    "demo": ("dsm_node.commands.demo", "the whole loop once: a node on embedded defaults and a local receiver, "
+             "one CT sent, SEG + SR, timings and overlay PNGs"),
 }
 
 
@@ -36,9 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", metavar="FILE", help="YAML configuration file (default: built-in defaults)")
+        command = importlib.import_module(module)
+        if getattr(command, "CONFIG_OPTION", True):  # False: the command makes its own configuration
+            p.add_argument("--config", metavar="FILE", help="YAML configuration file (default: built-in defaults)")
         p.set_defaults(_module=module)
-        importlib.import_module(module).configure(p)
+        command.configure(p)
     return parser
 
 

@@ -1,20 +1,16 @@
-"""`make demo` and the end-to-end benchmark: a node on embedded defaults, a local PACS stand-in,
-one study sent, SEG + SR waited for, a summary printed and overlay PNGs left behind.
-
-    python -m dsm_node.demo [--study DIR] [--out DIR] [--quiet-period S]
+"""The node's whole loop on one machine, for `dsm-node demo` (`make demo`), the end-to-end
+benchmark (bench/e2e.py) and the viewer harness's whole-loop case: a node on embedded defaults
+in a child process, a local PACS stand-in, one study sent, SEG + SR waited for, the timings.
 
 The local receiver is a pynetdicom C-STORE SCP bound to 127.0.0.1 (the node's destination).
-Without --study it sends the real CT of ../shared/data/01 when present, else a generated
-phantom study.
+``SHARED_CT`` is the real CT of ../shared/data/01 when present; ``phantom_study`` makes a
+study with the trainer's phantom generator otherwise.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -241,42 +237,3 @@ def overlays_from_results(study: Path, seg_path: Path, out: Path) -> list[Path]:
         name = seg.get_segment_description(number).segment_label
         labels[stack[..., n] > 0] = catalog.by_name(name).index
     return write_overlays(volume.hu, labels, volume.spacing, catalog, out, title="DSM demo")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--study", type=Path, help="folder of one CT series to send")
-    parser.add_argument("--out", type=Path, default=Path("var") / "demo", help="where to leave results and PNGs")
-    parser.add_argument("--quiet-period", type=float, default=2.0)
-    parser.add_argument("--checkpoint", type=Path, help="default: the bundled demo weights")
-    args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="dsm-demo-"))
-    study = args.study
-    if study is None:
-        study = SHARED_CT if SHARED_CT.is_dir() else phantom_study(work / "phantom")
-    print(f"sending {study} to a node on embedded defaults (quiet period {args.quiet_period} s) ...", flush=True)
-    report = run_once(study, work, args.quiet_period, args.checkpoint)
-    args.out.mkdir(parents=True, exist_ok=True)
-    pngs = []
-    if "SEG" in report["received"]:
-        pngs = overlays_from_results(study, Path(report["received"]["SEG"]), args.out / "overlays")
-    for kind, path in report["received"].items():
-        target = args.out / f"{kind}.dcm"
-        target.write_bytes(Path(path).read_bytes())
-        report["received"][kind] = str(target)
-    report["overlays"] = [str(p) for p in pngs]
-    (args.out / "summary.json").write_text(json.dumps(report, indent=2))
-    print(f"\nmodel {report['model_version']}: {len(report['segments'])} segments")
-    for seg in report["segments"]:
-        print(f"  {seg['name']:<32} {seg['volume_ml']:>9.1f} ml")
-    print(f"\ntimes: send {report['send_s']} s, quiet period {report['quiet_period_s']} s, then "
-          f"{report['after_quiet_period_s']} s to SEG + SR at the receiver "
-          f"(assembly {report['stages_s']['assembly']} s, inference {report['stages_s']['inference']} s, "
-          f"encoding {report['stages_s']['encoding']} s, selection/queue/delivery {report['other_s']} s)")
-    print(f"node peak RSS {report['node_peak_rss_mb']} MB")
-    print(f"results and overlay PNGs in {args.out} (DEMONSTRATION model: not for diagnostic use)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

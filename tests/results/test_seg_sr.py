@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dsm_node.results import export
+from dsm_node.commands import export
 from dsm_node.results.common import ResultError
 from dsm_node.results.options import ResultOptions
 from dsm_node.results.seg import build_seg, write_seg

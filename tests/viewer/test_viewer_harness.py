@@ -344,10 +344,7 @@ def test_view_command_smoke(tiny):
 
     if ohif_dist(required=False) is None:
         pytest.skip("OHIF not installed (scripts/install-viewer.sh)")
-    code = ("import argparse, sys; from dsm_node.viewer import command; "
-            "p = argparse.ArgumentParser(); command.configure(p); "
-            "sys.exit(command.run(p.parse_args(sys.argv[1:])))")
-    out = subprocess.run([sys.executable, "-c", code, str(tiny["dir"]), "--port", "0", "--smoke"],
+    out = subprocess.run([sys.executable, "-m", "dsm_node", "view", str(tiny["dir"]), "--port", "0", "--smoke"],
                          capture_output=True, text=True, timeout=120,
                          env={**_with_repo_on_path(), "TCP_NODELAY": "1"})
     assert out.returncode == 0, out.stdout + out.stderr

@@ -18,7 +18,6 @@ a warning says so.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import socket
 import sys
@@ -43,56 +42,13 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-class _HostHelper:
-    """A child forked before the process leaves the host network namespace. It does what
-    must happen on the host's loopback, where the viewer socket listens: open the user's
-    browser, run the --smoke HTTP checks (a browser or client started from inside the
-    private namespace could not reach the viewer)."""
-
-    def __init__(self):
-        import json
-
-        self._json = json
-        r1, w1 = os.pipe()  # parent -> child
-        r2, w2 = os.pipe()  # child -> parent
-        self.pid = os.fork()
-        if self.pid == 0:  # child
-            os.close(w1)
-            os.close(r2)
-            with os.fdopen(r1) as inp, os.fdopen(w2, "w") as out:
-                for line in inp:
-                    cmd = json.loads(line)
-                    if "open" in cmd:
-                        import webbrowser
-
-                        webbrowser.open(cmd["open"])
-                        out.write("ok\n")
-                    elif "smoke" in cmd:
-                        out.write(("ok" if _smoke(*cmd["smoke"]) else "fail") + "\n")
-                    out.flush()
-            os._exit(0)
-        os.close(r1)
-        os.close(w2)
-        self._out = os.fdopen(w1, "w")
-        self._in = os.fdopen(r2)
-
-    def ask(self, **cmd) -> str:
-        self._out.write(self._json.dumps(cmd) + "\n")
-        self._out.flush()
-        return self._in.readline().strip()
-
-    def close(self) -> None:
-        self._out.close()
-        self._in.close()
-        os.waitpid(self.pid, 0)
-
-
 def run(args: argparse.Namespace) -> int:
-    from .dicomfiles import scan, series_of, studies
-    from .netns import enter_private_netns
-    from .ohif import ViewerNotInstalled, ohif_dist, viewer_path
-    from .orthanc import OrthancError, find_dicomweb_plugin, find_orthanc
-    from .stack import ViewerStack
+    from ..viewer.dicomfiles import scan, series_of, studies
+    from ..viewer.hosthelper import HostHelper
+    from ..viewer.netns import enter_private_netns
+    from ..viewer.ohif import ViewerNotInstalled, ohif_dist, viewer_path
+    from ..viewer.orthanc import OrthancError, find_dicomweb_plugin, find_orthanc
+    from ..viewer.stack import ViewerStack
 
     def fail(msg: str) -> int:
         print(f"dsm-node view: {msg}", file=sys.stderr)
@@ -123,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     lsock.listen(64)
     port = lsock.getsockname()[1]
 
-    helper = _HostHelper() if (args.open or args.smoke) else None
+    helper = HostHelper() if (args.open or args.smoke) else None
     isolated, how = (False, "--no-isolate") if args.no_isolate else enter_private_netns()
     if isolated:
         _say(f"Orthanc runs in a private {how}: reachable only through the viewer on "
@@ -154,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     _say(f"study list: {base}/")
 
     if args.smoke:
+        assert helper is not None  # made above for --smoke
         ok = helper.ask(smoke=[base, next(iter(by_study))]) == "ok"
         helper.close()
         stack.stop()
@@ -175,27 +132,3 @@ def run(args: argparse.Namespace) -> int:
         stack.stop()
     return 0
 
-
-def _smoke(base: str, study: str) -> bool:
-    import json
-    import urllib.request
-
-    def get(path: str) -> tuple[int, bytes, dict]:
-        with urllib.request.urlopen(base + path, timeout=30) as r:
-            return r.status, r.read(), dict(r.headers)
-
-    try:
-        st, body, headers = get("/viewer")
-        if st != 200 or b"<html" not in body.lower():
-            return False
-        if headers.get("Cross-Origin-Embedder-Policy") != "require-corp":
-            return False
-        st, body, _ = get("/app-config.js")
-        if b"/dicom-web" not in body:
-            return False
-        st, body, _ = get(f"/dicom-web/studies?StudyInstanceUID={study}")
-        found = json.loads(body)
-        return st == 200 and len(found) == 1
-    except OSError as e:
-        print(f"smoke check: {e}", file=sys.stderr)
-        return False

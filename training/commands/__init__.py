@@ -1,0 +1,1 @@
+"""The ``dsm-train`` sub-commands, one module each (see training/cli.py)."""
