@@ -62,7 +62,8 @@ def main() -> int:
         rows.append((name, r))
         print(json.dumps({k: v for k, v in r.items() if k not in ("segments", "received")}, indent=1))
     print("\n| case | instances | after quiet period (s) | assembly | inference | encoding | selection+queue+delivery "
-          "| node peak RSS (MB) | peer `dsm-node infer` wall (s) | peer segmentation (s) | node / peer segmentation |")
+          "| node peak RSS, with its inference child (MB) | peer `dsm-node infer` wall (s) | peer segmentation (s) "
+          "| node / peer segmentation |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows:
         s = r["stages_s"]

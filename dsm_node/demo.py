@@ -73,7 +73,7 @@ class NodeRun:
     port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
-    peak_rss_mb: float = 0.0
+    peak_rss_mb: float = 0.0  # the node and its children (the inference process), sampled every 0.2 s
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -105,10 +105,18 @@ class NodeRun:
         threading.Thread(target=self._watch_rss, daemon=True).start()
 
     def _watch_rss(self) -> None:
+        # The node's whole process tree: jobs run in an inference child process (jobs/child.py),
+        # which holds the model and the series; the node process alone is a fraction of it.
         try:
             p = psutil.Process(self.proc.pid)
             while self.proc.poll() is None:
-                self.peak_rss_mb = max(self.peak_rss_mb, p.memory_info().rss / 2**20)
+                total = p.memory_info().rss
+                for child in p.children(recursive=True):
+                    try:
+                        total += child.memory_info().rss
+                    except psutil.Error:  # a child that ended between the listing and the read
+                        pass
+                self.peak_rss_mb = max(self.peak_rss_mb, total / 2**20)
                 time.sleep(0.2)
         except psutil.Error:
             pass
