@@ -32,7 +32,10 @@ def file_backed(shape: tuple[int, ...], dtype: np.dtype | type, directory: str |
         # Blocks reserved now: a write through the mapping to a sparse file on a full disk is a
         # SIGBUS that kills the process; this is an OSError (ENOSPC) with a reason instead.
         try:
-            os.posix_fallocate(fh.fileno(), 0, size)
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fh.fileno(), 0, size)
+            else:  # macOS: a sparse file (the blocks are allocated as pages are written)
+                fh.truncate(size)
         except OSError as exc:
             raise OSError(exc.errno, f"no room for a {size / 2**20:.0f} MB file-backed array in {directory}: "
                                      f"{exc.strerror}") from None
@@ -57,8 +60,8 @@ def release(array: np.ndarray) -> bool:
     """Drop the resident pages of a :func:`file_backed` array (or a view of one) from this
     process; the data stays in the file. False (and nothing done) for an in-memory array."""
     mapping = mapping_of(array)
-    if mapping is None or mapping.closed:
-        return False
+    if mapping is None or mapping.closed or not hasattr(mmap, "MADV_DONTNEED"):
+        return False  # in memory, or a platform without madvise (the pages then stay resident)
     # MADV_DONTNEED on a shared file mapping unmaps the pages without losing data: dirty pages
     # are already in the page cache and are written back to the file by the kernel.
     mapping.madvise(mmap.MADV_DONTNEED)
