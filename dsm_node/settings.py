@@ -213,6 +213,11 @@ class Inference(_Section):
                     "output folder), paged in where a stage reads it: peak memory grows less with the slice "
                     "count (docs/memory.md). Off: in memory",
     )
+    spill_dir: Path | None = Field(
+        None,
+        description="Folder of the file-backed HU (a local disk, not a tmpfs; about 2 bytes per voxel during a "
+                    "job); empty = storage.data_dir/work. Set it on workers whose data_dir is a network share",
+    )
 
 
 class Results(_Section):

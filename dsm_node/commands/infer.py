@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             with checked_reading():
                 # file-backed HU in the output folder (an unlinked file: nothing stays there)
-                volume = assemble_volume(files_of([source]), spill_dir=out if settings.inference.spill else None)
+                volume = assemble_volume(files_of([source]), spill_dir=(settings.inference.spill_dir or out)
+                                         if settings.inference.spill else None)
             check_ct_source(volume)
         except (VolumeError, InputError) as exc:
             return refuse(exc)

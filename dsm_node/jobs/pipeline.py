@@ -19,6 +19,14 @@ from ..volume import VolumeError, assemble_volume
 from .task import JobInputError
 
 
+def spill_folder(settings: Any) -> Path | None:
+    """Where a job's HU are file-backed (model/spill.py), or None to keep them in memory."""
+    inf = settings.inference
+    if not inf.spill:
+        return None
+    return Path(inf.spill_dir) if inf.spill_dir else settings.storage.work_dir
+
+
 class DSMPipeline:
     """Holds the loaded model; ``process`` runs one job's stages and records their timings."""
 
@@ -31,7 +39,7 @@ class DSMPipeline:
         try:
             volume = assemble_volume(paths, max_voxels=ctx.settings.inference.max_voxels,
                                      budget=segmenter_guard(ctx.settings, self.segmenter),
-                                     spill_dir=ctx.settings.storage.work_dir if ctx.settings.inference.spill else None)
+                                     spill_dir=spill_folder(ctx.settings))
         except VolumeError as exc:
             raise JobInputError(f"volume assembly: {exc}") from None
         except MemoryRefused as exc:  # before decoding: a clear reason instead of the kernel's OOM kill

@@ -62,3 +62,14 @@ def test_infer_refuses_a_series_over_the_cap_with_one_line(tmp_path):
     assert last.startswith("dsm-node infer: ") and "memory: a series of 4 x 32 x 32 voxels needs about" in last
     assert "more than inference.max_memory_mb = 1 MB" in last
     assert not (tmp_path / "out" / "labels.nii.gz").exists()
+
+
+def test_the_hu_spill_folder_follows_the_settings(tmp_path):
+    from dsm_node.jobs.pipeline import spill_folder
+    from dsm_node.settings import Settings
+
+    base = Settings(storage={"data_dir": tmp_path / "var"})
+    assert spill_folder(base) == tmp_path / "var" / "work"
+    assert spill_folder(Settings(storage={"data_dir": tmp_path}, inference={"spill_dir": tmp_path / "local"})) == \
+        tmp_path / "local"
+    assert spill_folder(Settings(inference={"spill": False})) is None
