@@ -66,6 +66,10 @@ class OptimConfig:
     # organ_queries, kmmm] for a Stage-2 warm-up of the fresh tumour modules on features that
     # already separate lesions from tissue; a frozen backbone also runs without autograd.
     freeze: tuple[str, ...] = ()
+    # Parameter-name prefix -> factor on lr for those parameters (the longest matching prefix
+    # wins; the rest train at lr), e.g. {backbone: 0.1}: in Stage 2 the backbone learns the
+    # contrast between a lesion and its organ's tissue without unlearning Stage 1's organs.
+    lr_mult: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)

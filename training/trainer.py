@@ -17,6 +17,7 @@ import pickle
 import random
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +222,8 @@ class Trainer:
             warm = 0
         self.warmup = warm
         trainable = self._trainable(o.freeze)
-        self.optimizer = torch.optim.AdamW(trainable, lr=o.lr, weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW(self._param_groups(trainable, o.lr, o.lr_mult), lr=o.lr,
+                                           weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.total_steps, warm, o.min_lr_ratio))
         self.amp_dtype = _amp_dtype(o.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -252,6 +254,27 @@ class Trainer:
         if not keep:
             raise ValueError("optim.freeze leaves no parameter to train")
         return keep
+
+    def _param_groups(self, trainable: list[torch.nn.Parameter], lr: float,
+                      lr_mult: Mapping[str, float]) -> list[dict[str, Any]]:
+        """One optimizer group per learning rate: a parameter takes the factor of the longest
+        ``lr_mult`` prefix its name matches (1 without one). The schedule scales every group alike."""
+        mult = {str(k).rstrip("."): float(v) for k, v in (lr_mult or {}).items()}
+        names = {id(p): n for n, p in self.net.named_parameters()}
+        unknown = [k for k in mult if not any(n == k or n.startswith(k + ".") for n in names.values())]
+        if unknown:
+            raise ValueError(f"optim.lr_mult: no parameter is named {unknown}")
+        if any(v < 0 for v in mult.values()):
+            raise ValueError("optim.lr_mult: factors must be >= 0")
+        groups: dict[float, list[torch.nn.Parameter]] = {}
+        for param in trainable:
+            name = names[id(param)]
+            hits = [k for k in mult if name == k or name.startswith(k + ".")]
+            groups.setdefault(mult[max(hits, key=len)] if hits else 1.0, []).append(param)
+        if len(groups) > 1:
+            self._log("learning rates: " + ", ".join(f"{lr * f:g} ({sum(p.numel() for p in ps) / 1e6:.2f} M)"
+                                                      for f, ps in sorted(groups.items())))
+        return [{"params": ps, "lr": lr * f} for f, ps in sorted(groups.items())]
 
     def _load_init(self, net: DSMNet, path: str | Path) -> None:
         """Stage-1 weights into this model, non-strictly (new Stage-2 modules start fresh)."""

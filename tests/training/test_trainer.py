@@ -128,6 +128,24 @@ def test_a_training_state_exports_as_a_model_checkpoint(tiny, tmp_path):
     assert all(torch.equal(ck.state_dict[k], raw[k]) for k in raw)
 
 
+def test_lr_mult_gives_prefixes_their_own_learning_rate(tiny, tmp_path):
+    # optim.lr_mult: a factor 0 holds the backbone (in the optimizer, yet unchanged), the rest
+    # trains at lr; the groups carry lr x factor; an unknown prefix is an error.
+    cfg = load_train_config(tiny(1, "mult", 2, **{"optim.lr_mult": {"backbone": 0.0, "backbone.no_such": 5.0}}))
+    with pytest.raises(ValueError, match="backbone.no_such"):
+        Trainer(cfg, resume=False).build()
+    cfg = load_train_config(tiny(1, "mult", 2, **{"optim.lr_mult": {"backbone": 0.0}}))
+    start = Trainer(cfg, resume=False)
+    start.build()
+    assert sorted(g["lr"] for g in start.optimizer.param_groups) == [0.0, cfg.optim.lr]
+    fresh = {k: v.detach().clone() for k, v in start.net.state_dict().items()}
+    Trainer(cfg, resume=False).run()
+    after = _weights(tmp_path / "mult" / "final.pt")
+    moved = {name.split(".")[0] for name, value in after.items()
+             if value.is_floating_point() and not torch.equal(value, fresh[name])}
+    assert "backbone" not in moved and moved, moved
+
+
 def test_frozen_modules_keep_their_weights(tiny, tmp_path):
     # A Stage-2 warm-up of the fresh tumour modules on fixed features: what optim.freeze names
     # stays bit-identical, the rest learns; a name that matches no parameter is an error.
