@@ -135,7 +135,7 @@ def to_source(values: np.ndarray, gmap: grid.GridMap, box: tuple[slice, ...],
     the only source-sized array is the result; ``like``: an array whose memory layout the
     result takes (the input volume), so that a caller's transpose back needs no copy."""
     up = _upsampler(values, gmap, box)
-    out = np.zeros(gmap.source_shape, dtype=np.float32) if like is None else np.zeros_like(like, dtype=np.float32)
+    out = np.zeros(gmap.source_shape, dtype=np.float32) if like is None else np.zeros_like(like, dtype=np.float32, subok=False)
     view = gmap.oriented_view(out)
     X, Y, Z = gmap.oriented_shape
     for z0, z1 in slabs.slab_ranges(Z, X * Y):
@@ -312,7 +312,7 @@ class VolumeSegmenter:
             gated = np.zeros(gmap.model_shape, dtype=np.float32)
             gated[box] = d.scores[i].gated(d.masks[i], 1)
             maps.append((self.catalog[i], slabs.Upsampled(gated, gmap.oriented_shape)))
-        source = np.zeros(gmap.source_shape, dtype=dtype) if like is None else np.zeros_like(like, dtype=dtype)
+        source = np.zeros(gmap.source_shape, dtype=dtype) if like is None else np.zeros_like(like, dtype=dtype, subok=False)
         view = gmap.oriented_view(source)
         counts = np.zeros(len(self.catalog) + 1, dtype=np.int64)
         X, Y, Z = gmap.oriented_shape
