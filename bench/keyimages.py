@@ -44,7 +44,7 @@ def main() -> int:
     catalog = load_catalog()
     with tempfile.TemporaryDirectory() as tmp:
         labels_path = Path(tmp) / "labels.nii.gz"
-        handmade.write_with_tumours(data / "labels_dsm45.nii.gz", labels_path, catalog)
+        handmade.write_with_tumors(data / "labels_dsm45.nii.gz", labels_path, catalog)
         volume = assemble_volume(sorted((data / "ct").glob("*.dcm")))
         labels = load_labels(labels_path, volume)
         options = ResultOptions(model_version="bench")

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextvars
 import ipaddress
+import logging
 import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -25,6 +26,8 @@ from model.resources import package_file
 DEFAULT_CONFIG = package_file("dsm_node", "defaults", "node.yaml")
 DEFAULT_WEIGHTS = package_file("model", "weights", "dsm-small-demo.pt")
 
+log = logging.getLogger(__name__)
+
 _AE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
 
 
@@ -34,6 +37,28 @@ class ConfigError(Exception):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Old key -> new key of a renamed setting: the old one is still read (YAML and environment)
+    # with a warning, so that a site's config keeps working; the schema, the generated
+    # config/node.yaml and check-config show the new one only.
+    renamed_keys: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not cls.renamed_keys.keys() & data.keys():
+            return data
+        data = dict(data)
+        section = cls.__name__.lower()
+        for old, new in cls.renamed_keys.items():
+            if old not in data:
+                continue
+            value = data.pop(old)
+            if new in data:
+                log.warning("setting %s.%s is deprecated and ignored: %s.%s is set too", section, old, section, new)
+            else:
+                log.warning("setting %s.%s is deprecated, use %s.%s", section, old, section, new)
+                data[new] = value
+        return data
 
 
 def _check_ae(value: str) -> str:
@@ -229,10 +254,13 @@ class Results(_Section):
     sr_series_number: int = 9902
     manufacturer: str = "dsm-node"
     institution_name: str | None = None
-    organs_include_tumours: bool = Field(
+    renamed_keys: ClassVar[dict[str, str]] = {"organs_include_tumours": "organs_include_tumors"}
+
+    organs_include_tumors: bool = Field(
         False, description="BINARY SEG: encode an organ that is a tumour's parent as its tissue plus its tumours, enclosed "
                            "holes filled, overlapping the tumour's own segment. Off by default because OHIF 3.13 drops "
-                           "overlays of overlapping SEGs (docs/results.md); the SR reports both volumes either way")
+                           "overlays of overlapping SEGs (docs/results.md); the SR reports both volumes either way. "
+                           "The old name organs_include_tumours is still read, with a warning")
     lesion_min_volume_ml: float = Field(
         0.5, ge=0, description="Tumour components (lesions) smaller than this get no lesion measurement group "
                                "(0.5 ml ~ a 10 mm sphere, RECIST's smallest measurable lesion)")
@@ -523,7 +551,8 @@ def unknown_environment_keys(environ: dict[str, str] | None = None) -> list[tupl
         model: type[BaseModel] | None = Settings
         for i, part in enumerate(parts):
             fields = {k.lower(): f for k, f in model.model_fields.items()} if model is not None else {}
-            field_info = fields.get(part)
+            renamed = getattr(model, "renamed_keys", {})
+            field_info = fields.get(renamed.get(part, part))
             if field_info is None:
                 found.append((name, ".".join(parts[: i + 1])))
                 break

@@ -174,10 +174,10 @@ def postprocess(
             scores[i] = crop_score(probs[i] / t[i], masks[i])
     anomaly = np.where(envelope, anomaly_raw, 0.0).astype(np.float32)
 
-    tumour_ix = [i for i, e in enumerate(entries) if not e.is_organ]
-    parents_of = {i: [index[p] for p in entries[i].parents if p in index] for i in tumour_ix}
+    tumor_ix = [i for i, e in enumerate(entries) if not e.is_organ]
+    parents_of = {i: [index[p] for p in entries[i].parents if p in index] for i in tumor_ix}
     zero: dict[int, np.ndarray] = {}
-    for c in tumour_ix:
+    for c in tumor_ix:
         parents = parents_of[c]
         region = np.zeros(envelope.shape, dtype=bool)
         for p in parents:
@@ -187,7 +187,7 @@ def postprocess(
             continue  # no parent organ found: no tumour of this class
         score = probs[c] / t[c]
         if seen is not None and entries[c].name not in seen:
-            siblings = [s for s in tumour_ix if set(parents_of[s]) & set(parents)]
+            siblings = [s for s in tumor_ix if set(parents_of[s]) & set(parents)]
             # Accumulated channel by channel: the same float32 values as probs[siblings].sum(0)
             # and .max(0) (a reduction over the first axis adds in that order), without the
             # (siblings, X, Y, Z) copy that fancy indexing makes.

@@ -319,14 +319,14 @@ class VolumeSegmenter:
         for z0, z1 in slabs.slab_ranges(Z, X * Y):
             labels = np.zeros((X, Y, z1 - z0), dtype=dtype)
             best = np.zeros(labels.shape, dtype=np.float32)
-            tumour_best = np.zeros(labels.shape, dtype=np.float32)
+            tumor_best = np.zeros(labels.shape, dtype=np.float32)
             for entry, up in maps:
                 part = up.slab(z0, z1)
                 if part is None:  # the class's score is 0 throughout the slab: never >= 1.0
                     continue
                 y, z, vals = part
                 at = (slice(None), y, slice(z.start - z0, z.stop - z0))
-                lab, bst, tum = labels[at], best[at], tumour_best[at]
+                lab, bst, tum = labels[at], best[at], tumor_best[at]
                 above = vals >= 1.0
                 if entry.is_organ:
                     sel = above & (vals > bst) & (tum == 0)

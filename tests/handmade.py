@@ -1,6 +1,6 @@
 """Hand-made tumours inside their organs, for tests that need lesions on a real CT (or a phantom).
 
-``with_tumours(labels, spacing, catalog)`` takes a (i, j, k) or (z, y, x) label volume of catalog
+``with_tumors(labels, spacing, catalog)`` takes a (i, j, k) or (z, y, x) label volume of catalog
 indices and, in two organs present that are the parent of a catalog tumour class and thick
 enough, puts balls of that tumour class at the voxels deepest inside them:
 
@@ -22,7 +22,7 @@ from scipy import ndimage
 
 @dataclass(frozen=True)
 class Made:
-    tumour: int  # catalog index of the tumour class
+    tumor: int  # catalog index of the tumour class
     organ: int
     centre: tuple[int, int, int]  # voxel index in the label volume
     radius_mm: float
@@ -48,21 +48,21 @@ def _depth(labels: np.ndarray, organ: int, spacing) -> np.ndarray:
     return depth
 
 
-def with_tumours(labels: np.ndarray, spacing, catalog, r_big: float = 14.0, r_mid: float = 11.0,
+def with_tumors(labels: np.ndarray, spacing, catalog, r_big: float = 14.0, r_mid: float = 11.0,
                  r_small: float = 7.0) -> tuple[np.ndarray, list[Made]]:
     out = labels.copy()
     spacing = tuple(float(s) for s in spacing)
-    tumour_of = {}
+    tumor_of = {}
     for e in catalog:
         if e.kind == "tumor":
             for p in e.parents:
-                tumour_of.setdefault(p, e.index)
+                tumor_of.setdefault(p, e.index)
     present = [int(v) for v in np.unique(labels) if v]
-    organs = sorted((v for v in present if catalog[v - 1].name in tumour_of),
+    organs = sorted((v for v in present if catalog[v - 1].name in tumor_of),
                     key=lambda v: -int((labels == v).sum()))
     chosen: list[tuple[int, np.ndarray]] = []
     for organ in organs:  # the largest organ, then the largest one with another tumour class
-        if chosen and tumour_of[catalog[organ - 1].name] == tumour_of[catalog[chosen[0][0] - 1].name]:
+        if chosen and tumor_of[catalog[organ - 1].name] == tumor_of[catalog[chosen[0][0] - 1].name]:
             continue
         depth = _depth(labels, organ, spacing)
         if depth.max() > min(r_big, r_mid) + 2 * max(spacing):
@@ -80,9 +80,9 @@ def with_tumours(labels: np.ndarray, spacing, catalog, r_big: float = 14.0, r_mi
         if score.max() <= 0:
             return None
         centre = np.unravel_index(int(score.argmax()), score.shape)
-        tumour = tumour_of[catalog[organ - 1].name]
-        out[(_dist_mm(labels.shape, centre, spacing) <= radius) & (labels == organ)] = tumour
-        made.append(Made(tumour, organ, tuple(int(c) for c in centre), radius))
+        tumor = tumor_of[catalog[organ - 1].name]
+        out[(_dist_mm(labels.shape, centre, spacing) <= radius) & (labels == organ)] = tumor
+        made.append(Made(tumor, organ, tuple(int(c) for c in centre), radius))
         return made[-1]
 
     (a, depth_a), (b, depth_b) = chosen
@@ -95,19 +95,19 @@ def with_tumours(labels: np.ndarray, spacing, catalog, r_big: float = 14.0, r_mi
         for m in (big, small):
             score[_dist_mm(labels.shape, m.centre, spacing) < m.radius_mm + 10] = 0
         spot = np.unravel_index(int(score.argmax()), score.shape)
-        out[spot] = small.tumour
+        out[spot] = small.tumor
         nb = list(spot)
         nb[0] = nb[0] + 1 if nb[0] + 1 < labels.shape[0] and labels[tuple([nb[0] + 1, *nb[1:]])] == a else nb[0] - 1
-        out[tuple(nb)] = small.tumour
+        out[tuple(nb)] = small.tumor
     return out, made
 
 
-def write_with_tumours(source_nifti, out_path, catalog) -> list[Made]:
+def write_with_tumors(source_nifti, out_path, catalog) -> list[Made]:
     import nibabel as nib
 
     img = nib.load(str(source_nifti))
     labels = np.asarray(img.dataobj).astype(np.uint8)
     spacing = tuple(float(s) for s in img.header.get_zooms()[:3])
-    out, made = with_tumours(labels, spacing, catalog)
+    out, made = with_tumors(labels, spacing, catalog)
     nib.save(nib.Nifti1Image(out, img.affine, img.header), str(out_path))
     return made

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def expected_segment_masks(labels: np.ndarray, catalog, organs_include_tumours: bool = False) -> dict[int, np.ndarray]:
+def expected_segment_masks(labels: np.ndarray, catalog, organs_include_tumors: bool = False) -> dict[int, np.ndarray]:
     """{catalog index: mask} of what each segment must hold (docs/results.md), computed here
     on the whole volume: an organ that is a tumour class's parent = its voxels + the 26-connected
     tumour components whose one-voxel shell touches it most among their parents, with enclosed
@@ -14,7 +14,7 @@ def expected_segment_masks(labels: np.ndarray, catalog, organs_include_tumours: 
 
     present = [int(v) for v in np.unique(labels) if v]
     out = {v: labels == v for v in present}
-    if not organs_include_tumours:
+    if not organs_include_tumors:
         return out
     by_name = {e.name: e.index for e in catalog}
     parent_of_some = {by_name[p] for e in catalog if e.kind == "tumor" for p in e.parents}

@@ -142,13 +142,13 @@ def calibrate(segmenter: VolumeSegmenter, cases: Sequence[Case]) -> dict[str, An
                 pred = p >= t
                 inter[c, k] += np.logical_and(pred, truth).sum()
                 total[c, k] += pred.sum() + truth.sum()
-        tumours = [e for e in segmenter.catalog if e.is_tumor and e.name in seen and case.annotated[e.index - 1]]
-        if tumours:
+        tumors = [e for e in segmenter.catalog if e.is_tumor and e.name in seen and case.annotated[e.index - 1]]
+        if tumors:
             d = base.decide(output)
             index = {e.name: i for i, e in enumerate(segmenter.catalog)}
             region = np.zeros(d.anomaly.shape, bool)
             truth = np.zeros(d.anomaly.shape, bool)
-            for e in tumours:
+            for e in tumors:
                 truth |= gt == e.index
                 for p in e.parents:
                     if p in index and index[p] in d.organ_envelopes:

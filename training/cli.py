@@ -1,6 +1,6 @@
 """dsm-train: phantoms, data checks, Stage-1/Stage-2 training, evaluation, export.
 
-  dsm-train phantoms --out DIR --n N --seed S [--dicom] [--spacing MM] [--tumours all|seen|unseen|none]
+  dsm-train phantoms --out DIR --n N --seed S [--dicom] [--spacing MM] [--tumors all|seen|unseen|none]
                      [--fov FOV] [--phase PHASE]
   dsm-train make-list --dataset KEY --root DIR --out LIST [--val-fraction F]
   dsm-train check-data --list LIST [--root DIR]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from .exposure import ExposureConfig
 from .losses import LossWeights
 from .transforms import AugmentConfig, CropConfig, PipelineConfig
 
+log = logging.getLogger(__name__)
+
 
 class TrainConfigError(ValueError):
     pass
@@ -26,7 +29,7 @@ class PhantomSource:
 
     seed: int = 0
     n: int = 8
-    tumours: str = "seen"  # all | seen | unseen | none | comma-separated tumour types
+    tumors: str = "seen"  # all | seen | unseen | none | comma-separated tumour types
     spacing: float = 3.0
     dataset: str = "phantom_organs"  # registry template the cases are labelled with
 
@@ -151,6 +154,7 @@ def _build(cls: type, data: Any, prefix: str):
         return None
     if not isinstance(data, Mapping):
         raise TrainConfigError(f"{prefix or 'config'}: expected a mapping")
+    data = _renamed_keys(cls, data, prefix)
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
@@ -166,6 +170,29 @@ def _build(cls: type, data: Any, prefix: str):
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+# Keys spelt the British way before the identifiers took the catalog's "tumor": still read
+# (configs and training states written earlier), with a warning; to_dict writes the new names.
+RENAMED_KEYS: dict[type, dict[str, str]] = {
+    PhantomSource: {"tumours": "tumors"},
+    CropConfig: {"tumour_prob": "tumor_prob"},
+}
+
+
+def _renamed_keys(cls: type, data: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
+    renamed = RENAMED_KEYS.get(cls, {})
+    if not renamed.keys() & data.keys():
+        return data
+    out = dict(data)
+    for old, new in renamed.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise TrainConfigError(f"{prefix}{old} and {prefix}{new} are the same key (old and new spelling); keep {new}")
+        log.warning("config key %s%s is deprecated, use %s%s", prefix, old, prefix, new)
+        out[new] = out.pop(old)
+    return out
 
 
 def _nested_types(cls: type) -> dict[str, type]:

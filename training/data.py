@@ -86,29 +86,29 @@ def planned_loader(base: Dataset, augment: Compose, plan: list[tuple[int, int]],
                       persistent_workers=False)
 
 
-def tumour_types(spec: str) -> list[str]:
-    """'all' | 'seen' | 'unseen' | 'none' | comma-separated keys of phantoms.TUMOUR_TYPES."""
-    from .phantoms import SEEN_TUMOURS, TUMOUR_TYPES, UNSEEN_TUMOURS
+def tumor_types(spec: str) -> list[str]:
+    """'all' | 'seen' | 'unseen' | 'none' | comma-separated keys of phantoms.TUMOR_TYPES."""
+    from .phantoms import SEEN_TUMORS, TUMOR_TYPES, UNSEEN_TUMORS
 
-    named = {"all": list(TUMOUR_TYPES), "seen": list(SEEN_TUMOURS), "unseen": list(UNSEEN_TUMOURS), "none": []}
+    named = {"all": list(TUMOR_TYPES), "seen": list(SEEN_TUMORS), "unseen": list(UNSEEN_TUMORS), "none": []}
     if spec in named:
         return named[spec]
     types = [t.strip() for t in spec.split(",") if t.strip()]
-    bad = [t for t in types if t not in TUMOUR_TYPES]
+    bad = [t for t in types if t not in TUMOR_TYPES]
     if bad:
-        raise ValueError(f"unknown tumour type(s) {bad}; use all, seen, unseen, none or some of {sorted(TUMOUR_TYPES)}")
+        raise ValueError(f"unknown tumour type(s) {bad}; use all, seen, unseen, none or some of {sorted(TUMOR_TYPES)}")
     return types
 
 
-def phantom_items(seed: int, n: int, tumours: str = "all", spacing: float = 3.0,
+def phantom_items(seed: int, n: int, tumors: str = "all", spacing: float = 3.0,
                   dataset: str = "phantom_all") -> list[dict[str, Any]]:
     """n in-memory phantoms with seeds seed .. seed+n-1 (arrays, no files)."""
     from .phantoms import generate
 
-    types = tumour_types(tumours)
+    types = tumor_types(tumors)
     items = []
     for s in range(seed, seed + n):
-        ph = generate(s, spacing=spacing, tumour_types=types)
+        ph = generate(s, spacing=spacing, tumor_types=types)
         items.append({"image": ph.image, "label": ph.label, "affine": ph.affine, "dataset": dataset,
                       "case": f"phantom_{s:05d}"})
     return items
@@ -123,7 +123,7 @@ def parse_phantom_spec(text: str) -> dict[str, Any] | None:
         raise ValueError(f"phantom data spec must be phantom:SEED:N[:TUMOURS[:SPACING]], got {text!r}")
     out: dict[str, Any] = {"seed": int(parts[0]), "n": int(parts[1])}
     if len(parts) > 2 and parts[2]:
-        out["tumours"] = parts[2]
+        out["tumors"] = parts[2]
     if len(parts) > 3 and parts[3]:
         out["spacing"] = float(parts[3])
     return out

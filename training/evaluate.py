@@ -67,7 +67,7 @@ def _items(data: str, root: str | None, spacing: float) -> list[dict]:
         return real_items(Path(root) if root else None)
     spec = parse_phantom_spec(data)
     if spec is not None:
-        spec.setdefault("tumours", "all")
+        spec.setdefault("tumors", "all")
         spec.setdefault("spacing", spacing)
         return phantom_items(dataset="phantom_all", **spec)
     return case_items(read_datalist(data, root))
@@ -226,9 +226,9 @@ def _summarise(per_case: list[dict], catalog: Catalog, seen: set[str]) -> dict[s
     oracle, au_pc = _per_class(per_case, "oracle_auroc_dilated"), _per_class(per_case, "auroc_pc")
     counts = {n: sum(1 for r in per_case if n in r["dsc"] or n in r.get("auroc", {})) for n in set(dsc) | set(au)}
     organs = [n for n in catalog.names if catalog.by_name(n).is_organ and n in dsc]
-    tumours = [n for n in catalog.names if catalog.by_name(n).is_tumor and (n in dsc or n in au)]
-    seen_t = [n for n in tumours if n in seen]
-    unseen_t = [n for n in tumours if n not in seen]
+    tumors = [n for n in catalog.names if catalog.by_name(n).is_tumor and (n in dsc or n in au)]
+    seen_t = [n for n in tumors if n in seen]
+    unseen_t = [n for n in tumors if n not in seen]
     out: dict[str, Any] = {
         "organ_dsc_mean": nanmean([dsc[n] for n in organs]),
         "seen_tumor_dsc_mean": nanmean([dsc[n] for n in seen_t if n in dsc]),
@@ -240,11 +240,11 @@ def _summarise(per_case: list[dict], catalog: Catalog, seen: set[str]) -> dict[s
         "unseen_tumor_oracle_auroc_dilated_mean": nanmean([oracle[n] for n in unseen_t if n in oracle]),
         "seen_tumor_auroc_pc_mean": nanmean([au_pc[n] for n in seen_t if n in au_pc]),
         "unseen_tumor_auroc_pc_mean": nanmean([au_pc[n] for n in unseen_t if n in au_pc]),
-        "per_class": {n: {"kind": catalog.by_name(n).kind, "seen": (n in seen) if n in tumours else None,
+        "per_class": {n: {"kind": catalog.by_name(n).kind, "seen": (n in seen) if n in tumors else None,
                           "dsc": dsc.get(n), "auroc": au.get(n), "fpr95": fp.get(n), "auroc_dilated": au_d.get(n),
                           "fpr95_dilated": fp_d.get(n), "oracle_auroc_dilated": oracle.get(n),
                           "auroc_pc": au_pc.get(n), "cases": counts[n]}
-                      for n in organs + tumours},
+                      for n in organs + tumors},
     }
     above = [r["abdominal_above_diaphragm_ml"] for r in per_case if "abdominal_above_diaphragm_ml" in r]
     if above:
@@ -263,7 +263,7 @@ def markdown_report(s: dict[str, Any]) -> str:
     """Tables laid out like the paper's Table 2 (organ DSC) and Table 3 (tumours, seen/unseen)."""
     pc = s["per_class"]
     organs = [n for n, v in pc.items() if v["kind"] == "organ"]
-    tumours = [n for n, v in pc.items() if v["kind"] == "tumor"]
+    tumors = [n for n, v in pc.items() if v["kind"] == "tumor"]
     lines = [
         f"# Evaluation of `{Path(s['checkpoint']).name}` ({s['checkpoint_version']})", "",
         f"- data: `{s['data']}` ({s['n_cases']} cases)",
@@ -280,12 +280,12 @@ def markdown_report(s: dict[str, Any]) -> str:
                   + f" | {_fmt(s['organ_dsc_mean'])} |", ""]
     else:
         lines += ["(no organ reference in these cases)", ""]
-    if tumours:
+    if tumors:
         lines += ["## Table 3 layout: tumours (seen = trained with labels, unseen = zero-shot)", "",
                   "| Tumour | Setting | DSC (%) | AUROC (%) | FPR95 (%) | AUROC 10 mm (%) | FPR95 10 mm (%) "
                   "| oracle AUROC 10 mm (%) | AUROC P_c (%) | Cases |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
-        for n in tumours:
+        for n in tumors:
             v = pc[n]
             lines.append(f"| {n} | {'seen' if v['seen'] else 'unseen'} | {_fmt(v['dsc'])} | {_fmt(v['auroc'])} | "
                          f"{_fmt(v['fpr95'])} | {_fmt(v['auroc_dilated'])} | {_fmt(v['fpr95_dilated'])} | "

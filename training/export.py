@@ -53,7 +53,7 @@ def _from_state(payload: dict, src: Path, catalog) -> tuple:
     if cfg.stage == 2 and phantoms:
         registry = load_registry(catalog=catalog)
         seen = sorted(c for c in registry[phantoms["dataset"]].annotated if catalog.by_name(c).is_tumor)
-    training = {"stage": cfg.stage, "steps": int(payload["step"]), "seen_tumours": seen,
+    training = {"stage": cfg.stage, "steps": int(payload["step"]), "seen_tumors": seen,
                 "note": "exported from a training state, before the end-of-training calibration"}
     version = f"{(train_cfg.get('run') or {}).get('version', 'dsm-train')}-step{int(payload['step'])}"
     return model.eval(), catalog.names, embeddings, catalog.prompt_names, training, {}, version

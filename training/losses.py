@@ -36,19 +36,19 @@ def synthetic_lesions(label: Tensor) -> Tensor:
     return (label[:, :1] == 0) & (label[:, 1:2] > 0)
 
 
-def voxel_weights(label: Tensor, is_tumour: Tensor) -> Tensor | None:
+def voxel_weights(label: Tensor, is_tumor: Tensor) -> Tensor | None:
     """(B, N, ...) per-voxel weights of the mask losses, or None without synthetic lesions.
 
     On synthetic-lesion voxels tumour channels weigh 0: a synthetic lesion is never a positive
     of a tumour class, nor a negative (it is not a labelled tumour type). Organ channels keep
     weight 1 there (plain negatives); ``host_rejection`` adds the lesion-normalised term.
-    is_tumour: (N,) bool per channel.
+    is_tumor: (N,) bool per channel.
     """
     syn = synthetic_lesions(label)
     if not bool(syn.any()):
         return None
-    n = is_tumour.shape[0]
-    w_syn = torch.where(is_tumour, 0.0, 1.0).to(label.device)
+    n = is_tumor.shape[0]
+    w_syn = torch.where(is_tumor, 0.0, 1.0).to(label.device)
     shape = (1, n) + (1,) * (label.dim() - 2)
     return torch.where(syn, w_syn.view(shape), torch.ones((), device=label.device))
 
@@ -163,13 +163,13 @@ class LossWeights:
 
 
 def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage: int,
-             w: LossWeights | None = None, is_tumour: Tensor | None = None,
+             w: LossWeights | None = None, is_tumor: Tensor | None = None,
              stats: dict | None = None, progress: float = 1.0) -> tuple[Tensor, dict[str, float]]:
     """Total DSM loss for one batch and its parts (floats for logging).
 
     out: model output dict (mask_logits (B,N,...), layer_logits list of (B,N_o,...), and
     class_logits (Stage 1) or class_cos_logits (Stage 2)); label (B,2,...); annotated (B,C);
-    is_tumour (C,) bool per catalog channel (needed when the batch holds synthetic lesions).
+    is_tumor (C,) bool per catalog channel (needed when the batch holds synthetic lesions).
     ``stats``: if given, filled with "present" (B, N) bool, "max_prob" (B, N) float — the
     highest probability of each channel in each crop — for the dying-channel check, and
     "target_prob" (B, N): the mean probability on the channel's target voxels.
@@ -182,11 +182,11 @@ def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage:
     n = masks.shape[1]
     tgt, ann = target[:, :n], annotated[:, :n]
     weights = None
-    if is_tumour is not None:
-        weights = voxel_weights(label, is_tumour.to(label.device))
+    if is_tumor is not None:
+        weights = voxel_weights(label, is_tumor.to(label.device))
     wn = None if weights is None else weights[:, :n]
-    if w.tumor_group > 0 and is_tumour is not None and bool(is_tumour[:n].any()):
-        tum = is_tumour[:n].to(ann.device)
+    if w.tumor_group > 0 and is_tumor is not None and bool(is_tumor[:n].any()):
+        tum = is_tumor[:n].to(ann.device)
         loss, dice, bce = partial_mask_loss(masks, tgt, ann & ~tum, w.dice, w.bce, w.dice_smooth, wn)
         t_loss, t_dice, t_bce = partial_mask_loss(masks, tgt, ann & tum, w.dice, w.bce, w.dice_smooth, wn)
         loss = loss + w.tumor_group * t_loss
@@ -211,7 +211,7 @@ def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage:
     loss = loss + w.cls * c
     parts["cls"] = c.item()
     layers = out.get("layer_logits") or []
-    n_organ = layers[0].shape[1] if layers else (int((~is_tumour).sum()) if is_tumour is not None else n)
+    n_organ = layers[0].shape[1] if layers else (int((~is_tumor).sum()) if is_tumor is not None else n)
     reject = host_rejection(masks[:, :n_organ], label) if w_reject else None
     if reject is not None:
         loss = loss + w_reject * reject

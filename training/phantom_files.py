@@ -5,24 +5,24 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from .data import tumour_types
+from .data import tumor_types
 from .datalist import write_datalist
 from .phantoms import generate, write_dicom_series, write_nifti_pair
 
 
 def write_phantom_set(out: Path, n: int, seed: int, spacing: float | None = None, shape: Sequence[int] | None = None,
-                      tumours: str = "all", dataset: str = "phantom_all", dicom: bool = False,
+                      tumors: str = "all", dataset: str = "phantom_all", dicom: bool = False,
                       val: int = 0, fov: str | None = None, phase: str | None = None) -> list[tuple[str, str, str, str]]:
     """Phantoms seed .. seed+n-1 as imagesTr/phantom_SSSSS.nii.gz + labelsTr/ (same name), the
     list out/datalist.csv (paths relative to out), out/phantoms.json (each case's protocol,
     patient and lesions) and, with dicom, dicom/phantom_SSSSS/CT*.dcm. fov/phase: fixed for the
     whole set instead of drawn per phantom."""
-    types = tumour_types(tumours)
+    types = tumor_types(tumors)
     rows = []
     infos = {}
     for i, s in enumerate(range(seed, seed + n)):
-        ph = generate(s, shape=shape, spacing=spacing, tumour_types=types, fov=fov, phase=phase)
-        infos[f"phantom_{s:05d}"] = ph.info | {"tumours": ph.tumours}
+        ph = generate(s, shape=shape, spacing=spacing, tumor_types=types, fov=fov, phase=phase)
+        infos[f"phantom_{s:05d}"] = ph.info | {"tumours": ph.tumors}
         name = f"phantom_{s:05d}.nii.gz"
         write_nifti_pair(ph.image, ph.label, ph.affine, out / "imagesTr" / name, out / "labelsTr" / name)
         if dicom:

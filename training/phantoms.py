@@ -29,13 +29,13 @@ import numpy as np
 from .phantom import abdomen, pelvis, skeleton, thorax, trunk, vessels
 from .phantom.body import FIELDS_OF_VIEW, PHASE_P, Body, draw_protocol, make_grid
 from .phantom.geometry import Canvas
-from .phantom.lesions import SEEN_TUMOURS, TUMOUR_TYPES, UNSEEN_TUMOURS, VARIANTS, paint_tumours
+from .phantom.lesions import SEEN_TUMORS, TUMOR_TYPES, UNSEEN_TUMORS, VARIANTS, paint_tumors
 from .phantom.render import render
 from .phantom.tissues import TISSUES, draw_hu
 from .phantom.writers import write_dicom_series, write_nifti_pair
 
-__all__ = ["FIELDS_OF_VIEW", "PHANTOM_ORGANS", "PHASES", "Phantom", "SEEN_TUMOURS", "TISSUES", "TUMOUR_TYPES",
-           "UNSEEN_TUMOURS", "VARIANTS", "class_indices", "generate", "make_phantom", "write_dicom_series",
+__all__ = ["FIELDS_OF_VIEW", "PHANTOM_ORGANS", "PHASES", "Phantom", "SEEN_TUMORS", "TISSUES", "TUMOR_TYPES",
+           "UNSEEN_TUMORS", "VARIANTS", "class_indices", "generate", "make_phantom", "write_dicom_series",
            "write_nifti_pair"]
 
 PHASES: tuple[str, ...] = tuple(PHASE_P)
@@ -70,7 +70,7 @@ class Phantom:
     label: np.ndarray  # uint8, 1-based catalog indices, 0 = background
     affine: np.ndarray  # 4x4 voxel -> RAS mm
     seed: int
-    tumours: list[str] = field(default_factory=list)  # tumour types actually placed
+    tumors: list[str] = field(default_factory=list)  # tumour types actually placed
     # protocol and patient: fov, phase, oral_contrast, arms, z_range, fov_xy, centre_xy, sex,
     # fatty_liver, ascites; lesions: one record (type, variants, voxels, centre) per lesion
     info: dict = field(default_factory=dict)
@@ -86,8 +86,8 @@ def make_phantom(
     seed: int,
     shape: Sequence[int] | None = None,
     spacing: Sequence[float] | float | None = None,
-    tumour_types: Iterable[str] | None = None,
-    tumour_prob: float = 0.6,
+    tumor_types: Iterable[str] | None = None,
+    tumor_prob: float = 0.6,
     noise: bool = True,
     **options,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -95,10 +95,10 @@ def make_phantom(
 
     shape/spacing: give both for a fixed grid centred on the field of view (parts of the body
     may fall outside), one of them to derive the other from the field of view, or neither for a
-    random clinical grid. tumour_types: keys of TUMOUR_TYPES to draw from (default: all); each
-    appears with probability tumour_prob. options: see generate.
+    random clinical grid. tumor_types: keys of TUMOR_TYPES to draw from (default: all); each
+    appears with probability tumor_prob. options: see generate.
     """
-    ph = generate(seed, shape, spacing, tumour_types, tumour_prob, noise, **options)
+    ph = generate(seed, shape, spacing, tumor_types, tumor_prob, noise, **options)
     return ph.image, ph.label, ph.affine
 
 
@@ -106,8 +106,8 @@ def generate(
     seed: int,
     shape: Sequence[int] | None = None,
     spacing: Sequence[float] | float | None = None,
-    tumour_types: Iterable[str] | None = None,
-    tumour_prob: float = 0.6,
+    tumor_types: Iterable[str] | None = None,
+    tumor_prob: float = 0.6,
     noise: bool = True,
     *,
     fov: str | None = None,
@@ -123,10 +123,10 @@ def generate(
     oral_contrast: bright bowel lumen; arms: "up" or "down"; sex: "female" or "male". Each is
     random when None, and fixing one leaves everything else of the seed unchanged.
     """
-    types = list(TUMOUR_TYPES) if tumour_types is None else list(tumour_types)
+    types = list(TUMOR_TYPES) if tumor_types is None else list(tumor_types)
     for t in types:
-        if t not in TUMOUR_TYPES:
-            raise ValueError(f"unknown tumour type {t!r}; known: {sorted(TUMOUR_TYPES)}")
+        if t not in TUMOR_TYPES:
+            raise ValueError(f"unknown tumour type {t!r}; known: {sorted(TUMOR_TYPES)}")
     # Separate streams: the patient, the protocol, the grid, the anatomy's shapes, the CT
     # numbers, the tumours and the image noise do not consume each other's randomness.
     r_body, r_proto, r_grid, r_anat, r_hu, r_tum, r_img = (
@@ -136,12 +136,12 @@ def generate(
     grid = make_grid(r_grid, proto, shape, spacing)
     cv = Canvas(grid, class_indices())
     _paint_anatomy(cv, body, proto, r_anat)
-    placed = paint_tumours(cv, int(r_tum.integers(1 << 62)), types, tumour_prob, proto.phase)
+    placed = paint_tumors(cv, int(r_tum.integers(1 << 62)), types, tumor_prob, proto.phase)
     base, tex = draw_hu(r_hu, proto.phase, body.fatty_liver, proto.oral_contrast)
     image = render(cv, r_img, base, tex, noise, noise_scale=body.s)
     info = proto.as_dict() | {"sex": "female" if body.female else "male", "fatty_liver": body.fatty_liver,
                               "ascites": body.ascites, "lesions": cv.notes.get("lesions", [])}
-    return Phantom(image=image, label=cv.label, affine=grid.affine, seed=int(seed), tumours=placed, info=info,
+    return Phantom(image=image, label=cv.label, affine=grid.affine, seed=int(seed), tumors=placed, info=info,
                    tissue=cv.tissue)
 
 

@@ -149,7 +149,7 @@ class Trainer:
             p = src.phantoms
             if p.dataset not in registry:
                 raise KeyError(f"phantom dataset template {p.dataset!r} is not in the registry")
-            return phantom_items(p.seed, p.n, p.tumours, p.spacing, p.dataset)
+            return phantom_items(p.seed, p.n, p.tumors, p.spacing, p.dataset)
         if not src.list:
             raise ValueError("a data source needs 'list' or 'phantoms'")
         cases = read_datalist(src.list, src.root)
@@ -163,7 +163,7 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.catalog = load_catalog()
-        self.is_tumour = torch.tensor([e.is_tumor for e in self.catalog], dtype=torch.bool)
+        self.is_tumor = torch.tensor([e.is_tumor for e in self.catalog], dtype=torch.bool)
         self.registry = load_registry(cfg.data.registry, self.catalog)
         self.model_cfg = cfg.model_config()
         self.pipe = cfg.pipeline(self.model_cfg)
@@ -399,7 +399,7 @@ class Trainer:
             out = self.model(x)
         stats: dict = {}
         loss, parts = dsm_loss(out, label, ann, len(self.catalog), self.model_cfg.stage, self.cfg.loss,
-                               is_tumour=self.is_tumour, stats=stats, progress=self.step / max(self.total_steps, 1))
+                               is_tumor=self.is_tumor, stats=stats, progress=self.step / max(self.total_steps, 1))
         self._track_health(stats)
         return loss, parts
 
@@ -576,7 +576,7 @@ class Trainer:
     def _segmenter(self, calibration: dict | None = None):
         from .calibration import segmenter_for
 
-        return segmenter_for(self.net, self.catalog, self.embeddings, self.model_cfg, self._seen_tumours(),
+        return segmenter_for(self.net, self.catalog, self.embeddings, self.model_cfg, self._seen_tumors(),
                              self.device, calibration)
 
     def _cases(self):
@@ -607,7 +607,7 @@ class Trainer:
         finally:
             self.net.train()
 
-    def _seen_tumours(self) -> list[str]:
+    def _seen_tumors(self) -> list[str]:
         if self.model_cfg.stage != 2:
             return []
         return sorted({c for d in set(self._dataset_keys()) for c in self.registry[d].annotated
@@ -628,7 +628,7 @@ class Trainer:
             "lr": self.cfg.optim.lr,
             "seed": self.cfg.run.seed,
             "datasets": sorted({str(d) for d in self._dataset_keys()}),
-            "seen_tumours": self._seen_tumours(),
+            "seen_tumors": self._seen_tumors(),
             "init": str(self.init) if self.init else None,
             "final_val_dice": last_val,
             "final_loss": self.history[-1].get("loss") if self.history else None,

@@ -4,7 +4,7 @@ Sample dict after preprocessing:
   image      (1, X, Y, Z) float32 in [0, 1] (HU window), RAS, model spacing
   label      (2, X, Y, Z) uint8: catalog class map and tumour parent map (labels.py)
   annotated  (C,) bool partial-label template of the case's dataset
-  organ_idx / tumour_idx / synthetic_idx / bg_idx   flat voxel indices for crop sampling
+  organ_idx / tumor_idx / synthetic_idx / bg_idx   flat voxel indices for crop sampling
   (subsampled)
 
 Anomaly exposure (training/exposure.py) paints synthetic lesions into the HU image after
@@ -69,7 +69,7 @@ class CropConfig:
     samples_per_volume: int = 1
     pos: float = 2.0  # RandCropByPosNegLabel pos:neg ratio
     neg: float = 1.0
-    tumour_prob: float = 0.5  # of positive crops, share centred on an annotated tumour when present
+    tumor_prob: float = 0.5  # of positive crops, share centred on an annotated tumour when present
     synthetic_prob: float = 0.0  # of positive crops, share centred on a synthetic exposure lesion
 
 
@@ -176,7 +176,7 @@ class CropIndicesd(MapTransform):
 
     def __init__(self, catalog: Catalog, seed: int = 0) -> None:
         super().__init__(keys=["label"])
-        self.is_tumour = torch.tensor([False] + [e.is_tumor for e in catalog], dtype=torch.bool)
+        self.is_tumor = torch.tensor([False] + [e.is_tumor for e in catalog], dtype=torch.bool)
         self.seed = seed
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
@@ -185,10 +185,10 @@ class CropIndicesd(MapTransform):
         par = torch.as_tensor(d["label"][1]).long().flatten()
         ann = torch.cat([torch.zeros(1, dtype=torch.bool), torch.as_tensor(d["annotated"])])
         fg = cls > 0
-        tum = self.is_tumour[cls] & ann[cls]
+        tum = self.is_tumor[cls] & ann[cls]
         syn = (cls == 0) & (par > 0)
         rng = np.random.default_rng(self.seed)
-        for key, m in (("organ_idx", fg), ("tumour_idx", tum), ("synthetic_idx", syn), ("bg_idx", ~fg & ~syn)):
+        for key, m in (("organ_idx", fg), ("tumor_idx", tum), ("synthetic_idx", syn), ("bg_idx", ~fg & ~syn)):
             idx = torch.nonzero(m).flatten().numpy()
             if len(idx) > MAX_INDICES:
                 idx = np.sort(rng.choice(idx, MAX_INDICES, replace=False))
@@ -196,25 +196,25 @@ class CropIndicesd(MapTransform):
         return d
 
 
-class RandCropTumourOrOrgand(Randomizable, MapTransform):
+class RandCropTumorOrOrgand(Randomizable, MapTransform):
     """RandCropByPosNegLabel whose positive centres come from annotated tumour voxels with
-    probability tumour_prob (when the case has any), from synthetic exposure lesions with
+    probability tumor_prob (when the case has any), from synthetic exposure lesions with
     probability synthetic_prob (when it has any), otherwise from organ voxels."""
 
     def __init__(self, keys: Sequence[str], roi: Sequence[int], crop: CropConfig) -> None:
         MapTransform.__init__(self, keys)
-        self.tumour_prob = crop.tumour_prob
+        self.tumor_prob = crop.tumor_prob
         self.synthetic_prob = crop.synthetic_prob
         common = dict(keys=keys, label_key="label", spatial_size=roi, pos=crop.pos, neg=crop.neg,
                       num_samples=crop.samples_per_volume, bg_indices_key="bg_idx", allow_smaller=False)
         self.organ = RandCropByPosNegLabeld(fg_indices_key="organ_idx", **common)
-        self.tumour = RandCropByPosNegLabeld(fg_indices_key="tumour_idx", **common)
+        self.tumor = RandCropByPosNegLabeld(fg_indices_key="tumor_idx", **common)
         self.synthetic = RandCropByPosNegLabeld(fg_indices_key="synthetic_idx", **common)
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
         super().set_random_state(seed, state)
         self.organ.set_random_state(int(self.R.randint(2**31)))
-        self.tumour.set_random_state(int(self.R.randint(2**31)))
+        self.tumor.set_random_state(int(self.R.randint(2**31)))
         self.synthetic.set_random_state(int(self.R.randint(2**31)))
         return self
 
@@ -227,15 +227,15 @@ class RandCropTumourOrOrgand(Randomizable, MapTransform):
         d.setdefault("synthetic_idx", np.zeros(0, np.int64))
         if not len(d["organ_idx"]):
             d["organ_idx"] = d["bg_idx"]  # an unlabelled scan: every crop is a negative
-        if self._pick < self.tumour_prob and len(d["tumour_idx"]):
-            cropper = self.tumour
-        elif self.tumour_prob <= self._pick < self.tumour_prob + self.synthetic_prob and len(d["synthetic_idx"]):
+        if self._pick < self.tumor_prob and len(d["tumor_idx"]):
+            cropper = self.tumor
+        elif self.tumor_prob <= self._pick < self.tumor_prob + self.synthetic_prob and len(d["synthetic_idx"]):
             cropper = self.synthetic
         else:
             cropper = self.organ
         out = cropper(d)
         for o in out:
-            for k in ("organ_idx", "tumour_idx", "synthetic_idx", "bg_idx"):
+            for k in ("organ_idx", "tumor_idx", "synthetic_idx", "bg_idx"):
                 o.pop(k, None)
         return out
 
@@ -267,7 +267,7 @@ def augment_transforms(cfg: PipelineConfig) -> Compose:
     keys = ["image", "label"]
     a = cfg.augment
     rot = np.deg2rad(a.rotate_deg)
-    t = [RandCropTumourOrOrgand(keys, cfg.roi, cfg.crop)]
+    t = [RandCropTumorOrOrgand(keys, cfg.roi, cfg.crop)]
     if a.prob_affine > 0:
         t.append(RandAffined(keys=keys, prob=a.prob_affine, rotate_range=(rot, rot, rot),
                              scale_range=(a.scale,) * 3, mode=("bilinear", "nearest"), padding_mode="zeros"))

@@ -47,14 +47,14 @@ SHORT_AXIS = CodedConcept.from_code(codes.SCT.ShortAxis)  # 103340004
 LOCAL_SCHEME = "99DSMNODE"
 #: Measurement Method of a volumetric group: what the referenced segment holds (no standard
 #: code says "organ including its tumours"; local codes, explained in docs/results.md).
-METHOD_ORGAN_WITH_TUMOURS = CodedConcept("ORGAN-INCL-TUM", LOCAL_SCHEME,
+METHOD_ORGAN_WITH_TUMORS = CodedConcept("ORGAN-INCL-TUM", LOCAL_SCHEME,
                                          "Organ incl. its tumours, enclosed holes filled")
 METHOD_CLASS_VOXELS = CodedConcept("CLASS-VOXELS", LOCAL_SCHEME, "Voxels labelled with this class only")
 
 CID_CATEGORY = 7150  # Segmentation Property Categories
 CID_TYPE = 7151  # Segmentation Property Types
 RETIRED_SCHEMES = {"SRT", "SNM3", "99SDM"}
-_TUMOUR_TYPES = {"108369006", "367643001", "396339007"}  # Neoplasm, Cyst, Thrombus
+_TUMOR_TYPES = {"108369006", "367643001", "396339007"}  # Neoplasm, Cyst, Thrombus
 
 
 def _index() -> dict[tuple[str, str], list[tuple[str, list[int]]]]:
@@ -155,7 +155,7 @@ def check_catalog_coding(catalog: Catalog) -> list[str]:
         if e.kind == "tumor":
             if c.category is None or c.category.value != "49755003":
                 problems.append(f"{where}: a tumour's category must be 49755003 Morphologically Abnormal Structure")
-            if c.type is None or c.type.value not in _TUMOUR_TYPES:
+            if c.type is None or c.type.value not in _TUMOR_TYPES:
                 problems.append(f"{where}: a tumour's type must be Neoplasm, Cyst or Thrombus")
             parent_types = {catalog.by_name(p).coding.type.value for p in e.parents if catalog.by_name(p).coding.type}  # type: ignore[union-attr]  # guarded by the if
             if c.anatomic_region is None:

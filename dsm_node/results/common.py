@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .options import ResultOptions
-from .segments import WITH_TUMOURS
+from .segments import WITH_TUMORS
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -76,7 +76,7 @@ def tracking_identifier(entry: ClassEntry, options: ResultOptions, method: str |
     """The human-readable Tracking ID of a segment: the same text in the SEG and in the SR's
     measurement group (with the same Tracking UID), so viewers can match them by either. It says
     when an organ segment includes its tumours."""
-    what = f"{entry.name} incl. tumours" if method == WITH_TUMOURS else entry.name
+    what = f"{entry.name} incl. tumours" if method == WITH_TUMORS else entry.name
     return f"{what} ({options.model_name})"[:64]
 
 

@@ -77,9 +77,9 @@ def summarize(volume: Volume, results: ResultSet, *, read_s: float, encode_s: fl
         "key_images": [str(p) for p in key.paths] if key else [],
         "segments": [
             {"number": s.number, "class": s.entry.name, "label": s.label, "content": s.method,
-             "includes": list(s.included_tumours),
+             "includes": list(s.included_tumors),
              "volume_cm3": round(sr.measurements[s.label].volume_cm3, 3),
-             "volume_incl_tumours_cm3": round(sr.with_tumours[s.label].volume_cm3, 3) if s.label in sr.with_tumours
+             "volume_incl_tumours_cm3": round(sr.with_tumors[s.label].volume_cm3, 3) if s.label in sr.with_tumors
              else None,
              "mean_hu": None if sr.measurements[s.label].mean_hu is None
              else round(sr.measurements[s.label].mean_hu, 1)}  # type: ignore[arg-type]  # not None: checked

@@ -38,7 +38,7 @@ from .common import character_set, check_source, quiet_source_warnings, save
 from .display import DisplayFrame
 from .options import ResultOptions
 from .seg import SegResult
-from .segments import WITH_TUMOURS, SegmentPlan
+from .segments import WITH_TUMORS, SegmentPlan
 
 if TYPE_CHECKING:
     from highdicom.sc import SCImage
@@ -178,7 +178,7 @@ class _Scene:
         return self.plan.plane_mask(display_slice, number)
 
     def segment_name(self, p: PlannedSegment) -> str:
-        return f"{p.entry.name} (incl. tumours)" if p.method == WITH_TUMOURS and p.included_tumours else p.entry.name
+        return f"{p.entry.name} (incl. tumours)" if p.method == WITH_TUMORS and p.included_tumors else p.entry.name
 
 
 def _segment_lines(scene: _Scene, numbers: Iterable[int]) -> list[LegendLine]:

@@ -24,7 +24,7 @@ FROM_SETTINGS = {
     "sr_series_number": "sr_series_number",
     "manufacturer": "manufacturer",
     "institution_name": "institution_name",
-    "organs_include_tumours": "organs_include_tumours",
+    "organs_include_tumors": "organs_include_tumors",
     "lesion_min_volume_ml": "lesion_min_volume_ml",
     "key_images": "secondary_capture",
     "key_images_max_lesions": "key_images_max_lesions",
@@ -72,7 +72,7 @@ class ResultOptions:
     omit_empty_frames: bool | None = None
     content_label: str = "DSM"
     # BINARY: organ segment = tissue + its tumours, hole-filled (overlapping the tumour segment)
-    organs_include_tumours: bool = _schema("organs_include_tumours")
+    organs_include_tumors: bool = _schema("organs_include_tumors")
     lesion_min_volume_ml: float = _schema("lesion_min_volume_ml")  # smaller lesions: no measurement group
     key_images: bool = _schema("key_images")  # Secondary Capture key images beside the SEG and SR
     key_images_max_lesions: int = _schema("key_images_max_lesions")

@@ -3,7 +3,7 @@
 * BINARY by default (Segmentation Storage), LABELMAP optional (Label Map Segmentation Storage);
 * one segment per catalog class present in the label map, segment numbers 1..S in catalog
   order; an organ that is a tumour's parent holds its tumours too, hole-filled (BINARY, default
-  ``organs_include_tumours``; see :mod:`.segments`); SegmentAlgorithmType AUTOMATIC; AlgorithmIdentification family DCM 123110
+  ``organs_include_tumors``; see :mod:`.segments`); SegmentAlgorithmType AUTOMATIC; AlgorithmIdentification family DCM 123110
   "Artificial Intelligence", name, version = model version; catalog coding (category, type,
   type modifier for laterality, anatomic region for tumours) and display colour;
 * IHE AIR Contributing Equipment item, deterministic UIDs (see :mod:`.uids`);
@@ -39,7 +39,7 @@ from highdicom.seg import (
 from . import coding
 from .common import ResultError, character_set, check_source, quiet_source_warnings, save, tracking_identifier
 from .options import ResultOptions
-from .segments import TISSUE, WITH_TUMOURS, SegmentPlan, plan_segments
+from .segments import TISSUE, WITH_TUMORS, SegmentPlan, plan_segments
 
 if TYPE_CHECKING:
     from highdicom.volume import Volume as HighdicomVolume
@@ -60,8 +60,8 @@ class SegmentInfo:
     entry: ClassEntry
     voxel_count: int  # voxels of the segment as encoded (organ: tissue + tumours + filled holes)
     tracking_uid: str
-    method: str = TISSUE  # segments.TISSUE | segments.WITH_TUMOURS
-    included_tumours: tuple[str, ...] = ()
+    method: str = TISSUE  # segments.TISSUE | segments.WITH_TUMORS
+    included_tumors: tuple[str, ...] = ()
 
     @property
     def label(self) -> int:
@@ -99,12 +99,12 @@ def present_classes(labels: np.ndarray, catalog: Catalog) -> dict[int, int]:
     return present
 
 
-def segment_text(method: str, included_tumours: tuple[str, ...]) -> str | None:
+def segment_text(method: str, included_tumors: tuple[str, ...]) -> str | None:
     """SegmentDescription of an organ segment that holds more than its own label."""
-    if method != WITH_TUMOURS:
+    if method != WITH_TUMORS:
         return None
-    if included_tumours:
-        return f"incl. {', '.join(included_tumours)}; enclosed holes filled"[:64]
+    if included_tumors:
+        return f"incl. {', '.join(included_tumors)}; enclosed holes filled"[:64]
     return "incl. its tumours (none found); enclosed holes filled"
 
 
@@ -150,14 +150,14 @@ def build_seg(volume: Volume, labels: np.ndarray, catalog: Catalog, options: Res
     uids = options.uids(volume.series_instance_uid)
     # Overlap (organ incl. its tumours) exists only in BINARY; a label map has one value per pixel.
     plan = plan_segments(labels, catalog, present,
-                         organs_include_tumours=options.organs_include_tumours and seg_type == "BINARY")
+                         organs_include_tumors=options.organs_include_tumors and seg_type == "BINARY")
     segments: list[SegmentInfo] = []
     descriptions: list[SegmentDescription] = []
     for p in plan.segments:
         tracking = uids.tracking(p.entry.name)
-        segments.append(SegmentInfo(p.number, p.entry, p.voxel_count, tracking, p.method, p.included_tumours))
+        segments.append(SegmentInfo(p.number, p.entry, p.voxel_count, tracking, p.method, p.included_tumors))
         descriptions.append(segment_description(p.entry, p.number, options, tracking,
-                                                segment_text(p.method, p.included_tumours), p.method))
+                                                segment_text(p.method, p.included_tumors), p.method))
     # Consecutive segment numbers (required for BINARY) let highdicom check a plain label map
     # with one max(); overlapping segments go through the partition (see segments.py).
     pixel = plan.partition

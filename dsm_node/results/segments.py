@@ -3,7 +3,7 @@
 The segmenter delivers ONE label map of catalog indices in which a tumour voxel carries the
 tumour's class, not its organ's. Radiologists and other tools (TotalSegmentator, dcmqi
 examples, commercial AI) expect an organ segment to be the whole organ, tumours included, with
-the tumour as a segment of its own on top. So, by default (``organs_include_tumours``):
+the tumour as a segment of its own on top. So, by default (``organs_include_tumors``):
 
 * an organ that is the parent of a catalog tumour class is encoded as its tissue plus the
   tumour components that touch it, with enclosed cavities filled (3-D hole filling: only
@@ -17,7 +17,7 @@ the tumour as a segment of its own on top. So, by default (``organs_include_tumo
 * every other class, and every tumour class, is encoded as its own label.
 
 Segments then overlap, which BINARY SEG allows (SegmentsOverlap YES). LABELMAP cannot
-represent overlap (one value per pixel): there, and with ``organs_include_tumours`` off, each
+represent overlap (one value per pixel): there, and with ``organs_include_tumors`` off, each
 segment is exactly its own label ("tissue"). :class:`SegmentPlan` records which rule made each
 segment so the SR can say what its volume measures.
 
@@ -42,7 +42,7 @@ Box = tuple[slice, ...]
 
 #: How a segment was built (also the SR's measurement method for its volume).
 TISSUE = "tissue"
-WITH_TUMOURS = "with_tumours"
+WITH_TUMORS = "with_tumours"  # the value is written to export JSON ("content"): kept
 
 _CONNECTIVITY_26 = ndimage.generate_binary_structure(3, 3)
 
@@ -55,9 +55,9 @@ class PlannedSegment:
     entry: ClassEntry
     voxel_count: int  # voxels of the segment as encoded
     tissue_count: int  # voxels labelled with the class itself
-    method: str  # TISSUE | WITH_TUMOURS
-    included_tumours: tuple[str, ...] = ()  # tumour classes folded in (names)
-    tumour_voxels: int = 0  # voxels added from tumours
+    method: str  # TISSUE | WITH_TUMORS
+    included_tumors: tuple[str, ...] = ()  # tumour classes folded in (names)
+    tumor_voxels: int = 0  # voxels added from tumours
     filled_voxels: int = 0  # voxels added by hole filling (not tissue, not tumour)
 
     @property
@@ -102,7 +102,7 @@ def _grow(box: Box, shape: tuple[int, ...], by: int = 1) -> Box:
     return tuple(slice(max(0, s.start - by), min(n, s.stop + by)) for s, n in zip(box, shape))
 
 
-def _tumour_parents(catalog: Catalog, present: set[int]) -> dict[int, list[int]]:
+def _tumor_parents(catalog: Catalog, present: set[int]) -> dict[int, list[int]]:
     """{tumour class index: [parent organ indices present]} for every tumour class present."""
     out: dict[int, list[int]] = {}
     for e in catalog:
@@ -111,18 +111,18 @@ def _tumour_parents(catalog: Catalog, present: set[int]) -> dict[int, list[int]]
     return out
 
 
-def _assign_tumours(labels: np.ndarray, tumour_parents: dict[int, list[int]],
+def _assign_tumors(labels: np.ndarray, tumor_parents: dict[int, list[int]],
                     boxes: list[Box | None]) -> dict[int, list[tuple[int, Box, np.ndarray]]]:
     """{organ index: [(tumour index, box, component mask in box)]}: each tumour component goes
     to the parent organ with the most voxels in its one-voxel shell (none: not folded in)."""
     folded: dict[int, list[tuple[int, Box, np.ndarray]]] = {}
-    for tumour, parents in tumour_parents.items():
-        box = boxes[tumour - 1]
+    for tumor, parents in tumor_parents.items():
+        box = boxes[tumor - 1]
         if not parents or box is None:
             continue
         box = _grow(box, labels.shape)
         sub = labels[box]
-        components, n = ndimage.label(sub == tumour, structure=_CONNECTIVITY_26)
+        components, n = ndimage.label(sub == tumor, structure=_CONNECTIVITY_26)
         if n == 0:
             continue
         for k, cbox in enumerate(ndimage.find_objects(components), start=1):
@@ -135,7 +135,7 @@ def _assign_tumours(labels: np.ndarray, tumour_parents: dict[int, list[int]],
             if contact[best] == 0:
                 continue
             offset = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, cbox))
-            folded.setdefault(best, []).append((tumour, offset, components[cbox] == k))
+            folded.setdefault(best, []).append((tumor, offset, components[cbox] == k))
     return folded
 
 
@@ -144,7 +144,7 @@ class _Extended(TypedDict, total=False):
 
     method: str
     included: tuple[str, ...]
-    tumour_voxels: int
+    tumor_voxels: int
     filled_voxels: int
 
 
@@ -156,7 +156,7 @@ class ExtendedOrgan:
     mask: np.ndarray  # the whole organ in ``box``
     extra: np.ndarray  # the part of ``mask`` that is not the organ's own label
     included: tuple[str, ...]  # tumour classes folded in (names)
-    tumour_voxels: int
+    tumor_voxels: int
     filled_voxels: int
 
 
@@ -167,10 +167,10 @@ def extend_organs(labels: np.ndarray, catalog: Catalog, present: set[int],
     source-sized is allocated."""
     if boxes_by_label is None:
         boxes_by_label = ndimage.find_objects(labels)
-    tumour_parents = _tumour_parents(catalog, present)
+    tumor_parents = _tumor_parents(catalog, present)
     parent_classes = {p for e in catalog if e.kind == "tumor"
                       for p in (_index_of(catalog, name) for name in e.parents) if p in present}
-    folded = _assign_tumours(labels, tumour_parents, boxes_by_label)
+    folded = _assign_tumors(labels, tumor_parents, boxes_by_label)
     out: dict[int, ExtendedOrgan] = {}
     for organ in sorted(parent_classes):
         own = boxes_by_label[organ - 1]
@@ -180,22 +180,22 @@ def extend_organs(labels: np.ndarray, catalog: Catalog, present: set[int],
             own = _box_union(own, tbox)
         box = cast(tuple[slice, slice, slice], _grow(own, labels.shape))
         whole = labels[box] == organ
-        tumour_voxels = np.zeros_like(whole)
+        tumor_voxels = np.zeros_like(whole)
         names = []
-        for tumour, tbox, tmask in folded.get(organ, []):
+        for tumor, tbox, tmask in folded.get(organ, []):
             local = tuple(slice(t.start - b.start, t.stop - b.start) for t, b in zip(tbox, box))
-            tumour_voxels[local] |= tmask
-            names.append(catalog[tumour - 1].name)
-        whole |= tumour_voxels
+            tumor_voxels[local] |= tmask
+            names.append(catalog[tumor - 1].name)
+        whole |= tumor_voxels
         filled = ndimage.binary_fill_holes(whole)
         extra = filled & (labels[box] != organ)
         out[organ] = ExtendedOrgan(box, filled, extra, tuple(dict.fromkeys(names)),
-                                   int(np.count_nonzero(tumour_voxels)), int(np.count_nonzero(extra & ~tumour_voxels)))
+                                   int(np.count_nonzero(tumor_voxels)), int(np.count_nonzero(extra & ~tumor_voxels)))
     return out
 
 
 def plan_segments(labels: np.ndarray, catalog: Catalog, present: dict[int, int], *,
-                  organs_include_tumours: bool = True) -> SegmentPlan:
+                  organs_include_tumors: bool = True) -> SegmentPlan:
     """The segments for ``present`` classes ({catalog index: voxels}, catalog order)."""
     classes = sorted(present)
     n_seg = len(classes)
@@ -209,10 +209,10 @@ def plan_segments(labels: np.ndarray, catalog: Catalog, present: dict[int, int],
 
     extras: dict[int, tuple[tuple[slice, ...], np.ndarray]] = {}  # organ number -> (box, extra mask)
     info: dict[int, _Extended] = {}
-    if organs_include_tumours:
+    if organs_include_tumors:
         for organ, ext in extend_organs(labels, catalog, set(classes), boxes_by_label).items():
-            info[organ] = {"method": WITH_TUMOURS, "included": ext.included,
-                           "tumour_voxels": ext.tumour_voxels, "filled_voxels": ext.filled_voxels}
+            info[organ] = {"method": WITH_TUMORS, "included": ext.included,
+                           "tumor_voxels": ext.tumor_voxels, "filled_voxels": ext.filled_voxels}
             if ext.extra.any():
                 extras[number[organ]] = (ext.box, ext.extra)
                 seg_boxes[number[organ]] = _box_union(seg_boxes.get(number[organ]), ext.box)
@@ -225,8 +225,8 @@ def plan_segments(labels: np.ndarray, catalog: Catalog, present: dict[int, int],
         count = present[cls] + (int(np.count_nonzero(extras[n][1])) if n in extras else 0)
         segments.append(PlannedSegment(
             number=n, entry=catalog[cls - 1], voxel_count=count, tissue_count=present[cls],
-            method=i.get("method", TISSUE), included_tumours=i.get("included", ()),
-            tumour_voxels=i.get("tumour_voxels", 0), filled_voxels=i.get("filled_voxels", 0)))
+            method=i.get("method", TISSUE), included_tumors=i.get("included", ()),
+            tumor_voxels=i.get("tumor_voxels", 0), filled_voxels=i.get("filled_voxels", 0)))
     return SegmentPlan(segments, partition, members, seg_boxes)
 
 

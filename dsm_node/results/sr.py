@@ -72,7 +72,7 @@ from .measurements import LabelMeasurement, mean_hu, measure_labels
 from .options import ResultOptions
 from .outlines import largest_slice, outline
 from .seg import SegResult
-from .segments import TISSUE, WITH_TUMOURS, SegmentPlan, extend_organs
+from .segments import TISSUE, WITH_TUMORS, SegmentPlan, extend_organs
 from .uids import lesion_tracking_uid
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class SRResult:
     lesions: list[Lesion] = field(default_factory=list)
     # Organs whose segment is their tissue only: volume/HU of the organ incl. its tumours,
     # holes filled (reported beside the segment's own volume), by catalog index.
-    with_tumours: dict[int, LabelMeasurement] = field(default_factory=dict)
+    with_tumors: dict[int, LabelMeasurement] = field(default_factory=dict)
 
 
 def measure(volume: Volume, labels: np.ndarray, catalog: Catalog, plan: SegmentPlan | None = None) -> dict[int, LabelMeasurement]:
@@ -111,7 +111,7 @@ def measure(volume: Volume, labels: np.ndarray, catalog: Catalog, plan: SegmentP
     if plan is not None:
         vvol = float(volume.voxel_volume_mm3)
         for p in plan.segments:
-            if p.method != WITH_TUMOURS or p.number not in plan.boxes:
+            if p.method != WITH_TUMORS or p.number not in plan.boxes:
                 continue
             box = plan.boxes[p.number]
             mask = plan.mask(p.number, box)
@@ -121,7 +121,7 @@ def measure(volume: Volume, labels: np.ndarray, catalog: Catalog, plan: SegmentP
     return out
 
 
-def organs_with_tumours(volume: Volume, labels: np.ndarray, catalog: Catalog, seg: SegResult) -> dict[int, LabelMeasurement]:
+def organs_with_tumors(volume: Volume, labels: np.ndarray, catalog: Catalog, seg: SegResult) -> dict[int, LabelMeasurement]:
     """For organ segments encoded as their tissue only, the organ incl. its tumours (holes
     filled), measured with the same rule the overlapping encoding uses (:mod:`.segments`),
     computed in the organs' boxes (no second source-sized plan)."""
@@ -179,7 +179,7 @@ def _finding_sites(entry: ClassEntry) -> list[FindingSite]:
 
 
 def _group(seg: SegResult, segment: SegmentInfo, m: LabelMeasurement, options: ResultOptions, source_series: str,
-           with_tumours: LabelMeasurement | None = None) -> VolumetricROIMeasurementsAndQualitativeEvaluations:
+           with_tumors: LabelMeasurement | None = None) -> VolumetricROIMeasurementsAndQualitativeEvaluations:
     entry = segment.entry
     c = coding.resolve(entry)
     algo = _algorithm(options)
@@ -187,10 +187,10 @@ def _group(seg: SegResult, segment: SegmentInfo, m: LabelMeasurement, options: R
     if m.mean_hu is not None:
         measurements.append(Measurement(name=coding.ATTENUATION, value=round(m.mean_hu, 2), unit=coding.HU,
                                         derivation=coding.MEAN, algorithm_id=algo))
-    if with_tumours is not None:  # the segment is the tissue only: also the whole organ, said so
-        measurements.append(Measurement(name=coding.VOLUME, value=round(with_tumours.volume_cm3, 4), unit=coding.CM3,
-                                        method=coding.METHOD_ORGAN_WITH_TUMOURS, algorithm_id=algo))
-    method = coding.METHOD_ORGAN_WITH_TUMOURS if segment.method == WITH_TUMOURS else coding.METHOD_CLASS_VOXELS
+    if with_tumors is not None:  # the segment is the tissue only: also the whole organ, said so
+        measurements.append(Measurement(name=coding.VOLUME, value=round(with_tumors.volume_cm3, 4), unit=coding.CM3,
+                                        method=coding.METHOD_ORGAN_WITH_TUMORS, algorithm_id=algo))
+    method = coding.METHOD_ORGAN_WITH_TUMORS if segment.method == WITH_TUMORS else coding.METHOD_CLASS_VOXELS
     return VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
             uid=segment.tracking_uid, identifier=tracking_identifier(segment.entry, options, segment.method)),
@@ -333,7 +333,7 @@ def build_sr(volume: Volume, labels: np.ndarray | None, catalog: Catalog, option
             measurements = measure(volume, labels, catalog, seg.plan)  # type: ignore[arg-type]  # labels: see above
         if lesions is None:
             lesions = lesions_of(volume, labels, catalog, options, known)  # type: ignore[arg-type]  # labels: see above
-        whole = organs_with_tumours(volume, labels, catalog, seg) if labels is not None else {}
+        whole = organs_with_tumors(volume, labels, catalog, seg) if labels is not None else {}
         t_measured = time.perf_counter()
         groups: list[Group] = []
         for segment in seg.segments:
@@ -370,7 +370,7 @@ def build_sr(volume: Volume, labels: np.ndarray | None, catalog: Catalog, option
     t2 = time.perf_counter()
     return SRResult(sr, measurements, no_findings,
                     timings={"measure_s": t_measured - t0, "content_s": t1 - t_measured, "highdicom_s": t2 - t1},
-                    lesions=list(lesions), with_tumours=whole)
+                    lesions=list(lesions), with_tumors=whole)
 
 
 def _sr_dataset(volume: Volume, evidence: list[Dataset], report: MeasurementReport, uids: ResultUIDs,

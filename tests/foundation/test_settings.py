@@ -104,6 +104,25 @@ def test_check_config_cli(tmp_path):
     assert "dicom.portt: unknown key" in out.stderr
 
 
+def test_renamed_key_old_spelling_still_loads(tmp_path, monkeypatch, caplog):
+    """results.organs_include_tumours (before the identifiers took the catalog's "tumor") is
+    read from YAML and the environment as organs_include_tumors, with a warning."""
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text("results:\n  organs_include_tumours: true\n  seg_type: BINARY\n")
+    new.write_text("results:\n  organs_include_tumors: true\n  seg_type: BINARY\n")
+    with caplog.at_level("WARNING", logger="dsm_node.settings"):
+        s = load_settings(old)
+    assert s == load_settings(new) and s.results.organs_include_tumors is True
+    assert "results.organs_include_tumours is deprecated, use results.organs_include_tumors" in caplog.text
+    monkeypatch.setenv("DSM_NODE__RESULTS__ORGANS_INCLUDE_TUMOURS", "true")
+    assert load_settings() == load_settings(new)  # not an unknown environment key either
+    monkeypatch.delenv("DSM_NODE__RESULTS__ORGANS_INCLUDE_TUMOURS")
+    os.chmod(old, stat.S_IRUSR | stat.S_IWUSR)
+    out = run_cli("check-config", "--config", str(old), "--data-dir", str(tmp_path / "d"))
+    assert out.returncode == 0, out.stderr
+    assert "organs_include_tumors: true" in out.stdout and "organs_include_tumours" not in out.stdout
+
+
 def test_unknown_environment_section_is_an_error(monkeypatch):
     monkeypatch.setenv("DSM_NODE__DATABSE__URL", "postgresql://x")
     with pytest.raises(ConfigError, match=r"databse: unknown key \(from DSM_NODE__DATABSE__URL\)"):

@@ -117,3 +117,13 @@ def test_round_trip_gpu_to_cpu(saved, tmp_path, text_table):
     assert all(v.device.type == "cpu" for v in ck.state_dict.values())
     back = load_checkpoint(tmp_path / "gpu.pt", map_location="cuda").build_model()
     assert next(back.parameters()).is_cuda
+
+
+@pytest.mark.parametrize("key", ["seen_tumors", "seen_tumours"])  # new files / files written before the rename
+def test_seen_tumor_list_is_read_under_either_spelling(saved, key):
+    _, path, _ = saved
+    ck = load_checkpoint(path)
+    ck.training = {key: ["Liver Tumor", "Kidney Cyst"]}
+    assert ck.seen_tumors == ["Liver Tumor", "Kidney Cyst"]
+    ck.training = {}
+    assert ck.seen_tumors is None

@@ -82,15 +82,15 @@ def tiny_stage2(text_table):
     return model, x, out, weights
 
 
-def test_fresh_tumour_masks_start_small_and_organ_masks_do_not(tiny_stage2):
+def test_fresh_tumor_masks_start_small_and_organ_masks_do_not(tiny_stage2):
     model, _, out, _ = tiny_stage2
     masks = out["mask_logits"].sigmoid()
-    organ, tumour = masks[:, : model.n_organ].mean().item(), masks[:, model.n_organ :].mean().item()
+    organ, tumor = masks[:, : model.n_organ].mean().item(), masks[:, model.n_organ :].mean().item()
     # without the prior both would cover about half of the crop (random sign of the cosine)
-    assert tumour < 0.15 < organ
+    assert tumor < 0.15 < organ
 
 
-def test_tumour_queries_attend_only_inside_the_prompt(tiny_stage2):
+def test_tumor_queries_attend_only_inside_the_prompt(tiny_stage2):
     model, _, out, weights = tiny_stage2
     partial = 0
     for prompt, w in zip(out["prompts"], weights):

@@ -54,7 +54,7 @@ def test_zero_shot_names_an_anomaly_inside_the_pancreas_pancreas_tumor():
     assert (d.anomaly[fat] == 0).all() and (d.anomaly[lesion] > 0.9).all()
 
 
-def test_seen_tumour_classes_do_not_take_the_zero_shot_path():
+def test_seen_tumor_classes_do_not_take_the_zero_shot_path():
     probs, anomaly_raw, lesion, _ = _scene()
     d = _run(probs, anomaly_raw, seen=SEEN | {"Pancreas Tumor"})
     assert not d.masks[CAT.index_of("Pancreas Tumor")].any()  # P_c is 0.01: a seen class says no
@@ -88,7 +88,7 @@ def test_a_class_added_by_name_with_a_parent_gets_the_zero_shot_path():
     assert not d.masks[CAT.index_of("Pancreas Tumor")][lesion].any()
 
 
-def test_tumour_islands_outside_their_parent_envelope_are_dropped():
+def test_tumor_islands_outside_their_parent_envelope_are_dropped():
     probs, anomaly_raw, lesion, organ = _scene()
     lt = CAT.index_of("Liver Tumor")
     inside = _ball(lesion.shape, (31, 15, 15), 2)

@@ -28,7 +28,7 @@ def whole_volume_labels(catalog, output: ModelGridOutput, d: Decisions, full_sco
     gmap, box = output.gmap, output.box
     labels = np.zeros(gmap.oriented_shape, dtype=np.uint8)
     best = np.zeros(gmap.oriented_shape, dtype=np.float32)
-    tumour_best = np.zeros(gmap.oriented_shape, dtype=np.float32)
+    tumor_best = np.zeros(gmap.oriented_shape, dtype=np.float32)
     order = [i for i, e in enumerate(catalog) if e.is_organ] + [i for i, e in enumerate(catalog) if not e.is_organ]
     for i in order:
         if i not in d.scores:
@@ -39,11 +39,11 @@ def whole_volume_labels(catalog, output: ModelGridOutput, d: Decisions, full_sco
         up = grid.resample(torch.from_numpy(gated)[None], gmap.oriented_shape)[0].numpy()
         above = up >= 1.0
         if entry.is_organ:
-            sel = above & (up > best) & (tumour_best == 0)
+            sel = above & (up > best) & (tumor_best == 0)
             best[sel] = up[sel]
         else:
-            sel = above & (up > tumour_best)
-            tumour_best[sel] = up[sel]
+            sel = above & (up > tumor_best)
+            tumor_best[sel] = up[sel]
         labels[sel] = entry.index
     return gmap.from_oriented(labels)
 
@@ -68,10 +68,10 @@ def case(name: str, source_shape, seed: int):
     box = tuple(slice(1, n - 1) if n > 4 else slice(0, n) for n in gmap.model_shape)
     shape = tuple(s.stop - s.start for s in box)
     organs = [i for i, e in enumerate(catalog) if e.is_organ][:4]
-    tumours = [i for i, e in enumerate(catalog) if not e.is_organ][:2]
+    tumors = [i for i, e in enumerate(catalog) if not e.is_organ][:2]
     masks = np.zeros((len(catalog), *shape), dtype=bool)
     scores = {}
-    for k, i in enumerate(organs + tumours):
+    for k, i in enumerate(organs + tumors):
         centre = [rng.uniform(0.2, 0.8) * n for n in shape]
         score = blob(shape, centre, max(1.5, min(shape) / 3), 2.5 if i in organs else 1.8, rng)
         if k == 1:

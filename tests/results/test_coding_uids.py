@@ -29,8 +29,8 @@ def test_checker_catches_mistakes(catalog):
 
     from model.catalog import Catalog, Code, Coding
 
-    liver_tumour = catalog.by_name("Liver Tumor")
-    bad = replace(liver_tumour, coding=Coding(
+    liver_tumor = catalog.by_name("Liver Tumor")
+    bad = replace(liver_tumor, coding=Coding(
         category=Code("SCT", "91723000", "Anatomical Structure"), type=Code("SRT", "T-62000", "Liver"),
         anatomic_region=Code("SCT", "78961009", "Spleen")))
     entries = [bad if e.name == "Liver Tumor" else e for e in catalog]

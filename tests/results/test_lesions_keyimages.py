@@ -13,7 +13,7 @@ from dsm_node.results.lesions import KnownLesion, assign_identities, find_lesion
 from dsm_node.results.options import ResultOptions
 from dsm_node.results.outputs import earlier_lesions, write_results
 from dsm_node.results.seg import present_classes
-from dsm_node.results.segments import TISSUE, WITH_TUMOURS, plan_segments
+from dsm_node.results.segments import TISSUE, WITH_TUMORS, plan_segments
 from dsm_node.results.sr import known_lesions
 from dsm_node.volume import assemble_volume
 from tests.results.resulttools import dciodvfy, expected_segment_masks
@@ -30,7 +30,7 @@ def _ball(shape, centre, radius, spacing=(1.0, 1.0, 1.0)):
 
 
 # ---- organ segments -------------------------------------------------------------------------------
-def test_organ_segment_holds_its_tumours_and_enclosed_holes(catalog):
+def test_organ_segment_holds_its_tumors_and_enclosed_holes(catalog):
     shape = (20, 40, 60)
     labels = np.zeros(shape, np.uint8)
     labels[_ball(shape, (10, 20, 15), 9)] = LIVER
@@ -47,11 +47,11 @@ def test_organ_segment_holds_its_tumours_and_enclosed_holes(catalog):
     liver = plan.mask(by_label[LIVER].number)
     assert liver[labels == LIVER_TUMOR].sum() == (labels[_ball(shape, (10, 20, 15), 3)] == LIVER_TUMOR).sum()
     assert liver[cavity].all() and not liver[2, 2, 2]
-    assert by_label[LIVER].method == WITH_TUMOURS and by_label[LIVER].included_tumours == ("Liver Tumor",)
+    assert by_label[LIVER].method == WITH_TUMORS and by_label[LIVER].included_tumors == ("Liver Tumor",)
     assert by_label[LIVER].filled_voxels == int(cavity.sum())
     # the tumour stays a segment of its own, overlapping its organ
-    tumour = plan.mask(by_label[LIVER_TUMOR].number)
-    np.testing.assert_array_equal(tumour, labels == LIVER_TUMOR)
+    tumor = plan.mask(by_label[LIVER_TUMOR].number)
+    np.testing.assert_array_equal(tumor, labels == LIVER_TUMOR)
     assert plan.overlapping
     # a kidney tumour touching both kidneys goes to the one it touches most
     contact = {k: int(np.sum(np.isin(labels[np.roll(between, 1, axis=2) | np.roll(between, -1, axis=2)], k)))
@@ -66,7 +66,7 @@ def test_organ_segment_holds_its_tumours_and_enclosed_holes(catalog):
         np.testing.assert_array_equal(plan.mask(p.number), expected[p.label], err_msg=p.entry.name)
         assert p.voxel_count == int(expected[p.label].sum())
     # switched off: every segment is its own label
-    plain = plan_segments(labels, catalog, present_classes(labels, catalog), organs_include_tumours=False)
+    plain = plan_segments(labels, catalog, present_classes(labels, catalog), organs_include_tumors=False)
     assert {p.method for p in plain.segments} == {TISSUE} and not plain.overlapping
 
 

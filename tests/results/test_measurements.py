@@ -58,10 +58,10 @@ def test_measure_labels_uses_crops_and_offsets():
     hu[7, 20, 30], hu[7, 22, 33] = 10, 20
     out = measure_labels(labels, hu, aff, diameter_labels={31})
     assert sorted(out) == [6, 31]
-    liver, tumour = out[6], out[31]
+    liver, tumor = out[6], out[31]
     assert liver.voxel_count == 3 * 6 * 16 and liver.mean_hu == pytest.approx(55.0)
     assert liver.volume_cm3 == pytest.approx(liver.voxel_count * 0.7 * 0.7 * 2.0 / 1000)
     assert liver.max_diameter_mm is None
-    assert tumour.mean_hu == pytest.approx(15.0)
-    assert tumour.max_diameter_mm == pytest.approx(np.hypot(2 * 0.7, 3 * 0.7))
+    assert tumor.mean_hu == pytest.approx(15.0)
+    assert tumor.max_diameter_mm == pytest.approx(np.hypot(2 * 0.7, 3 * 0.7))
     assert measure_labels(labels, hu, aff, only={6}).keys() == {6}

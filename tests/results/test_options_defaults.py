@@ -22,9 +22,9 @@ def test_every_results_setting_reaches_the_options():
 
 def test_from_settings_takes_the_site_values():
     changed = {"seg_series_number": 7001, "secondary_capture": False, "institution_name": "Site A",
-               "organs_include_tumours": True, "lesion_min_volume_ml": 1.5}
+               "organs_include_tumors": True, "lesion_min_volume_ml": 1.5}
     settings = Settings(results=changed)
     options = ResultOptions.from_settings(settings, model_version="2", revision=3)
     assert (options.seg_series_number, options.key_images, options.institution_name) == (7001, False, "Site A")
-    assert options.organs_include_tumours and options.lesion_min_volume_ml == 1.5
+    assert options.organs_include_tumors and options.lesion_min_volume_ml == 1.5
     assert options.revision == 3 and options.model_version == "2"

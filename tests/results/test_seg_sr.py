@@ -41,9 +41,9 @@ def _seg_numbers(seg_result, labels):
     return lut[labels]
 
 
-def _check_segments_read_back(seg_result, vol, labels, catalog, tmp_path, organs_include_tumours=True):
+def _check_segments_read_back(seg_result, vol, labels, catalog, tmp_path, organs_include_tumors=True):
     """dcmqi and highdicom see every segment as expected_segment_masks says it must be."""
-    expected = expected_segment_masks(labels, catalog, organs_include_tumours)
+    expected = expected_segment_masks(labels, catalog, organs_include_tumors)
     masks = dcmqi_masks(seg_result.path, tmp_path / "dcmqi", vol)
     assert sorted(masks) == [s.number for s in seg_result.segments]
     ds = hd.seg.segread(seg_result.path)
@@ -56,9 +56,9 @@ def _check_segments_read_back(seg_result, vol, labels, catalog, tmp_path, organs
     return expected
 
 
-def _check_sr(sr_path, seg_result, vol, labels, catalog, organs_include_tumours=True):
+def _check_sr(sr_path, seg_result, vol, labels, catalog, organs_include_tumors=True):
     sr = hd.sr.srread(sr_path)
-    expected = expected_segment_masks(labels, catalog, organs_include_tumours)
+    expected = expected_segment_masks(labels, catalog, organs_include_tumors)
     groups = sr.content.get_volumetric_roi_measurement_groups()
     assert len(groups) == len(seg_result.segments)
     by_number = {s.number: s for s in seg_result.segments}
@@ -81,7 +81,7 @@ def _check_sr(sr_path, seg_result, vol, labels, catalog, organs_include_tumours=
         assert "81827009" not in ms  # diameters belong to lesions, not to a class of fragments
         volumes = [m for m in g.get_measurements() if m.name.value == "118565006"]
         whole = expected_segment_masks(labels, catalog, True)[entry.index]
-        if not organs_include_tumours and not np.array_equal(whole, mask):  # tissue only: the whole organ too
+        if not organs_include_tumors and not np.array_equal(whole, mask):  # tissue only: the whole organ too
             assert len(volumes) == 2
             extra = volumes[1]
             assert float(extra.value) == pytest.approx(whole.sum() * vol.voxel_volume_mm3 / 1000, abs=1e-4)
@@ -89,7 +89,7 @@ def _check_sr(sr_path, seg_result, vol, labels, catalog, organs_include_tumours=
         else:
             assert len(volumes) == 1
         includes = seg_info.method == "with_tumours"
-        assert includes == (organs_include_tumours and entry.kind == "organ"
+        assert includes == (organs_include_tumors and entry.kind == "organ"
                             and any(entry.name in t.parents for t in catalog if t.kind == "tumor"))
         method = next(i for i in g[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "370129005")
         assert method.ConceptCodeSequence[0].CodeValue == ("ORGAN-INCL-TUM" if includes else "CLASS-VOXELS")
@@ -113,10 +113,10 @@ def _check_air(ds, opts):
     assert item.DeviceUID == opts.algorithm_device_uid
 
 
-@pytest.mark.parametrize("include", [False, True], ids=["tissue", "organs_with_tumours"])
+@pytest.mark.parametrize("include", [False, True], ids=["tissue", "organs_with_tumors"])
 def test_binary_seg_and_sr_synthetic(tmp_path, synth, catalog, include):
     vol, labels = synth
-    opts = _opts(organs_include_tumours=include)
+    opts = _opts(organs_include_tumors=include)
     seg = write_seg(vol, labels, catalog, opts, tmp_path)
     sr = write_sr(vol, labels, catalog, opts, seg, tmp_path)
     assert [s.label for s in seg.segments] == sorted(int(v) for v in np.unique(labels) if v)
@@ -130,12 +130,12 @@ def test_binary_seg_and_sr_synthetic(tmp_path, synth, catalog, include):
     ds = hd.seg.segread(seg.path)
     assert ds.SegmentationType == "BINARY" and ds.SeriesDescription.endswith("not for diagnostic use")
     if include:
-        assert liver.method == "with_tumours" and liver.included_tumours == ("Liver Tumor",)
+        assert liver.method == "with_tumours" and liver.included_tumors == ("Liver Tumor",)
         assert expected[LIVER].sum() == np.isin(labels, (LIVER, LIVER_TUMOR)).sum()  # the tumour lies inside
         assert ds.SegmentsOverlap == "YES"
     else:
         assert liver.method == "tissue" and ds.SegmentsOverlap == "NO"
-        assert sr.with_tumours[LIVER].voxel_count == np.isin(labels, (LIVER, LIVER_TUMOR)).sum()
+        assert sr.with_tumors[LIVER].voxel_count == np.isin(labels, (LIVER, LIVER_TUMOR)).sum()
     for item, s in zip(ds.SegmentSequence, seg.segments):
         assert item.SegmentAlgorithmType == "AUTOMATIC"
         algo = item.SegmentationAlgorithmIdentificationSequence[0]
@@ -225,7 +225,7 @@ def test_enhanced_ct_source(tmp_path, catalog):
     numbers = [s.number for s in seg.segments]
     back = ds.get_pixels_by_source_frame(vol.frames[0].sop_instance_uid, frames, segment_numbers=numbers,
                                          assert_missing_frames_are_empty=True)
-    expected = expected_segment_masks(labels, catalog, opts.organs_include_tumours)
+    expected = expected_segment_masks(labels, catalog, opts.organs_include_tumors)
     masks = dcmqi_masks(seg.path, tmp_path / "dcmqi", vol)
     for j, s in enumerate(seg.segments):
         np.testing.assert_array_equal(back[..., j] > 0, expected[s.label])

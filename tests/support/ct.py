@@ -202,10 +202,10 @@ def phantom(shape=(14, 40, 48), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     spleen = ell(zc + 2, yc, xc + 0.3 * shape[2], 0.2 * shape[0], 0.15 * shape[1], 0.08 * shape[2])
     rk = ell(zc - 2, yc + 0.25 * shape[1], xc - 0.2 * shape[2], 0.2 * shape[0], 0.1 * shape[1], 0.07 * shape[2])
     lk = ell(zc - 2, yc + 0.25 * shape[1], xc + 0.2 * shape[2], 0.2 * shape[0], 0.1 * shape[1], 0.07 * shape[2])
-    tumour = ell(zc + 1, yc - 4, xc - 0.25 * shape[2], 1.6, 3.5, 2.5)
+    tumor = ell(zc + 1, yc - 4, xc - 0.25 * shape[2], 1.6, 3.5, 2.5)
     cyst = ell(zc - 2, yc + 0.25 * shape[1] - 1, xc + 0.2 * shape[2], 1.0, 1.5, 1.5)
     for mask, value, mean in ((liver, LIVER, 60), (spleen, SPLEEN, 50), (rk, RIGHT_KIDNEY, 150),
-                              (lk, LEFT_KIDNEY, 150), (tumour & liver, LIVER_TUMOR, 20), (cyst & lk, KIDNEY_CYST, 5)):
+                              (lk, LEFT_KIDNEY, 150), (tumor & liver, LIVER_TUMOR, 20), (cyst & lk, KIDNEY_CYST, 5)):
         labels[mask] = value
         hu[mask] = mean
     hu = (hu + rng.integers(-8, 9, size=shape)).astype(np.int16)

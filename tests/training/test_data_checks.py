@@ -75,7 +75,7 @@ def test_make_list_from_registry_layout(tmp_path):
 
 def test_preprocessing_and_crops():
     reg = load_registry(catalog=CAT)
-    pipe = PipelineConfig(spacing=(6.0, 6.0, 6.0), roi=(64, 64, 32), crop=CropConfig(pos=1.0, neg=0.0, tumour_prob=1.0))
+    pipe = PipelineConfig(spacing=(6.0, 6.0, 6.0), roi=(64, 64, 32), crop=CropConfig(pos=1.0, neg=0.0, tumor_prob=1.0))
     item = phantom_items(7, 1, "seen", 4.0, "phantom_seen")[0]
     s = preprocess_transforms(reg, pipe, True)(item)
     assert s["image"].shape[0] == 1 and s["label"].shape[0] == 2 and s["label"].dtype == torch.uint8
@@ -83,13 +83,13 @@ def test_preprocessing_and_crops():
     np.testing.assert_allclose(np.abs(np.diag(np.asarray(s["image"].affine)[:3, :3])), 6.0)
     assert all(n >= r for n, r in zip(s["image"].shape[1:], pipe.roi))
     assert s["annotated"].sum() == len(reg["phantom_seen"].annotated)
-    assert len(s["tumour_idx"]) > 0
+    assert len(s["tumor_idx"]) > 0
     aug = augment_transforms(pipe)
     aug.set_random_state(seed=0)
     crops = aug(dict(s))
     assert len(crops) == 1 and crops[0]["image"].shape == (1, 64, 64, 32)
-    tumour = np.isin(crops[0]["label"][0].numpy(), [27, 28, 31])
-    assert tumour.any()  # tumour_prob=1: the crop is centred on a tumour
+    tumor = np.isin(crops[0]["label"][0].numpy(), [27, 28, 31])
+    assert tumor.any()  # tumor_prob=1: the crop is centred on a tumour
     aug.set_random_state(seed=0)
     again = aug(dict(s))
     assert torch.equal(crops[0]["image"], again[0]["image"])  # per-sample seed -> same augmentation

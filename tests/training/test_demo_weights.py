@@ -50,8 +50,8 @@ def test_node_infer_and_eval_give_the_same_labels(tmp_path):
 
     from training.phantoms import make_phantom, write_nifti_pair
 
-    image, label, affine = make_phantom(5004, spacing=4.0, tumour_types=["liver_tumor", "pancreas_tumor"],
-                                        tumour_prob=1.0)
+    image, label, affine = make_phantom(5004, spacing=4.0, tumor_types=["liver_tumor", "pancreas_tumor"],
+                                        tumor_prob=1.0)
     write_nifti_pair(image, label, affine, tmp_path / "ct.nii.gz", tmp_path / "lab.nii.gz")
     (tmp_path / "list.csv").write_text("image,label,dataset\nct.nii.gz,lab.nii.gz,phantom_all\n")
     evaluate(DEFAULT_WEIGHTS, str(tmp_path / "list.csv"), tmp_path / "eval", device="cpu", overlays=0,

@@ -21,7 +21,7 @@ from training.metrics import auroc, dice_score, fpr_at_tpr
 CAT = load_catalog()
 
 
-def test_organ_target_is_tissue_only_tumour_voxels_are_parent_negatives():
+def test_organ_target_is_tissue_only_tumor_voxels_are_parent_negatives():
     label = torch.zeros(1, 2, 2, 2, 2, dtype=torch.uint8)
     liver, lt = CAT.by_name("Liver").index, CAT.by_name("Liver Tumor").index
     label[0, 0, 0, 0, 0] = liver
@@ -60,7 +60,7 @@ def test_dice_counts_only_where_the_target_is_present():
     torch.testing.assert_close(logits.grad[:, 1], logits2.grad[:, 1])
 
 
-def test_synthetic_lesion_voxels_are_host_negatives_and_ignored_by_tumour_channels():
+def test_synthetic_lesion_voxels_are_host_negatives_and_ignored_by_tumor_channels():
     from training.losses import LossWeights, host_rejection, synthetic_lesions, voxel_weights
 
     liver, lt = CAT.by_name("Liver").index, CAT.by_name("Liver Tumor").index
@@ -69,8 +69,8 @@ def test_synthetic_lesion_voxels_are_host_negatives_and_ignored_by_tumour_channe
     label[0, 0, 1, 1, 1] = 0
     label[0, 1, 1, 1, 1] = liver  # a synthetic lesion in the liver: class 0, host in the parent map
     assert synthetic_lesions(label).sum() == 1
-    is_tumour = torch.tensor([e.is_tumor for e in CAT])
-    w = voxel_weights(label, is_tumour)
+    is_tumor = torch.tensor([e.is_tumor for e in CAT])
+    w = voxel_weights(label, is_tumor)
     assert w[0, liver - 1, 1, 1, 1] == 1.0 and w[0, lt - 1, 1, 1, 1] == 0.0
     t = multi_hot(label, len(CAT))
     assert t[0, liver - 1, 1, 1, 1] == 0 and t[0, :, 1, 1, 1].sum() == 0  # never a positive
@@ -85,7 +85,7 @@ def test_synthetic_lesion_voxels_are_host_negatives_and_ignored_by_tumour_channe
     logits = start.requires_grad_(True)
     out = {"mask_logits": logits, "layer_logits": [], "class_cos_logits": torch.zeros(1, 45, 45)}
     loss, parts = dsm_loss(out, label, torch.ones(1, 45, dtype=torch.bool), len(CAT), 2,
-                           LossWeights(dice=0.0, cls=0.0), is_tumour=is_tumour)
+                           LossWeights(dice=0.0, cls=0.0), is_tumor=is_tumor)
     loss.backward()
     g = logits.grad[0]
     assert g[lt - 1, 1, 1, 1] == 0  # tumour channels ignore the synthetic voxel
@@ -210,16 +210,16 @@ def test_tumor_group_gives_a_lesion_the_weight_of_all_organs():
     is_tumor = torch.tensor([e.is_tumor for e in CAT], dtype=torch.bool)
     t = CAT.by_name("Liver Tumor").index - 1
 
-    def tumour_grad(group: float) -> tuple[float, dict]:
+    def tumor_grad(group: float) -> tuple[float, dict]:
         torch.manual_seed(0)
         logits = torch.randn(1, n, 8, 8, 8, requires_grad=True)
         out = {"mask_logits": logits, "layer_logits": [], "class_cos_logits": torch.randn(1, n, n)}
-        loss, parts = dsm_loss(out, label, ann, n, stage=2, w=LossWeights(tumor_group=group), is_tumour=is_tumor)
+        loss, parts = dsm_loss(out, label, ann, n, stage=2, w=LossWeights(tumor_group=group), is_tumor=is_tumor)
         loss.backward()
         return float(logits.grad[0, t].abs().sum()), parts
 
-    shared, p0 = tumour_grad(0.0)
-    grouped, p1 = tumour_grad(1.0)
+    shared, p0 = tumor_grad(0.0)
+    grouped, p1 = tumor_grad(1.0)
     assert "tumor_dice" not in p0 and {"tumor_dice", "tumor_bce"} <= set(p1)
     # Liver and Liver Tumor are the present pairs: the tumour's Dice share goes from 1/2 to 1,
     # its BCE share from 1/45 to 1/20 (plus the organ mean of the other 25 channels).

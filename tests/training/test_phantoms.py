@@ -15,10 +15,10 @@ from tests.tools import require_tool
 from training.phantoms import (
     PHANTOM_ORGANS,
     PHASES,
-    SEEN_TUMOURS,
+    SEEN_TUMORS,
     TISSUES,
-    TUMOUR_TYPES,
-    UNSEEN_TUMOURS,
+    TUMOR_TYPES,
+    UNSEEN_TUMORS,
     generate,
     make_phantom,
     write_dicom_series,
@@ -62,8 +62,8 @@ def test_labels_sane(seed):
     img, lab = ph.image, ph.label
     values = set(np.unique(lab).tolist()) - {0}
     organ_ix = {CAT.by_name(n).index for n in PHANTOM_ORGANS}
-    tumour_ix = {CAT.by_name(t["cls"]).index for t in TUMOUR_TYPES.values()}
-    assert values <= organ_ix | tumour_ix
+    tumor_ix = {CAT.by_name(t["cls"]).index for t in TUMOR_TYPES.values()}
+    assert values <= organ_ix | tumor_ix
     must = set(PHANTOM_ORGANS) - {"Prostate"}
     assert {CAT.by_name(n).index for n in must} <= values, sorted(must - {CAT.names[v - 1] for v in values})
     # Organs inside the body: every labelled voxel lies in the filled body outline.
@@ -81,11 +81,11 @@ def test_labels_sane(seed):
     assert np.median(img[lab == CAT.by_name("Right Lung").index]) < -600
     # Tumours lie in their parent organ, or reach out of it into unlabelled tissue: the same
     # seed without tumours has the identical anatomy (separate random streams).
-    bare = generate(seed, phase="portal_venous", tumour_types=[], **WIDE).label
-    is_tumour = lab > 25
-    assert np.array_equal(bare[~is_tumour], lab[~is_tumour])
-    for t in ph.tumours:
-        spec = TUMOUR_TYPES[t]
+    bare = generate(seed, phase="portal_venous", tumor_types=[], **WIDE).label
+    is_tumor = lab > 25
+    assert np.array_equal(bare[~is_tumor], lab[~is_tumor])
+    for t in ph.tumors:
+        spec = TUMOR_TYPES[t]
         tum = lab == CAT.by_name(spec["cls"]).index
         assert tum.any()
         parents = [CAT.by_name(p).index for p in spec["parents"]]
@@ -95,21 +95,21 @@ def test_labels_sane(seed):
             assert np.isin(bare[tum], parents).all(), t
 
 
-def test_tumour_selection():
-    seen_ix = {CAT.by_name(TUMOUR_TYPES[t]["cls"]).index for t in SEEN_TUMOURS}
-    unseen_ix = {CAT.by_name(TUMOUR_TYPES[t]["cls"]).index for t in UNSEEN_TUMOURS}
+def test_tumor_selection():
+    seen_ix = {CAT.by_name(TUMOR_TYPES[t]["cls"]).index for t in SEEN_TUMORS}
+    unseen_ix = {CAT.by_name(TUMOR_TYPES[t]["cls"]).index for t in UNSEEN_TUMORS}
     found = set()
     for s in range(6):
-        ph = generate(s, spacing=6.0, tumour_types=SEEN_TUMOURS, tumour_prob=0.9)
+        ph = generate(s, spacing=6.0, tumor_types=SEEN_TUMORS, tumor_prob=0.9)
         v = set(np.unique(ph.label).tolist())
         assert not (v & unseen_ix)
         found |= v & seen_ix
     assert found == seen_ix
-    none = generate(0, spacing=6.0, tumour_types=[])
-    assert not (set(np.unique(none.label).tolist()) & (seen_ix | unseen_ix)) and none.tumours == []
+    none = generate(0, spacing=6.0, tumor_types=[])
+    assert not (set(np.unique(none.label).tolist()) & (seen_ix | unseen_ix)) and none.tumors == []
     # The tumour set does not move the anatomy.
-    a, b = generate(4, spacing=6.0, tumour_types=[]), generate(4, spacing=6.0)
-    assert b.tumours and np.array_equal(a.label[b.label <= 25], b.label[b.label <= 25])
+    a, b = generate(4, spacing=6.0, tumor_types=[]), generate(4, spacing=6.0)
+    assert b.tumors and np.array_equal(a.label[b.label <= 25], b.label[b.label <= 25])
 
 
 def test_grid_options():
@@ -304,7 +304,7 @@ def test_adrenal_glands_superomedial_to_the_kidneys(cap):
 
 
 def test_phases_change_vessel_and_organ_hu():
-    kw = dict(spacing=5.0, fov="upper_abdomen", tumour_types=[])
+    kw = dict(spacing=5.0, fov="upper_abdomen", tumor_types=[])
     ph = {p: generate(6, phase=p, **kw) for p in PHASES}
     lab = ph["portal_venous"].label
     for p in PHASES:  # only the CT numbers change with the phase
@@ -329,7 +329,7 @@ def test_phases_change_vessel_and_organ_hu():
 
 
 def test_oral_contrast_brightens_the_bowel_lumen():
-    kw = dict(spacing=5.0, fov="abdomen", phase="portal_venous", tumour_types=[])
+    kw = dict(spacing=5.0, fov="abdomen", phase="portal_venous", tumor_types=[])
     on, off = generate(8, oral_contrast=True, **kw), generate(8, oral_contrast=False, **kw)
     assert np.array_equal(on.label, off.label)
     lumen = on.tissue == TIS["gi_fluid"]
@@ -339,7 +339,7 @@ def test_oral_contrast_brightens_the_bowel_lumen():
 
 def test_fields_of_view():
     def ph(fov):
-        return generate(9, spacing=6.0, fov=fov, phase="portal_venous", tumour_types=[])
+        return generate(9, spacing=6.0, fov=fov, phase="portal_venous", tumor_types=[])
 
     chest, upper, ap, cap_ = ph("chest"), ph("upper_abdomen"), ph("abdomen_pelvis"), ph("chest_abdomen_pelvis")
 
@@ -356,7 +356,7 @@ def test_fields_of_view():
     length = {n: p.image.shape[2] * p.spacing[2] for n, p in (("cap", cap_), ("ap", ap), ("upper", upper))}
     assert length["cap"] > length["ap"] > length["upper"]
     # random protocols vary from seed to seed
-    infos = [generate(s, spacing=10.0, tumour_types=[], noise=False).info for s in range(12)]
+    infos = [generate(s, spacing=10.0, tumor_types=[], noise=False).info for s in range(12)]
     assert len({i["fov"] for i in infos}) >= 3 and len({i["phase"] for i in infos}) >= 2
     assert len({i["arms"] for i in infos}) == 2
 
@@ -364,7 +364,7 @@ def test_fields_of_view():
 def test_field_of_view_can_truncate_the_body_and_be_off_centre():
     truncated, whole, centres = 0, 0, set()
     for s in range(12):
-        p = generate(s, spacing=8.0, tumour_types=[], noise=False)
+        p = generate(s, spacing=8.0, tumor_types=[], noise=False)
         k = p.image.shape[2] // 2
         edge = np.r_[p.image[0, :, k], p.image[-1, :, k]]
         if (edge > -500).any():
@@ -377,7 +377,7 @@ def test_field_of_view_can_truncate_the_body_and_be_off_centre():
 
 
 def test_female_pelvis_has_no_prostate():
-    kw = dict(spacing=5.0, fov="abdomen_pelvis", tumour_types=[], noise=False)
+    kw = dict(spacing=5.0, fov="abdomen_pelvis", tumor_types=[], noise=False)
     f, m = generate(3, sex="female", **kw), generate(3, sex="male", **kw)
     assert f.info["sex"] == "female" and m.info["sex"] == "male"
     assert not (f.label == IX["Prostate"]).any() and (m.label == IX["Prostate"]).any()
@@ -396,16 +396,16 @@ def _find(pred, seeds, **kw):
 
 
 def test_lesion_variants():
-    kw = dict(spacing=5.0, fov="chest_abdomen_pelvis", phase="portal_venous", tumour_prob=1.0, arms="up")
+    kw = dict(spacing=5.0, fov="chest_abdomen_pelvis", phase="portal_venous", tumor_prob=1.0, arms="up")
     # reaching outside the organ: labelled as the tumour over its whole extent
     p = _find(lambda p: any("outside" in r["variants"] and r["type"] != "kidney_cyst" for r in p.info["lesions"]),
               range(40), **kw)
-    bare = generate(p.seed, tumour_types=[], **kw).label
+    bare = generate(p.seed, tumor_types=[], **kw).label
     found = False
     for r in p.info["lesions"]:
         if "outside" not in r["variants"]:
             continue
-        spec = TUMOUR_TYPES[r["type"]]
+        spec = TUMOR_TYPES[r["type"]]
         tum = p.label == IX[spec["cls"]]
         parents = [IX[n] for n in spec["parents"]]
         assert np.isin(bare[tum], parents + [0]).all()
@@ -415,7 +415,7 @@ def test_lesion_variants():
     p = _find(lambda p: any("rim" in r["variants"] and r["voxels"] > 60 for r in p.info["lesions"]), range(40),
               noise=False, **kw)
     r = [r for r in p.info["lesions"] if "rim" in r["variants"] and r["voxels"] > 60][0]
-    tum = p.label == IX[TUMOUR_TYPES[r["type"]]["cls"]]
+    tum = p.label == IX[TUMOR_TYPES[r["type"]]["cls"]]
     comp, n = ndimage.label(tum)
     big = comp == (1 + int(np.argmax(ndimage.sum(tum, comp, range(1, n + 1)))))
     core = ndimage.binary_erosion(big, iterations=1)
@@ -427,7 +427,7 @@ def test_lesion_variants():
     p = _find(lambda p: any(iso(r) for r in p.info["lesions"]), range(60), noise=False, **kw)
     r = [r for r in p.info["lesions"] if iso(r)][0]
     host = "liver" if r["type"] == "liver_tumor" else "kidney_cortex"
-    comp, _ = ndimage.label(p.label == IX[TUMOUR_TYPES[r["type"]]["cls"]])
+    comp, _ = ndimage.label(p.label == IX[TUMOR_TYPES[r["type"]]["cls"]])
     ijk = np.rint(np.linalg.solve(p.affine, [*r["centre"], 1.0])[:3]).astype(int)
     lesion = comp == comp[tuple(ijk)]
     assert comp[tuple(ijk)] > 0
@@ -436,24 +436,24 @@ def test_lesion_variants():
     assert textured.image[lesion].std() > textured.image[p.tissue == TIS[host]].std()
 
 
-def test_lesion_variants_follow_the_type_not_the_tumour_set():
-    kw = dict(spacing=8.0, fov="abdomen", tumour_prob=1.0, noise=False)
-    one = generate(2, tumour_types=["pancreas_tumor"], **kw)
+def test_lesion_variants_follow_the_type_not_the_tumor_set():
+    kw = dict(spacing=8.0, fov="abdomen", tumor_prob=1.0, noise=False)
+    one = generate(2, tumor_types=["pancreas_tumor"], **kw)
     all_ = generate(2, **kw)
     rec = lambda p: [r["variants"] for r in p.info["lesions"] if r["type"] == "pancreas_tumor"]  # noqa: E731
     assert rec(one) == rec(all_)
 
 
-def test_held_out_tumours_keep_their_own_appearance():
+def test_held_out_tumors_keep_their_own_appearance():
     from training.phantom import lesions
 
-    seen = {lesions._TISSUE[t] for t in SEEN_TUMOURS}
-    unseen = {lesions._TISSUE[t] for t in UNSEEN_TUMOURS}
+    seen = {lesions._TISSUE[t] for t in SEEN_TUMORS}
+    unseen = {lesions._TISSUE[t] for t in UNSEEN_TUMORS}
     assert len(seen | unseen) == 6 and not seen & unseen
 
 
 def test_fatty_liver_and_ascites():
-    kw = dict(spacing=8.0, fov="upper_abdomen", phase="non_contrast", tumour_types=[])
+    kw = dict(spacing=8.0, fov="upper_abdomen", phase="non_contrast", tumor_types=[])
     p = _find(lambda p: p.info["fatty_liver"], range(60), **kw)
     liver = np.median(p.image[p.label == IX["Liver"]])
     spleen = np.median(p.image[p.label == IX["Spleen"]])
@@ -470,7 +470,7 @@ def test_phantoms_cli_fixes_the_protocol_and_records_it(tmp_path):
     from training.cli import main
 
     out = tmp_path / "set"
-    assert main(["phantoms", "--out", str(out), "--n", "2", "--seed", "7", "--spacing", "10", "--tumours", "none",
+    assert main(["phantoms", "--out", str(out), "--n", "2", "--seed", "7", "--spacing", "10", "--tumors", "none",
                  "--fov", "chest", "--phase", "arterial"]) == 0
     infos = json.loads((out / "phantoms.json").read_text())
     assert sorted(infos) == ["phantom_00007", "phantom_00008"]

@@ -152,7 +152,7 @@ def test_midline_comes_from_the_body_in_the_image():
     assert set(np.unique(out[raw == 1])) == {CAT.by_name("Left Kidney").index}
 
 
-def test_tumour_parent_assignment():
+def test_tumor_parent_assignment():
     affine = AFFINES["lps_order"]
     shape = (40, 30, 6)
     xs = affine[0, 0] * np.arange(40) + affine[0, 3]

@@ -62,7 +62,7 @@ def test_stage1_then_stage2_resume_exactly(tiny, tmp_path):
     a, b = _weights(tmp_path / "s2_full" / "final.pt"), _weights(tmp_path / "s2_split" / "final.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     ck2 = load_checkpoint(tmp_path / "s2_full" / "final.pt")
-    assert ck2.config.stage == 2 and s2["seen_tumours"] == ["Kidney Cyst", "Kidney Tumor", "Liver Tumor"]
+    assert ck2.config.stage == 2 and s2["seen_tumors"] == ["Kidney Cyst", "Kidney Tumor", "Liver Tumor"]
     assert any(k.startswith("tumor_queries") for k in ck2.state_dict)
     s1 = _weights(init)
     # Shared weights start from Stage 1 (two small steps later they are close, not re-drawn).
@@ -122,7 +122,7 @@ def test_a_training_state_exports_as_a_model_checkpoint(tiny, tmp_path):
     out = export_weights(state, tmp_path / "step1.pt")
     ck = load_checkpoint(out)
     assert ck.config.stage == 2 and ck.training["steps"] == 1 and ck.version == "test-stage2-step1"
-    assert ck.training["seen_tumours"] == ["Kidney Cyst", "Kidney Tumor", "Liver Tumor"]
+    assert ck.training["seen_tumors"] == ["Kidney Cyst", "Kidney Tumor", "Liver Tumor"]
     assert ck.calibration == {}
     raw = torch.load(state, map_location="cpu", weights_only=True)["model"]
     assert all(torch.equal(ck.state_dict[k], raw[k]) for k in raw)

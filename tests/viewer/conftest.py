@@ -88,7 +88,7 @@ class Study:
     sr: Path | None = None
     extra_files: list[Path] = field(default_factory=list)  # e.g. the key images
     lesions: list = field(default_factory=list)  # checks.LesionTruth
-    tumour_values: dict = field(default_factory=dict)  # label value -> tumour class name
+    tumor_values: dict = field(default_factory=dict)  # label value -> tumour class name
 
 
 def _catalog():
@@ -97,11 +97,11 @@ def _catalog():
     return load_catalog(CATALOG)
 
 
-def with_segment_overrides(truth: checks.Truth, organs_include_tumours: bool = False) -> checks.Truth:
-    """What each segment holds as the SEG encodes it (results.organs_include_tumours, default
+def with_segment_overrides(truth: checks.Truth, organs_include_tumors: bool = False) -> checks.Truth:
+    """What each segment holds as the SEG encodes it (results.organs_include_tumors, default
     off: each class's own voxels; on: organs hold their tumours, holes filled), computed by
     tests/segment_truth.py on the label volume, not by the node."""
-    expected = expected_segment_masks(truth.labels, _catalog(), organs_include_tumours)
+    expected = expected_segment_masks(truth.labels, _catalog(), organs_include_tumors)
     truth.overrides = {v: m for v, m in expected.items() if not np.array_equal(m, truth.labels == v)}
     return truth
 
@@ -110,7 +110,7 @@ def _phantom_inputs(work: Path) -> tuple[Path, Path]:
     """A small generated CT study + label volume (training.phantoms) when ../shared is absent."""
     from training import phantoms
 
-    ph = phantoms.generate(11, shape=(192, 192, 36), spacing=(2.0, 2.0, 5.0), tumour_types=[],
+    ph = phantoms.generate(11, shape=(192, 192, 36), spacing=(2.0, 2.0, 5.0), tumor_types=[],
                            noise=True)
     ct_dir = work / "phantom_ct"
     phantoms.write_dicom_series(ph.image, ph.affine, ct_dir, uid_seed="dsm-viewer-test")
@@ -151,16 +151,16 @@ def lesion_study(ours: Study, labels_path: Path, work: Path) -> Study:
     dsm-node export under another model version (its own UIDs in the same study)."""
     catalog = _catalog()
     labels = work / "lesion_labels.nii.gz"
-    handmade.write_with_tumours(labels_path, labels, catalog)
+    handmade.write_with_tumors(labels_path, labels, catalog)
     out = work / "lesions"
     seg, sr = export_ours(ours.ct.paths[0].parent, labels, out, model_version="viewer-lesions")
     truth = with_segment_overrides(checks.truth_from_catalog(ours.ct, labels, CATALOG))
-    tumours = {e.index: e.name for e in catalog if e.kind == "tumor"}
+    tumors = {e.index: e.name for e in catalog if e.kind == "tumor"}
     present = {s.value for s in truth.segments}
-    tumour_values = {v: n for v, n in tumours.items() if v in present}
-    lesions = checks.lesion_truth(truth, tumour_values, LESION_MIN_ML)
+    tumor_values = {v: n for v, n in tumors.items() if v in present}
+    lesions = checks.lesion_truth(truth, tumor_values, LESION_MIN_ML)
     return Study(LESIONS, f"{ours.source} + hand-made tumours", ours.ct, truth, seg, sr,
-                 extra_files=sorted(out.glob("SC_*.dcm")), lesions=lesions, tumour_values=tumour_values)
+                 extra_files=sorted(out.glob("SC_*.dcm")), lesions=lesions, tumor_values=tumor_values)
 
 
 def lesion_centres(study: Study) -> list[list[float]]:
@@ -320,7 +320,7 @@ def viewer_run(tmp_path_factory) -> ViewerRun:
         elif name == LESIONS:
             r = checks.check_case(obs, study.truth, ARTIFACTS, seg_path=study.seg, sr_path=study.sr,
                                   session=session, lesions=study.lesions,
-                                  tumour_values=set(study.tumour_values),
+                                  tumor_values=set(study.tumor_values),
                                   key_image_files=len(study.extra_files))
         else:
             r = checks.check_case(obs, study.truth, ARTIFACTS, seg_path=seg_paths[name],

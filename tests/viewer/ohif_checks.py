@@ -922,14 +922,14 @@ class LesionTruth:
     mask: np.ndarray  # (n, rows, cols) bool
 
 
-def lesion_truth(truth: Truth, tumour_values: dict[int, str], min_volume_ml: float) -> list[LesionTruth]:
+def lesion_truth(truth: Truth, tumor_values: dict[int, str], min_volume_ml: float) -> list[LesionTruth]:
     """26-connected components of the tumour classes of at least ``min_volume_ml``."""
     from scipy import ndimage
 
     ct = truth.ct
     voxel_ml = ct.spacing[0] * ct.spacing[1] * abs(ct.slice_spacing) / 1000.0
     out = []
-    for value, name in tumour_values.items():
+    for value, name in tumor_values.items():
         comps, n = ndimage.label(truth.labels == value, structure=np.ones((3, 3, 3), bool))
         for k in range(1, n + 1):
             m = comps == k
@@ -1067,20 +1067,20 @@ def _near_mask(mask2d: np.ndarray, r: float, c: float, tol: float = 0.75) -> boo
     return bool(sub.size and sub.any())
 
 
-def _colour_classes(shown, hidden, alpha: float, organ_rgb, tumour_rgb) -> dict[str, float]:
+def _colour_classes(shown, hidden, alpha: float, organ_rgb, tumor_rgb) -> dict[str, float]:
     """Share of the pixels (shown / hidden: (n, 3) RGB with and without the overlay) whose shown
     colour is nearest to organ fill, tumour fill, tumour over organ, or no overlay at all."""
-    organ_c, tumour_c = np.asarray(organ_rgb, np.float32), np.asarray(tumour_rgb, np.float32)
+    organ_c, tumor_c = np.asarray(organ_rgb, np.float32), np.asarray(tumor_rgb, np.float32)
     organ = alpha * organ_c + (1 - alpha) * hidden
-    cands = {"organ": organ, "tumour": alpha * tumour_c + (1 - alpha) * hidden,
-             "tumour_over_organ": alpha * tumour_c + (1 - alpha) * organ, "none": hidden}
+    cands = {"organ": organ, "tumor": alpha * tumor_c + (1 - alpha) * hidden,
+             "tumor_over_organ": alpha * tumor_c + (1 - alpha) * organ, "none": hidden}
     dist = {name: np.linalg.norm(shown - c, axis=-1) for name, c in cands.items()}
     names = list(dist)
     winner = np.argmin(np.stack([dist[n] for n in names]), axis=0)
     return {n: float((winner == i).mean()) for i, n in enumerate(names)}
 
 
-def check_overlap(obs: dict, truth: Truth, shots: Path, tumour_values: set[int],
+def check_overlap(obs: dict, truth: Truth, shots: Path, tumor_values: set[int],
                   min_fit: float = 0.8) -> tuple[list[str], list[dict]]:
     """With every segment shown, at each probe slice: the pixels of each tumour show the
     tumour's colour rather than its organ's, and the organ around it is displayed in its own
@@ -1104,11 +1104,11 @@ def check_overlap(obs: dict, truth: Truth, shots: Path, tumour_values: set[int],
         h, w = min(shown.shape[0], hidden.shape[0]), min(shown.shape[1], hidden.shape[1])
         shown, hidden = shown[:h, :w], hidden[:h, :w]
         for t in segs:
-            if t.value not in tumour_values or not truth.mask(t)[k].any():
+            if t.value not in tumor_values or not truth.mask(t)[k].any():
                 continue
             T = screen_mask(p["state"], truth.mask(t)[k], (h, w))
             inner = _erode(T, 3)
-            d = {"slice": k, "tumour": t.label, "tumour_px": int(inner.sum())}
+            d = {"slice": k, "tumor": t.label, "tumor_px": int(inner.sum())}
             details.append(d)
             if inner.sum() < 20:
                 d["too_small"] = True
@@ -1117,7 +1117,7 @@ def check_overlap(obs: dict, truth: Truth, shots: Path, tumour_values: set[int],
             around = _dilate(T, 10) & ~_dilate(T, 3)
             best, best_n, organ_screen = None, 0, None
             for o in segs:
-                if o.value in tumour_values or not truth.mask(o)[k].any():
+                if o.value in tumor_values or not truth.mask(o)[k].any():
                     continue
                 om = screen_mask(p["state"], truth.mask(o)[k], (h, w))
                 n = int((om & around).sum())
@@ -1129,13 +1129,13 @@ def check_overlap(obs: dict, truth: Truth, shots: Path, tumour_values: set[int],
             ring = _erode(organ_screen, 2) & around
             alpha = _fill_alpha(shown[ring], hidden[ring], best.rgb)
             d.update(organ=best.label, fill_alpha=round(alpha, 3), ring_px=int(ring.sum()))
-            at_tumour, at_ring = (_colour_classes(shown[m], hidden[m], alpha, best.rgb, t.rgb) for m in (inner, ring))
-            tumour_fit = at_tumour["tumour"] + at_tumour["tumour_over_organ"]
-            d.update(tumour_colour_fit=round(tumour_fit, 3), organ_ring_colour_fit=round(at_ring["organ"], 3),
-                     at_tumour={k2: round(v, 3) for k2, v in at_tumour.items()})
-            if tumour_fit < min_fit:
-                f.append(f"slice {k}: only {tumour_fit:.0%} of the {t.label} pixels show its colour {t.rgb} "
-                         f"with every segment displayed ({at_tumour['organ']:.0%} show the {best.label}'s)")
+            at_tumor, at_ring = (_colour_classes(shown[m], hidden[m], alpha, best.rgb, t.rgb) for m in (inner, ring))
+            tumor_fit = at_tumor["tumor"] + at_tumor["tumor_over_organ"]
+            d.update(tumor_colour_fit=round(tumor_fit, 3), organ_ring_colour_fit=round(at_ring["organ"], 3),
+                     at_tumor={k2: round(v, 3) for k2, v in at_tumor.items()})
+            if tumor_fit < min_fit:
+                f.append(f"slice {k}: only {tumor_fit:.0%} of the {t.label} pixels show its colour {t.rgb} "
+                         f"with every segment displayed ({at_tumor['organ']:.0%} show the {best.label}'s)")
             if at_ring["organ"] < min_fit:
                 f.append(f"slice {k}: around the {t.label} only {at_ring['organ']:.0%} of the {best.label} shows "
                          f"its colour {best.rgb}: the organ is not displayed with it")
@@ -1185,7 +1185,7 @@ class CaseResult:
 
 def check_case(obs: dict, truth: Truth, shots: Path, seg_path=None, sr_path=None,
                session: dict | None = None, min_screen_px: int = 0, lesions: list | None = None,
-               tumour_values: set[int] | None = None, key_image_files: int | None = None,
+               tumor_values: set[int] | None = None, key_image_files: int | None = None,
                only_sr_view: bool = False) -> CaseResult:
     r = CaseResult(obs.get("name", "?"))
     if obs.get("driverError"):
@@ -1198,8 +1198,8 @@ def check_case(obs: dict, truth: Truth, shots: Path, seg_path=None, sr_path=None
         r.failures["console"] = check_console(obs)
         r.failures["network"] = check_network(obs, session)
         return r
-    if tumour_values is not None:
-        r.failures["overlap"], r.details["overlap"] = check_overlap(obs, truth, shots, tumour_values)
+    if tumor_values is not None:
+        r.failures["overlap"], r.details["overlap"] = check_overlap(obs, truth, shots, tumor_values)
     if key_image_files is not None:
         r.failures["key_images"] = check_key_images(obs, key_image_files)
     r.failures["panel"] = check_panel(obs, truth)

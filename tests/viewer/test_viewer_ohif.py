@@ -162,11 +162,11 @@ def test_shifted_lesion_line_is_reported(viewer_run):
     assert any("not on a lesion" in m for m in r.failures["sr_view"]), r.failures["sr_view"]
 
 
-def test_tumour_is_visible_over_its_organ(viewer_run):
+def test_tumor_is_visible_over_its_organ(viewer_run):
     """With every segment shown, the tumour's own colour is on screen at the tumour's pixels and
     the organ (which holds the tumour) is displayed around it."""
     _assert_checks(viewer_run, LESIONS, ["overlap"])
-    details = [d for d in viewer_run.results[LESIONS].details["overlap"] if "tumour_colour_fit" in d]
+    details = [d for d in viewer_run.results[LESIONS].details["overlap"] if "tumor_colour_fit" in d]
     assert details and all(any(k.endswith("_ring_colour_fit") for k in d) for d in details)
 
 

@@ -17,7 +17,7 @@ from scipy import ndimage
 from .geometry import Canvas, Overlay, ellipsoid, sub_seed
 from .tissues import T
 
-TUMOUR_TYPES: dict[str, dict] = {
+TUMOR_TYPES: dict[str, dict] = {
     "liver_tumor": {"cls": "Liver Tumor", "parents": ("Liver",)},
     "kidney_tumor": {"cls": "Kidney Tumor", "parents": ("Right Kidney", "Left Kidney")},
     "kidney_cyst": {"cls": "Kidney Cyst", "parents": ("Right Kidney", "Left Kidney")},
@@ -25,8 +25,8 @@ TUMOUR_TYPES: dict[str, dict] = {
     "colon_tumor": {"cls": "Colon Tumor", "parents": ("Colon",)},
     "lung_tumor": {"cls": "Lung Tumor", "parents": ("Right Lung", "Left Lung")},
 }
-SEEN_TUMOURS: tuple[str, ...] = ("liver_tumor", "kidney_tumor", "kidney_cyst")
-UNSEEN_TUMOURS: tuple[str, ...] = ("pancreas_tumor", "colon_tumor", "lung_tumor")
+SEEN_TUMORS: tuple[str, ...] = ("liver_tumor", "kidney_tumor", "kidney_cyst")
+UNSEEN_TUMORS: tuple[str, ...] = ("pancreas_tumor", "colon_tumor", "lung_tumor")
 
 _RADIUS = {"liver_tumor": (7, 22), "kidney_tumor": (10, 22), "kidney_cyst": (6, 14),
            "pancreas_tumor": (8, 15), "colon_tumor": (10, 17), "lung_tumor": (6, 15)}
@@ -40,28 +40,28 @@ _OUTSIDE = ("visceral_fat", "fat", "muscle", "lung", "lung_vessel", "fluid")
 VARIANTS: tuple[str, ...] = ("outside", "iso", "rim")
 
 
-def paint_tumours(cv: Canvas, seed: int, types: list[str], prob: float, phase: str) -> list[str]:
+def paint_tumors(cv: Canvas, seed: int, types: list[str], prob: float, phase: str) -> list[str]:
     """Place each requested type with probability prob. Every type draws from its own stream
     (seed, type): its lesions do not depend on which other types were requested."""
     placed = []
     cv.boxes = ndimage.find_objects(cv.label)
     for t in types:
-        rng = np.random.default_rng([int(seed), 0x7E55, list(TUMOUR_TYPES).index(t)])
+        rng = np.random.default_rng([int(seed), 0x7E55, list(TUMOR_TYPES).index(t)])
         present = rng.random() < prob
         n = 1 + int(rng.random() < 0.4) if t == "liver_tumor" else 1
         if not present:
             continue
-        spec = TUMOUR_TYPES[t]
+        spec = TUMOR_TYPES[t]
         parents = [cv.idx[p] for p in spec["parents"]]
         ok = False
         for _ in range(n):
-            ok |= one_tumour(cv, rng, t, spec, parents, phase)
+            ok |= one_tumor(cv, rng, t, spec, parents, phase)
         if ok:
             placed.append(t)
     return placed
 
 
-def one_tumour(cv: Canvas, rng, t: str, spec: dict, parents: list[int], phase: str) -> bool:
+def one_tumor(cv: Canvas, rng, t: str, spec: dict, parents: list[int], phase: str) -> bool:
     sp = np.array(cv.grid.spacing)
     # all draws first (the lesion's look must not depend on what the grid happens to contain)
     v = rng.random(4)
