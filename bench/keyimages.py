@@ -20,9 +20,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
-import handmade  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dsm_node.results.common import save  # noqa: E402
@@ -32,6 +30,7 @@ from dsm_node.results.seg import build_seg  # noqa: E402
 from dsm_node.results.sr import build_sr  # noqa: E402
 from dsm_node.volume import assemble_volume, load_labels  # noqa: E402
 from model.catalog import load_catalog  # noqa: E402
+from tests import handmade  # noqa: E402
 
 
 def main() -> int:
