@@ -98,7 +98,7 @@ def envelope_np(mask: np.ndarray, radius_vox: Sequence[float]) -> np.ndarray:
         return np.zeros_like(mask, dtype=bool)
     st = ball(radius_vox)
     r = [s // 2 for s in st.shape]
-    box = _bbox(mask, [2 * n for n in r])
+    box = bbox(mask, [2 * n for n in r])
     sub = mask[box]
     closed = sub
     if st.size > 1:
@@ -113,7 +113,8 @@ def envelope_np(mask: np.ndarray, radius_vox: Sequence[float]) -> np.ndarray:
     return out
 
 
-def _bbox(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
+def bbox(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
+    """The box of a non-empty ``mask``'s voxels grown by ``margin`` voxels per axis (clipped)."""
     box = []
     for axis in range(mask.ndim):
         other = tuple(a for a in range(mask.ndim) if a != axis)

@@ -29,7 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from .catalog import ClassEntry
-from .envelope import ball_radius_vox, envelope_np
+from .envelope import ball_radius_vox, bbox, envelope_np
 
 _STRUCT = ndimage.generate_binary_structure(3, 1)
 LUNGS = ("Right Lung", "Left Lung")
@@ -99,10 +99,7 @@ class Score:
 
 def crop_score(score: np.ndarray, mask: np.ndarray) -> Score:
     """``score`` kept in the box of ``mask`` grown by one voxel (see :class:`Score`)."""
-    nonzero = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-               for axis in range(mask.ndim)]
-    box = tuple(slice(max(0, int(ix[0]) - 1), min(n, int(ix[-1]) + 2)) if ix.size else slice(0, 0)
-                for ix, n in zip(nonzero, mask.shape))
+    box = bbox(mask, [1] * mask.ndim)  # kept classes only: the mask is never empty
     return Score(box, np.ascontiguousarray(score[box], dtype=np.float32))  # type: ignore[arg-type]
 
 

@@ -309,9 +309,7 @@ class VolumeSegmenter:
         for i in order:
             if i not in d.scores:
                 continue
-            gated = np.zeros(gmap.model_shape, dtype=np.float32)
-            gated[box] = d.scores[i].gated(d.masks[i], 1)
-            maps.append((self.catalog[i], slabs.Upsampled(gated, gmap.oriented_shape)))
+            maps.append((self.catalog[i], _upsampler(d.scores[i].gated(d.masks[i], 1), gmap, box)))
         source = np.zeros(gmap.source_shape, dtype=dtype) if like is None else np.zeros_like(like, dtype=dtype, subok=False)
         view = gmap.oriented_view(source)
         counts = np.zeros(len(self.catalog) + 1, dtype=np.int64)
