@@ -161,16 +161,21 @@ class ExtendedOrgan:
 
 
 def extend_organs(labels: np.ndarray, catalog: Catalog, present: set[int],
-                  boxes_by_label: list[Box | None] | None = None) -> dict[int, ExtendedOrgan]:
+                  boxes_by_label: list[Box | None] | None = None,
+                  only: set[int] | None = None) -> dict[int, ExtendedOrgan]:
     """{organ index: its extension} for every present organ that is a tumour's parent in the
-    catalog (the rule of the module docstring). Works in the organs' boxes only: nothing
+    catalog (the rule of the module docstring), or for those of them in ``only`` (tumours are
+    still assigned among all present parents). Works in the organs' boxes only: nothing
     source-sized is allocated."""
-    if boxes_by_label is None:
-        boxes_by_label = ndimage.find_objects(labels)
-    tumor_parents = _tumor_parents(catalog, present)
     parent_classes = {p for e in catalog if e.kind == "tumor"
                       for p in (_index_of(catalog, name) for name in e.parents) if p in present}
-    folded = _assign_tumors(labels, tumor_parents, boxes_by_label)
+    if only is not None:
+        parent_classes &= only
+    if not parent_classes:
+        return {}
+    if boxes_by_label is None:
+        boxes_by_label = ndimage.find_objects(labels)
+    folded = _assign_tumors(labels, _tumor_parents(catalog, present), boxes_by_label)
     out: dict[int, ExtendedOrgan] = {}
     for organ in sorted(parent_classes):
         own = boxes_by_label[organ - 1]

@@ -131,10 +131,11 @@ def organs_with_tumors(volume: Volume, labels: np.ndarray, catalog: Catalog, seg
     present = {p.label for p in seg.plan.segments}
     vvol = float(volume.voxel_volume_mm3)
     out: dict[int, LabelMeasurement] = {}
-    for organ, ext in extend_organs(labels, catalog, present).items():
+    # Organs already encoded with their tumours (organs_include_tumors) are not extended again.
+    for organ, ext in extend_organs(labels, catalog, present, only=set(tissue_only)).items():
         count = int(np.count_nonzero(ext.mask))
         # Only where the whole organ differs from the tissue (a tumour or a filled hole in it).
-        if organ not in tissue_only or count == tissue_only[organ]:
+        if count == tissue_only[organ]:
             continue
         out[organ] = LabelMeasurement(organ, count, count * vvol / 1000.0, mean_hu(volume.hu[ext.box], ext.mask),
                                       None, ext.box)
