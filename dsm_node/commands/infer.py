@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     import nibabel as nib
     import numpy as np
 
+    from ..infer.memory import spill_folder
     from ..results.inputs import InputError, check_ct_source, checked_reading
     from ..volume import VolumeError, assemble_volume, files_of, ras_to_lps
 
@@ -65,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             with checked_reading():
                 # file-backed HU in the output folder (an unlinked file: nothing stays there)
-                volume = assemble_volume(files_of([source]), spill_dir=(settings.inference.spill_dir or out)
-                                         if settings.inference.spill else None)
+                volume = assemble_volume(files_of([source]), spill_dir=spill_folder(settings, out))
             check_ct_source(volume)
         except (VolumeError, InputError) as exc:
             return refuse(exc)

@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 MB = 1024 * 1024
 
@@ -113,3 +114,13 @@ def segmenter_guard(settings, segmenter, anomaly: bool = False) -> Callable[[Seq
     s = segmenter.model.settings
     return guard(settings.inference.max_memory_mb, s.spacing, len(segmenter.catalog) + 1, anomaly,
                  spill=settings.inference.spill)
+
+
+def spill_folder(settings: Any, default: Path) -> Path | None:
+    """Where a series' HU are file-backed (model/spill.py): ``inference.spill_dir``, else
+    ``default`` (the node: storage.data_dir/work; ``dsm-node infer``: its output folder); None
+    with ``inference.spill`` off (in memory)."""
+    inf = settings.inference
+    if not inf.spill:
+        return None
+    return Path(inf.spill_dir) if inf.spill_dir else Path(default)

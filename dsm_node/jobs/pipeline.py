@@ -11,20 +11,12 @@ from ..context import NodeContext
 from ..db.engine import transaction
 from ..db.models import Job, Result
 from ..delivery.outbox import enqueue_results
-from ..infer.memory import MemoryRefused, segmenter_guard
+from ..infer.memory import MemoryRefused, segmenter_guard, spill_folder
 from ..infer.segmenter import Segmenter, segmenter_from_settings
 from ..results.options import ResultOptions
 from ..results.outputs import earlier_lesions, write_results
 from ..volume import VolumeError, assemble_volume
 from .task import JobInputError
-
-
-def spill_folder(settings: Any) -> Path | None:
-    """Where a job's HU are file-backed (model/spill.py), or None to keep them in memory."""
-    inf = settings.inference
-    if not inf.spill:
-        return None
-    return Path(inf.spill_dir) if inf.spill_dir else settings.storage.work_dir
 
 
 class DSMPipeline:
@@ -39,7 +31,7 @@ class DSMPipeline:
         try:
             volume = assemble_volume(paths, max_voxels=ctx.settings.inference.max_voxels,
                                      budget=segmenter_guard(ctx.settings, self.segmenter),
-                                     spill_dir=spill_folder(ctx.settings))
+                                     spill_dir=spill_folder(ctx.settings, ctx.settings.storage.work_dir))
         except VolumeError as exc:
             raise JobInputError(f"volume assembly: {exc}") from None
         except MemoryRefused as exc:  # before decoding: a clear reason instead of the kernel's OOM kill

@@ -65,11 +65,11 @@ def test_infer_refuses_a_series_over_the_cap_with_one_line(tmp_path):
 
 
 def test_the_hu_spill_folder_follows_the_settings(tmp_path):
-    from dsm_node.jobs.pipeline import spill_folder
+    from dsm_node.infer.memory import spill_folder
     from dsm_node.settings import Settings
 
     base = Settings(storage={"data_dir": tmp_path / "var"})
-    assert spill_folder(base) == tmp_path / "var" / "work"
-    assert spill_folder(Settings(storage={"data_dir": tmp_path}, inference={"spill_dir": tmp_path / "local"})) == \
-        tmp_path / "local"
-    assert spill_folder(Settings(inference={"spill": False})) is None
+    assert spill_folder(base, base.storage.work_dir) == tmp_path / "var" / "work"
+    assert spill_folder(base, tmp_path / "out") == tmp_path / "out"  # dsm-node infer: its output folder
+    assert spill_folder(Settings(inference={"spill_dir": tmp_path / "local"}), tmp_path / "out") == tmp_path / "local"
+    assert spill_folder(Settings(inference={"spill": False}), tmp_path / "out") is None
