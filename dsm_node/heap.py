@@ -11,7 +11,6 @@ the heap keeps hundreds of MB it no longer uses. Measured with ``dsm-node infer`
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 #: mallopt parameter number of M_MMAP_THRESHOLD (malloc.h)
 _M_MMAP_THRESHOLD = -3
@@ -21,12 +20,10 @@ MMAP_THRESHOLD = 1 << 20
 def return_freed_memory(threshold: int = MMAP_THRESHOLD) -> bool:
     """Fix glibc's mmap threshold at ``threshold`` bytes; False where the C library is not
     glibc (musl, macOS: nothing to do, or nothing we can do)."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        # The process's own symbols: libc is loaded already (no library search, which runs
+        # ldconfig in a subprocess, at every command's start).
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
