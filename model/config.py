@@ -120,11 +120,24 @@ class PreprocessingConfig:
     crop_margin: int = 2  # voxels kept around the body (HU above the window's lower edge)
 
 
+ORGAN_OVERLAP_RULES = ("nested", "score")
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     overlap: float = 0.5
     blend_mode: str = "gaussian"
     sw_batch_size: int = 2
+    # Where two organ masks claim a voxel (the organ channels are independent sigmoids, so they
+    # may): "nested" gives it to the organ with the smaller mask (gall bladder in the liver's
+    # concavity, pancreas among bowel loops, vessels inside the liver), "score" to the higher
+    # P_c / threshold (the rule of the 0.x demo weights).
+    organ_overlap: str = "nested"
+
+    def __post_init__(self) -> None:
+        if self.organ_overlap not in ORGAN_OVERLAP_RULES:
+            raise ValueError(f"inference.organ_overlap must be one of {ORGAN_OVERLAP_RULES}, "
+                             f"not {self.organ_overlap!r}")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ Steps: reorient to RAS and resample to the model spacing in index space (model/g
 window, crop to the body with the training margin, pad to the ROI, MONAI sliding window
 (outputs blended on the CPU; AMP on CUDA), post-processing on the model grid
 (model/postprocess.py), then each kept class's gated score upsampled to the source grid and
-thresholded there; organs compete by score, tumours are drawn over organs.
+thresholded there; where organ masks overlap the smaller one wins (inference.organ_overlap),
+tumours are drawn over organs.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ class InferenceSettings:
     zero_shot_threshold: float = DEFAULT_ZERO_SHOT_THRESHOLD
     seen_tumors: tuple[str, ...] | None = None  # None: not recorded -> no zero-shot path
     gate_fraction: float = 0.5
+    organ_overlap: str = "nested"  # model.config.InferenceConfig.organ_overlap
 
     @classmethod
     def from_checkpoint(cls, ckpt: LoadedCheckpoint, overlap: float | None = None,
@@ -73,6 +75,7 @@ class InferenceSettings:
             thresholds={str(k): float(v) for k, v in (cal.get("thresholds") or {}).items()},
             zero_shot_threshold=float(cal.get("zero_shot_threshold", DEFAULT_ZERO_SHOT_THRESHOLD)),
             seen_tumors=None if seen is None else tuple(seen),
+            organ_overlap=inf.organ_overlap,
         )
 
     def threshold_of(self, entry: ClassEntry) -> float:
@@ -295,16 +298,20 @@ class VolumeSegmenter:
     def _labels(self, output: ModelGridOutput, d: Decisions,
                 like: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, int]]:
         """Label volume on the source grid: each kept class's score, gated by its (1-voxel dilated)
-        mask on the model grid, upsampled and thresholded at 1.0; organs compete by score, tumours
-        are drawn over organs (and compete among themselves).
+        mask on the model grid, upsampled and thresholded at 1.0; where organs overlap the smaller
+        mask wins ("nested") or the higher score ("score": settings.organ_overlap); tumours are
+        drawn over organs (and compete among themselves).
 
         Slab by slab along the last oriented axis (model/slabs.py gives the values of one
         whole-volume interpolation): the scores exist on the source grid one slab at a time, the
         only source-sized array is the uint8 label map (laid out like ``like``)."""
         gmap, box = output.gmap, output.box
         dtype = np.uint8 if len(self.catalog) < 256 else np.uint16
-        order = [i for i, e in enumerate(self.catalog) if e.is_organ] + \
-                [i for i, e in enumerate(self.catalog) if not e.is_organ]
+        organs = [i for i, e in enumerate(self.catalog) if e.is_organ]
+        nested = self.settings.organ_overlap == "nested"
+        if nested:  # drawn largest first: a smaller organ's voxels are drawn over a larger one's
+            organs.sort(key=lambda i: -int(d.masks[i].sum()))
+        order = organs + [i for i, e in enumerate(self.catalog) if not e.is_organ]
         maps: list[tuple[ClassEntry, slabs.Upsampled]] = []
         for i in order:
             if i not in d.scores:
@@ -327,7 +334,7 @@ class VolumeSegmenter:
                 lab, bst, tum = labels[at], best[at], tumor_best[at]
                 above = vals >= 1.0
                 if entry.is_organ:
-                    sel = above & (vals > bst) & (tum == 0)
+                    sel = above & (tum == 0) if nested else above & (vals > bst) & (tum == 0)
                     bst[sel] = vals[sel]
                 else:
                     sel = above & (vals > tum)

@@ -22,14 +22,18 @@ AFFINES = {  # (i, j, k) -> RAS: DICOM axial (LPS, i = column), flipped z, and a
 }
 
 
-def whole_volume_labels(catalog, output: ModelGridOutput, d: Decisions, full_scores) -> np.ndarray:
+def whole_volume_labels(catalog, output: ModelGridOutput, d: Decisions, full_scores,
+                        rule: str = "score") -> np.ndarray:
     """The previous implementation (one source-sized float32 interpolation per class, scores on
-    the whole model grid)."""
+    the whole model grid); ``rule``: where organs overlap, the higher score or the smaller mask wins."""
     gmap, box = output.gmap, output.box
     labels = np.zeros(gmap.oriented_shape, dtype=np.uint8)
     best = np.zeros(gmap.oriented_shape, dtype=np.float32)
     tumor_best = np.zeros(gmap.oriented_shape, dtype=np.float32)
-    order = [i for i, e in enumerate(catalog) if e.is_organ] + [i for i, e in enumerate(catalog) if not e.is_organ]
+    organs = [i for i, e in enumerate(catalog) if e.is_organ]
+    if rule == "nested":
+        organs.sort(key=lambda i: -int(d.masks[i].sum()))
+    order = organs + [i for i, e in enumerate(catalog) if not e.is_organ]
     for i in order:
         if i not in d.scores:
             continue
@@ -39,7 +43,7 @@ def whole_volume_labels(catalog, output: ModelGridOutput, d: Decisions, full_sco
         up = grid.resample(torch.from_numpy(gated)[None], gmap.oriented_shape)[0].numpy()
         above = up >= 1.0
         if entry.is_organ:
-            sel = above & (up > best) & (tumor_best == 0)
+            sel = above & (tumor_best == 0) & ((up > best) if rule == "score" else True)
             best[sel] = up[sel]
         else:
             sel = above & (up > tumor_best)
@@ -88,14 +92,16 @@ def case(name: str, source_shape, seed: int):
 @pytest.mark.parametrize("name", sorted(AFFINES))
 @pytest.mark.parametrize("source_shape", [(37, 41, 29), (30, 25, 61)])
 @pytest.mark.parametrize("slab_voxels", [1, 2000, 1 << 22])
-def test_slabbed_labels_and_anomaly_equal_whole_volume(monkeypatch, name, source_shape, slab_voxels):
+@pytest.mark.parametrize("rule", ["nested", "score"])
+def test_slabbed_labels_and_anomaly_equal_whole_volume(monkeypatch, name, source_shape, slab_voxels, rule):
     monkeypatch.setattr(slabs_module, "SLAB_VOXELS", slab_voxels)
     monkeypatch.setattr(slabs_module.slab_ranges, "__defaults__", (slab_voxels,))
     catalog, output, d, full_scores = case(name, source_shape, seed=slab_voxels % 97 + len(name))
     # the input's layout: a (k, j, i) C-ordered volume seen as (i, j, k), as the node passes it
     like = np.zeros(source_shape[::-1], np.int16).transpose(2, 1, 0)
-    labels, found = VolumeSegmenter._labels(SimpleNamespace(catalog=catalog), output, d, like=like)
-    ref = whole_volume_labels(catalog, output, d, full_scores)
+    owner = SimpleNamespace(catalog=catalog, settings=SimpleNamespace(organ_overlap=rule))
+    labels, found = VolumeSegmenter._labels(owner, output, d, like=like)
+    ref = whole_volume_labels(catalog, output, d, full_scores, rule)
     assert labels.shape == ref.shape and labels.dtype == ref.dtype
     assert np.array_equal(labels, ref)
     assert len(np.unique(ref)) >= 3  # the case exercises competition, not just background
