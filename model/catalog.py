@@ -22,11 +22,12 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _KINDS = ("organ", "tumor")
 _LATERALITIES = ("left", "right", None)
+COMPONENT_RULES = ("largest", "all")
 _CODING_KEYS = ("category", "type", "modifier", "anatomic_region")
 _REQUIRED_KEYS = ("name", "kind", "color")
 _ALLOWED_KEYS = {
     "index", "name", "prompt_name", "kind", "parents", "laterality", "color",
-    "min_volume_ml", "threshold", "coding",
+    "min_volume_ml", "components", "threshold", "coding",
 }
 
 
@@ -63,6 +64,7 @@ class ClassEntry:
     laterality: str | None = None
     color: tuple[int, int, int] = (255, 255, 255)
     min_volume_ml: float = 0.0
+    components: str = "largest"  # organs: keep the "largest" connected component, or "all" above min_volume_ml
     threshold: float = 0.5
     coding: Coding = field(default_factory=Coding)
 
@@ -196,6 +198,9 @@ def _parse_entry(raw: Any, position: int, path: Path) -> ClassEntry:
     min_volume = _number(raw.get("min_volume_ml", 0.0), where, "min_volume_ml")
     if min_volume < 0:
         raise CatalogError(f"{where}: key 'min_volume_ml' must be >= 0, got {min_volume}")
+    components = raw.get("components", "largest")
+    if components not in COMPONENT_RULES:
+        raise CatalogError(f"{where}: key 'components' must be one of {COMPONENT_RULES}, got {components!r}")
     prompt_name = raw.get("prompt_name") or name
     if not isinstance(prompt_name, str):
         raise CatalogError(f"{where}: key 'prompt_name' must be a string")
@@ -208,6 +213,7 @@ def _parse_entry(raw: Any, position: int, path: Path) -> ClassEntry:
         laterality=laterality,
         color=(int(color[0]), int(color[1]), int(color[2])),
         min_volume_ml=min_volume,
+        components=components,
         threshold=threshold,
         coding=_parse_coding(raw.get("coding"), where),
     )

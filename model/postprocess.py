@@ -4,7 +4,8 @@ From class probabilities and the raw anomaly channel to final per-class masks:
 
 * organs: probability >= threshold, largest connected component (lungs: the two largest
   components of both lungs together, each to the side most of its voxels prefer, voxel by
-  voxel where a component holds both), components below the class's minimum volume dropped;
+  voxel where a component holds both; classes whose catalog entry says ``components: all``,
+  the bowel: every component), components below the class's minimum volume dropped;
 * organ envelopes: each organ mask closed with a ball of ``close_mm`` and hole-filled; the
   anomaly output is 1 - max organ probability inside their union, 0 outside;
 * tumours: a class trained with labels ("seen") is its probability P_c >= threshold; any other
@@ -160,7 +161,8 @@ def postprocess(
         masks[r], masks[l] = right, both & ~right
     for i in organ_ix:
         if masks[i].any():
-            masks[i] = drop_small(largest_components(masks[i], 1), int(np.ceil(entries[i].min_volume_ml / voxel_ml)))
+            kept = largest_components(masks[i], 1) if entries[i].components == "largest" else masks[i]
+            masks[i] = drop_small(kept, int(np.ceil(entries[i].min_volume_ml / voxel_ml)))
 
     organ_env: dict[int, np.ndarray] = {}
     envelope = np.zeros(probs.shape[1:], dtype=bool)

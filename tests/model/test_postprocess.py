@@ -117,6 +117,34 @@ def test_lungs_keep_two_components_and_each_voxel_goes_to_the_side_the_model_pre
     assert not (d.masks[rl] & d.masks[ll]).any()
 
 
+def test_bowel_keeps_every_component_above_its_minimum_other_organs_their_largest():
+    # Two colon segments (a truncated field of view, loops parted at 4 mm) both stay; a spleen
+    # with a detached second blob keeps only its largest component; specks below the class's
+    # minimum volume go in both cases.
+    shape = (40, 20, 20)
+    probs = np.full((len(CAT), *shape), 0.01, np.float32)
+    colon, spleen = CAT.index_of("Colon"), CAT.index_of("Spleen")
+    assert CAT[colon].components == "all" and CAT[spleen].components == "largest"
+    first, second, speck = _ball(shape, (8, 10, 10), 5), _ball(shape, (30, 10, 10), 4), _ball(shape, (20, 2, 2), 0)
+    probs[colon][first | second | speck] = 0.9  # 33 and 17 ml; the speck 0.06 ml, under 10 ml
+    probs[spleen][first] = 0.9
+    probs[spleen][second] = 0.9
+    d = _run(probs, 1.0 - probs.max(0))
+    assert np.array_equal(d.masks[colon], first | second)
+    assert np.array_equal(d.masks[spleen], first)
+
+
+def test_catalog_components_rule_is_checked(tmp_path):
+    import yaml
+
+    from model.catalog import CatalogError
+
+    raw = {"classes": [{"name": "Thing", "kind": "organ", "color": [1, 2, 3], "components": "some"}]}
+    (tmp_path / "extra.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(CatalogError, match="components"):
+        load_catalog(extra=tmp_path / "extra.yaml")
+
+
 def test_catalog_index_helpers_exist():
     assert isinstance(CAT, Catalog)
     with pytest.raises(KeyError):
