@@ -334,8 +334,10 @@ class VolumeSegmenter:
                 lab, bst, tum = labels[at], best[at], tumor_best[at]
                 above = vals >= 1.0
                 if entry.is_organ:
-                    sel = above & (tum == 0) if nested else above & (vals > bst) & (tum == 0)
-                    bst[sel] = vals[sel]
+                    sel = above & (tum == 0)
+                    if not nested:  # the best organ score so far is only read by this rule
+                        sel &= vals > bst
+                        bst[sel] = vals[sel]
                 else:
                     sel = above & (vals > tum)
                     tum[sel] = vals[sel]
