@@ -164,6 +164,9 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.catalog = load_catalog()
         self.is_tumor = torch.tensor([e.is_tumor for e in self.catalog], dtype=torch.bool)
+        # tumour channel -> class-map values (1-based) of its parent organs (loss.tumor_envelope_voxels)
+        self.tumor_parents = {e.index - 1: tuple(p.index for p in self.catalog.parents_of(e.name))
+                              for e in self.catalog if e.is_tumor}
         self.registry = load_registry(cfg.data.registry, self.catalog)
         self.model_cfg = cfg.model_config()
         self.pipe = cfg.pipeline(self.model_cfg)
@@ -399,7 +402,8 @@ class Trainer:
             out = self.model(x)
         stats: dict = {}
         loss, parts = dsm_loss(out, label, ann, len(self.catalog), self.model_cfg.stage, self.cfg.loss,
-                               is_tumor=self.is_tumor, stats=stats, progress=self.step / max(self.total_steps, 1))
+                               is_tumor=self.is_tumor, stats=stats, progress=self.step / max(self.total_steps, 1),
+                               tumor_parents=self.tumor_parents)
         self._track_health(stats)
         return loss, parts
 

@@ -15,6 +15,7 @@ from training.losses import (
     dsm_loss,
     multi_hot,
     partial_mask_loss,
+    tumor_regions,
 )
 from training.metrics import auroc, dice_score, fpr_at_tpr
 
@@ -224,3 +225,77 @@ def test_tumor_group_gives_a_lesion_the_weight_of_all_organs():
     # Liver and Liver Tumor are the present pairs: the tumour's Dice share goes from 1/2 to 1,
     # its BCE share from 1/45 to 1/20 (plus the organ mean of the other 25 channels).
     assert grouped > 1.5 * shared
+
+
+def _liver_crop(with_liver: bool = True) -> torch.Tensor:
+    """An 8^3 crop: a liver block with a liver tumour inside, and the spleen in a corner."""
+    label = torch.zeros(1, 2, 8, 8, 8, dtype=torch.uint8)
+    label[0, 0, 0:2, 0:2, 0:2] = CAT.by_name("Spleen").index
+    if with_liver:
+        label[0, 0, 3:7, 3:7, 3:7] = CAT.by_name("Liver").index
+        label[0, 0, 4:6, 4:6, 4:6] = CAT.by_name("Liver Tumor").index
+        label[0, 1, 4:6, 4:6, 4:6] = CAT.by_name("Liver").index
+    return label
+
+
+def _tumor_parents() -> dict[int, tuple[int, ...]]:
+    return {e.index - 1: tuple(p.index for p in CAT.parents_of(e.name)) for e in CAT if e.is_tumor}
+
+
+def test_tumor_regions_are_the_parent_envelope_dilated_in_voxels():
+    label = _liver_crop()
+    liver, tumor = CAT.by_name("Liver").index, CAT.by_name("Liver Tumor").index
+    region = tumor_regions(label, {0: (liver, tumor)}, 0)[0, 0]
+    assert region.shape == (8, 8, 8)
+    assert region[3:7, 3:7, 3:7].all() and int(region.sum()) == 4**3  # liver tissue + its tumour, no spleen
+    grown = tumor_regions(label, {0: (liver, tumor)}, 1)[0, 0]
+    assert grown[2:8, 2:8, 2:8].all() and int(grown.sum()) == 6**3
+    assert not grown[0:2, 0:2, 0:2].any()
+
+
+def test_tumor_envelope_loss_reads_tumor_channels_only_inside_their_parent():
+    n = len(CAT)
+    ann = torch.ones(1, n, dtype=torch.bool)
+    is_tumor = torch.tensor([e.is_tumor for e in CAT], dtype=torch.bool)
+    t = CAT.by_name("Liver Tumor").index - 1
+    spleen = CAT.by_name("Spleen").index - 1
+
+    def grads(label: torch.Tensor, envelope: int | None) -> tuple[torch.Tensor, dict]:
+        torch.manual_seed(0)
+        logits = torch.randn(1, n, 8, 8, 8, requires_grad=True)
+        out = {"mask_logits": logits, "layer_logits": [], "class_cos_logits": torch.randn(1, n, n)}
+        loss, parts = dsm_loss(out, label, ann, n, stage=2, w=LossWeights(tumor_envelope_voxels=envelope),
+                               is_tumor=is_tumor, tumor_parents=_tumor_parents())
+        loss.backward()
+        return logits.grad[0], parts
+
+    g, _ = grads(_liver_crop(), 0)
+    assert g[t, 3:7, 3:7, 3:7].abs().min() > 0  # every envelope voxel is supervised
+    outside = torch.ones(8, 8, 8, dtype=torch.bool)
+    outside[3:7, 3:7, 3:7] = False
+    assert float(g[t][outside].abs().max()) == 0.0  # the spleen corner and the fat: no term
+    assert float(g[spleen][outside].abs().sum()) > 0  # organ channels keep the whole crop
+    g1, _ = grads(_liver_crop(), 1)
+    assert g1[t, 2:8, 2:8, 2:8].abs().min() > 0 and float(g1[t, 0:2, 0:2, 0:2].abs().max()) == 0.0
+    g_crop, _ = grads(_liver_crop(), None)  # the old rule: the whole crop
+    assert g_crop[t][outside].abs().min() > 0
+    # A crop without the liver: the liver tumour's channel has no mask term at all.
+    g_none, _ = grads(_liver_crop(with_liver=False), 0)
+    assert float(g_none[t].abs().max()) == 0.0
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="tumor_envelope_voxels"):
+            LossWeights(tumor_envelope_voxels=bad)
+    with pytest.raises(ValueError, match="tumor_parents"):
+        dsm_loss({"mask_logits": torch.zeros(1, n, 8, 8, 8), "layer_logits": [], "class_cos_logits": torch.zeros(1, n, n)},
+                 _liver_crop(), ann, n, stage=2, w=LossWeights(tumor_envelope_voxels=0), is_tumor=is_tumor)
+
+
+def test_region_mean_bce_is_the_mean_inside_the_region():
+    logits = torch.zeros(1, 1, 4, 4, 4)
+    target = torch.zeros(1, 1, 4, 4, 4)
+    weights = torch.zeros(1, 1, 4, 4, 4)
+    weights[..., :2] = 1.0  # half the crop
+    _, diluted = dice_bce_per_channel(logits, target, weights=weights)
+    _, regional = dice_bce_per_channel(logits, target, weights=weights, region_mean=True)
+    assert math.isclose(float(regional), math.log(2), rel_tol=1e-6)
+    assert math.isclose(float(diluted), math.log(2) / 2, rel_tol=1e-6)
