@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip install -q -c constraints.txt
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv serve test lint bench bench-ingest bench-model bench-results bench-keyimages bench-e2e bench-scale demo demo-weights view check-config docs clean
+.PHONY: venv serve test lint bench bench-ingest bench-model bench-results bench-segment bench-keyimages bench-e2e bench-scale demo demo-weights view check-config docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ bench-model: venv
 
 bench-results: venv
 	$(PY) bench/results.py $(ARGS)
+
+# The one inference path on a 512x512x300 CT: paper config (random weights) vs the demo weights.
+# The paper config runs by default only with CUDA; on CPU: ARGS="--configs paper,small --shape 96 96 48"
+bench-segment: venv
+	$(PY) bench/segment.py $(ARGS)
 
 bench-keyimages: venv
 	$(PY) bench/keyimages.py $(ARGS)
