@@ -25,10 +25,14 @@
 # The held-out figures (phantom:5000:8 and the real CTs of ../shared/data) are for the report,
 # not for choosing: run them afterwards on the exported candidate, where ../shared exists.
 set -euo pipefail
+: "${OUT:?set OUT to the folder for the results}"
+# Paths the caller gave relative to where it stands, resolved before moving to the repository.
+OUT=$(realpath -ms "$OUT")
+[ -n "${RUNS:-}" ] && RUNS=$(realpath -ms "$RUNS")
+PY=${PY:-python3}
+case "$PY" in */*) PY=$(realpath -ms "$PY") ;; esac
 cd "$(dirname "$0")/.."
 
-: "${OUT:?set OUT to the folder for the results}"
-PY=${PY:-python3}
 S1_MIN=${S1_MIN:-3.5}
 S2_MIN=${S2_MIN:-3.5}
 BENCH=${BENCH:-1}

@@ -19,10 +19,11 @@ TINY = ("data.train.phantoms.n=2 data.val.phantoms.n=1 data.val_max_cases=1 opti
 @pytest.mark.slow
 def test_gpu_session_script_runs_and_leaves_few_files(tmp_path):
     out = tmp_path / "out"
-    env = dict(os.environ, OUT=str(out), RUNS=str(tmp_path / "runs"), PY=sys.executable, SHAPE="64 64 32",
+    # OUT and RUNS relative to the caller's folder (not the repository the script moves to)
+    env = dict(os.environ, OUT="out", RUNS="runs", PY=sys.executable, SHAPE="64 64 32",
                SET1=TINY, SET2=TINY, VAL="phantom:900:1", S1_MIN="10", S2_MIN="10")
     done = subprocess.run(["bash", str(REPO / "scripts" / "gpu-demo-weights.sh")], env=env, capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     files = sorted(p.name for p in out.iterdir())
     # the lent machine returns at most 8 files
@@ -34,5 +35,6 @@ def test_gpu_session_script_runs_and_leaves_few_files(tmp_path):
     with tarfile.open(out / "training.tar.gz") as tar:
         names = set(tar.getnames())
     assert {"stage1/metrics.csv", "stage2/channel_health.csv", "stage2.log"} <= names
+    assert (tmp_path / "runs" / "stage2" / "final.pt").exists() and not (REPO / "out").exists()
     log = (out / "session.log").read_text()
     assert "Stage 1" in log and "Stage 2" in log and "done:" in log
