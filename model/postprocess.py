@@ -15,7 +15,9 @@ From class probabilities and the raw anomaly channel to final per-class masks:
   c has the largest w among those classes (the spec's Z_c thresholded after dividing by the
   winner's w, so that two unseen siblings with similar text probabilities do not halve each
   other's evidence); a tumour component is kept when at least ``gate_fraction`` of it lies in
-  its parent organ's envelope (lesions may reach outside their organ, islands elsewhere go).
+  its parent organ's envelope (lesions may reach outside their organ, islands elsewhere go);
+  a tumour never takes the voxels of a kept organ that is not one of its parents (the gall
+  bladder inside the filled liver envelope stays gall bladder).
 
 Every decision is returned as a score map normalised so that 1.0 is the class's threshold: the
 way to the source grid upsamples gated scores and thresholds them at 1.0 (smooth edges, same
@@ -176,6 +178,10 @@ def postprocess(
     tumor_ix = [i for i, e in enumerate(entries) if not e.is_organ]
     parents_of = {i: [index[p] for p in entries[i].parents if p in index] for i in tumor_ix}
     zero: dict[int, np.ndarray] = {}
+    # A tumour does not take the voxels of a kept organ other than its parents: the filled liver
+    # envelope holds the gall bladder, and a liver-tumour channel that fires on bile took 259 of
+    # a phantom's 265 gall-bladder voxels (docs/training.md). Keyed by the parent set.
+    others: dict[tuple[int, ...], np.ndarray] = {}
     for c in tumor_ix:
         parents = parents_of[c]
         region = np.zeros(envelope.shape, dtype=bool)
@@ -203,7 +209,13 @@ def postprocess(
             zero[c] = (local * w).astype(np.float32)
             top = w >= w_max - 1e-6
             score = np.maximum(score, np.where(top, local / max(zero_shot_threshold, 1e-6), 0.0))
-        m = keep_inside(score >= 1.0, region, gate_fraction)
+        key = tuple(sorted(parents))
+        if key not in others:
+            others[key] = np.zeros(envelope.shape, dtype=bool)
+            for o in organ_ix:
+                if o not in parents and masks[o].any():
+                    others[key] |= masks[o]
+        m = keep_inside((score >= 1.0) & ~others[key], region, gate_fraction)
         m = drop_small(m, int(np.ceil(entries[c].min_volume_ml / voxel_ml)))
         if m.any():
             masks[c] = m

@@ -168,3 +168,33 @@ def test_a_score_kept_in_its_mask_box_gates_like_the_whole_map():
         assert kept.values.size <= score.size
         for by in (0, 1):
             assert np.array_equal(kept.gated(mask, by), np.where(dilate(mask, by), score, 0.0).astype(np.float32))
+
+
+def test_a_tumor_does_not_take_another_organ_inside_its_parent_envelope():
+    # The gall bladder sits in a notch of the liver, inside the liver's filled envelope; the
+    # liver-tumour channel fires on it and on a lesion in liver tissue. The lesion is a liver
+    # tumour; the gall bladder stays gall bladder (a 150-step Stage 2 labelled 259 of a
+    # phantom's 265 gall-bladder voxels "Liver Tumor" before this rule).
+    shape = (40, 30, 30)
+    probs = np.full((len(CAT), *shape), 0.01, np.float32)
+    liver, gb, lt = CAT.index_of("Liver"), CAT.index_of("Gall Bladder"), CAT.index_of("Liver Tumor")
+    liver_ball = _ball(shape, (20, 15, 15), 10)
+    bladder = _ball(shape, (20, 15, 19), 3)
+    lesion = _ball(shape, (17, 13, 11), 2)
+    probs[liver][liver_ball & ~bladder & ~lesion] = 0.95
+    probs[gb][bladder] = 0.95
+    probs[lt][bladder | lesion] = 0.9
+    anomaly_raw = 1.0 - probs[[i for i, e in enumerate(CAT) if e.is_organ]].max(0)
+    d = _run(probs, anomaly_raw)
+    assert d.masks[gb][bladder].all()
+    assert d.organ_envelopes[liver][bladder].all()  # the envelope holds it: the gate alone would not help
+    assert d.masks[lt][lesion].all() and not d.masks[lt][bladder].any()
+    # A parent's own mask does not stop its tumour (a kidney tumour inside the kidney's mask).
+    rk, kt = CAT.index_of("Right Kidney"), CAT.index_of("Kidney Tumor")
+    probs2 = np.full((len(CAT), *shape), 0.01, np.float32)
+    kidney = _ball(shape, (20, 15, 15), 6)
+    tumour = _ball(shape, (20, 15, 15), 2)
+    probs2[rk][kidney] = 0.95
+    probs2[kt][tumour] = 0.9
+    d2 = _run(probs2, 1.0 - probs2[[i for i, e in enumerate(CAT) if e.is_organ]].max(0))
+    assert d2.masks[kt][tumour].all()
