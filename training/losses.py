@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from model.catalog import Catalog
+
 
 def multi_hot(label: Tensor, n_classes: int) -> Tensor:
     """(B, 2, ...) class map + parent map -> (B, n_classes, ...) float target, organ *tissue*.
@@ -69,6 +71,12 @@ def host_rejection(organ_logits: Tensor, label: Tensor) -> Tensor | None:
         return None
     logit = organ_logits.float().amax(dim=1)[inside]
     return F.binary_cross_entropy_with_logits(logit, torch.zeros_like(logit))
+
+
+def tumor_parent_values(catalog: Catalog) -> dict[int, tuple[int, ...]]:
+    """Tumour channel (0-based) -> class-map values (1-based catalog indices) of its parent
+    organs: the ``tumor_parents`` argument of ``dsm_loss``."""
+    return {e.index - 1: tuple(p.index for p in catalog.parents_of(e.name)) for e in catalog if e.is_tumor}
 
 
 def tumor_regions(label: Tensor, parents: dict[int, tuple[int, ...]], radius: int) -> Tensor:
@@ -227,7 +235,7 @@ def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage:
     if is_tumor is not None:
         weights = voxel_weights(label, is_tumor.to(label.device))
     wn = None if weights is None else weights[:, :n]
-    in_region = False
+    in_region, mask_ann = False, ann
     if w.tumor_envelope_voxels is not None and is_tumor is not None and bool(is_tumor[:n].any()):
         if tumor_parents is None:
             raise ValueError("loss.tumor_envelope_voxels needs the tumour channels' parents (tumor_parents)")
@@ -237,19 +245,19 @@ def dsm_loss(out: dict, label: Tensor, annotated: Tensor, n_classes: int, stage:
         full = torch.ones_like(masks[:, :n], dtype=torch.float32) if wn is None else wn.clone()
         full[:, channels] = full[:, channels] * region.to(full.dtype)
         wn, in_region = full, True
-        ann = ann.clone()  # mask terms only; presence and the class loss keep every annotated pair
-        ann[:, channels] &= region.flatten(2).any(-1)
+        mask_ann = ann.clone()  # mask terms only; presence and the class loss keep every annotated pair
+        mask_ann[:, channels] &= region.flatten(2).any(-1)
     if w.tumor_group > 0 and is_tumor is not None and bool(is_tumor[:n].any()):
         tum = is_tumor[:n].to(ann.device)
-        loss, dice, bce = partial_mask_loss(masks, tgt, ann & ~tum, w.dice, w.bce, w.dice_smooth, wn, in_region)
-        t_loss, t_dice, t_bce = partial_mask_loss(masks, tgt, ann & tum, w.dice, w.bce, w.dice_smooth, wn, in_region)
+        loss, dice, bce = partial_mask_loss(masks, tgt, mask_ann & ~tum, w.dice, w.bce, w.dice_smooth, wn, in_region)
+        t_loss, t_dice, t_bce = partial_mask_loss(masks, tgt, mask_ann & tum, w.dice, w.bce, w.dice_smooth, wn,
+                                                  in_region)
         loss = loss + w.tumor_group * t_loss
         parts = {"dice": dice.item(), "bce": bce.item(), "tumor_dice": t_dice.item(), "tumor_bce": t_bce.item()}
     else:
-        loss, dice, bce = partial_mask_loss(masks, tgt, ann, w.dice, w.bce, w.dice_smooth, wn, in_region)
+        loss, dice, bce = partial_mask_loss(masks, tgt, mask_ann, w.dice, w.bce, w.dice_smooth, wn, in_region)
         parts = {"dice": dice.item(), "bce": bce.item()}
     pres = presence(tgt)
-    ann = annotated[:, :n]
     if stats is not None:
         with torch.no_grad():
             stats["present"] = (pres > 0) & ann

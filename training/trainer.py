@@ -34,7 +34,7 @@ from model.text import class_embeddings
 from .config import DataSource, TrainConfig
 from .data import cached_dataset, case_items, epoch_plan, phantom_items, planned_loader
 from .datalist import read_datalist
-from .losses import dsm_loss
+from .losses import dsm_loss, tumor_parent_values
 from .registry import load_registry
 from .transforms import augment_transforms, preprocess_transforms
 from .validation import validate
@@ -164,9 +164,7 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.catalog = load_catalog()
         self.is_tumor = torch.tensor([e.is_tumor for e in self.catalog], dtype=torch.bool)
-        # tumour channel -> class-map values (1-based) of its parent organs (loss.tumor_envelope_voxels)
-        self.tumor_parents = {e.index - 1: tuple(p.index for p in self.catalog.parents_of(e.name))
-                              for e in self.catalog if e.is_tumor}
+        self.tumor_parents = tumor_parent_values(self.catalog)  # for loss.tumor_envelope_voxels
         self.registry = load_registry(cfg.data.registry, self.catalog)
         self.model_cfg = cfg.model_config()
         self.pipe = cfg.pipeline(self.model_cfg)

@@ -15,6 +15,7 @@ from training.losses import (
     dsm_loss,
     multi_hot,
     partial_mask_loss,
+    tumor_parent_values,
     tumor_regions,
 )
 from training.metrics import auroc, dice_score, fpr_at_tpr
@@ -238,10 +239,6 @@ def _liver_crop(with_liver: bool = True) -> torch.Tensor:
     return label
 
 
-def _tumor_parents() -> dict[int, tuple[int, ...]]:
-    return {e.index - 1: tuple(p.index for p in CAT.parents_of(e.name)) for e in CAT if e.is_tumor}
-
-
 def test_tumor_regions_are_the_parent_envelope_dilated_in_voxels():
     label = _liver_crop()
     liver, tumor = CAT.by_name("Liver").index, CAT.by_name("Liver Tumor").index
@@ -265,7 +262,7 @@ def test_tumor_envelope_loss_reads_tumor_channels_only_inside_their_parent():
         logits = torch.randn(1, n, 8, 8, 8, requires_grad=True)
         out = {"mask_logits": logits, "layer_logits": [], "class_cos_logits": torch.randn(1, n, n)}
         loss, parts = dsm_loss(out, label, ann, n, stage=2, w=LossWeights(tumor_envelope_voxels=envelope),
-                               is_tumor=is_tumor, tumor_parents=_tumor_parents())
+                               is_tumor=is_tumor, tumor_parents=tumor_parent_values(CAT))
         loss.backward()
         return logits.grad[0], parts
 
