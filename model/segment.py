@@ -17,6 +17,7 @@ tumours are drawn over organs.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -53,6 +54,12 @@ class InferenceSettings:
     seen_tumors: tuple[str, ...] | None = None  # None: not recorded -> no zero-shot path
     gate_fraction: float = 0.5
     organ_overlap: str = "nested"  # model.config.InferenceConfig.organ_overlap
+    # Classes the calibration did not find on the validation cases (best Dice below
+    # training.calibration.MIN_CALIBRATION_DICE at every threshold): never drawn. At the
+    # catalog's threshold such a channel only takes other organs' voxels; a candidate's
+    # hepatic-vessel channel fired on bile and, being the smaller mask, took 79 % of a
+    # validation phantom's gall bladder (docs/model.md).
+    not_found: tuple[str, ...] = ()
 
     @classmethod
     def from_checkpoint(cls, ckpt: LoadedCheckpoint, overlap: float | None = None,
@@ -76,9 +83,14 @@ class InferenceSettings:
             zero_shot_threshold=float(cal.get("zero_shot_threshold", DEFAULT_ZERO_SHOT_THRESHOLD)),
             seen_tumors=None if seen is None else tuple(seen),
             organ_overlap=inf.organ_overlap,
+            not_found=tuple(str(n) for n in cal.get("not_found") or ()),
         )
 
     def threshold_of(self, entry: ClassEntry) -> float:
+        """The calibrated threshold, else the catalog's; infinite for a class the calibration
+        did not find (its P_c / t is then 0 everywhere: no mask, no tumour score)."""
+        if entry.name in self.not_found:
+            return math.inf
         return self.thresholds.get(entry.name, entry.threshold)
 
 

@@ -127,7 +127,7 @@ def calibrate(segmenter: VolumeSegmenter, cases: Sequence[Case]) -> dict[str, An
     z_total = np.zeros(len(zgrid))
     z_lesions = 0
     seen = set(segmenter.settings.seen_tumors or ())
-    base = segmenter.with_settings(thresholds={}, zero_shot_threshold=0.5)
+    base = segmenter.with_settings(thresholds={}, zero_shot_threshold=0.5, not_found=())
     for case in cases:
         output = base.predict(case.image, case.affine)
         gt = _to_model_grid(case.classes, output)

@@ -115,8 +115,9 @@ def evaluate(checkpoint: Path, data: str, out: Path, root: str | None = None, de
         "checkpoint_version": seg.model_version, "data": data, "n_cases": len(per_case),
         "grid": "each case's own grid (the node's inference path: model.segment)",
         "masks": ("final labels of model.segment: calibrated thresholds "
-                  f"({len(s.thresholds)} classes; others the catalog's), post-processing, zero-shot tumours "
-                  f"(threshold {s.zero_shot_threshold:g})"),
+                  f"({len(s.thresholds)} classes; others the catalog's"
+                  + (f"; not drawn, not found by the calibration: {', '.join(s.not_found)}" if s.not_found else "")
+                  + f"), post-processing, zero-shot tumours (threshold {s.zero_shot_threshold:g})"),
         "ood_region": "primary: reference parent envelope (parent organ(s) + their tumours, hole-filled, no "
                       f"dilation); secondary: that envelope dilated by {dilation_mm:g} mm (with its oracle ceiling)",
         "ood_score": "anomaly output A: 1 - max organ probability inside the predicted organ envelope "

@@ -5,6 +5,8 @@ liver's probability inside the gall bladder is 0.998 and the gall bladder's 0.94
 "score" the gall bladder, though segmented, never reached the label map."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -64,3 +66,40 @@ def test_overlap_rule_is_a_checked_model_setting():
     assert ModelConfig.from_dict({"inference": {"organ_overlap": "score"}}).inference.organ_overlap == "score"
     with pytest.raises(ValueError, match="organ_overlap"):
         InferenceConfig(organ_overlap="largest")
+
+
+def test_a_class_the_calibration_did_not_find_is_never_drawn():
+    """A channel with no signal on the validation cases (calibration "not_found") at the catalog's
+    threshold only takes other organs' voxels: as the smaller mask a stray hepatic-vessel
+    channel over the gall bladder wins it under "nested". Left out, the gall bladder keeps them."""
+    catalog = load_catalog()
+    gmap = grid.plan((48, 48, 48), np.eye(4), (2.0, 2.0, 2.0))
+    shape = gmap.model_shape
+    probs = np.zeros((len(catalog), *shape), dtype=np.float32)
+    ix = {n: catalog.by_name(n).index - 1 for n in ("Gall Bladder", "Hepatic Vessel")}
+    probs[ix["Gall Bladder"], 8:14, 8:14, 8:14] = 0.95
+    probs[ix["Hepatic Vessel"], 9:13, 9:13, 9:13] = 0.9  # a smaller mask inside the gall bladder
+    output = ModelGridOutput(probs=probs, anomaly_raw=np.zeros(shape, np.float32), gmap=gmap,
+                             box=tuple(slice(0, n) for n in shape))
+    seg = _segmenter("nested")
+    centre = (22, 22, 22)  # the gall bladder's centre on the 1 mm source grid
+    labels, found = seg._labels(output, seg.decide(output))
+    assert labels[centre] == catalog.by_name("Hepatic Vessel").index  # what the rule is for
+    seg.settings = replace(seg.settings, not_found=("Hepatic Vessel",))
+    assert seg.settings.threshold_of(catalog.by_name("Hepatic Vessel")) == float("inf")
+    assert seg.settings.threshold_of(catalog.by_name("Gall Bladder")) == catalog.by_name("Gall Bladder").threshold
+    d = seg.decide(output)
+    assert not d.masks[ix["Hepatic Vessel"]].any()
+    labels, found = seg._labels(output, d)
+    assert labels[centre] == catalog.by_name("Gall Bladder").index
+    assert "Hepatic Vessel" not in found and found["Gall Bladder"] > 0
+
+
+def test_not_found_classes_are_read_from_the_checkpoint_calibration():
+    from model.checkpoint import load_checkpoint
+    from training.evaluate import DEFAULT_WEIGHTS
+
+    ck = load_checkpoint(DEFAULT_WEIGHTS, map_location="cpu")
+    settings = InferenceSettings.from_checkpoint(ck)
+    assert settings.not_found == tuple(ck.calibration["not_found"])
+    assert "Hepatic Vessel" in settings.not_found and "Liver" not in settings.not_found
