@@ -27,8 +27,13 @@ def _scene():
     lesion = _ball(shape, (12, 15, 15), 3)
     probs[pancreas][organ & ~lesion] = 0.95
     probs[liver][_ball(shape, (31, 15, 15), 8)] = 0.95  # 137 ml: above the liver's 100 ml minimum
-    anomaly_raw = 1.0 - probs[[i for i, e in enumerate(CAT) if e.is_organ]].max(0)
+    anomaly_raw = _anomaly_raw(probs)
     return probs, anomaly_raw, lesion, organ
+
+
+def _anomaly_raw(probs):
+    """What the network's last channel carries: 1 - max organ probability."""
+    return 1.0 - probs[[i for i, e in enumerate(CAT) if e.is_organ]].max(0)
 
 
 def _run(probs, anomaly_raw, seen=SEEN, zt=0.5, entries=None, **kw):
@@ -184,7 +189,7 @@ def test_a_tumor_does_not_take_another_organ_inside_its_parent_envelope():
     probs[liver][liver_ball & ~bladder & ~lesion] = 0.95
     probs[gb][bladder] = 0.95
     probs[lt][bladder | lesion] = 0.9
-    anomaly_raw = 1.0 - probs[[i for i, e in enumerate(CAT) if e.is_organ]].max(0)
+    anomaly_raw = _anomaly_raw(probs)
     d = _run(probs, anomaly_raw)
     assert d.masks[gb][bladder].all()
     assert d.organ_envelopes[liver][bladder].all()  # the envelope holds it: the gate alone would not help
@@ -196,5 +201,5 @@ def test_a_tumor_does_not_take_another_organ_inside_its_parent_envelope():
     tumour = _ball(shape, (20, 15, 15), 2)
     probs2[rk][kidney] = 0.95
     probs2[kt][tumour] = 0.9
-    d2 = _run(probs2, 1.0 - probs2[[i for i, e in enumerate(CAT) if e.is_organ]].max(0))
+    d2 = _run(probs2, _anomaly_raw(probs2))
     assert d2.masks[kt][tumour].all()
