@@ -41,7 +41,11 @@ class PostgresServer:
         )
         self.start()
 
-    def url(self, database: str = "postgres") -> str:
+    def url(self, database: str = "postgres", unix_socket: bool = False) -> str:
+        """TCP on 127.0.0.1, or the Unix socket: it also reaches the server from a thread or process
+        inside another network namespace (the delivery tests' loopback-only peers)."""
+        if unix_socket:
+            return f"postgresql+psycopg://dsm@/{database}?host={self.sockets}&port={self.port}"
         return f"postgresql+psycopg://dsm@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
@@ -61,13 +65,13 @@ class PostgresServer:
         subprocess.run([*self._as_user, self._pg_ctl, "-D", str(self.data), "-m", mode, "-w", "stop"],
                        capture_output=True)
 
-    def new_database(self) -> str:
+    def new_database(self, unix_socket: bool = False) -> str:
         import psycopg
 
         name = f"dsm_test_{os.getpid()}_{next(self._names)}"
         with psycopg.connect(f"host=127.0.0.1 port={self.port} user=dsm dbname=postgres", autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
+        return self.url(name, unix_socket)
 
 
 @contextmanager

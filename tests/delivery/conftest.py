@@ -31,9 +31,8 @@ from dsm_node.db.models import (
 from dsm_node.delivery import DeliveryService, enqueue_results
 from dsm_node.settings import load_settings
 from tests.delivery.delivery_objects import ResultFile, build_results
-from tests.delivery.delivery_postgres import PostgresServer, temporary_postgres
 from tests.peers import LoopbackNet
-from tests.tools import require_tool
+from tests.pg import PostgresServer, postgres_server
 
 FAST_RETRIES = {"backoff_initial_s": 0.05, "backoff_max_s": 0.2, "timeout_s": 5, "max_attempts": 5}
 
@@ -150,14 +149,14 @@ def result_files(tmp_path_factory) -> dict[str, ResultFile]:
 
 @pytest.fixture(scope="session")
 def postgres() -> PostgresServer:
-    with temporary_postgres(require_tool("initdb"), require_tool("pg_ctl")) as server:
+    with postgres_server() as server:
         yield server
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request) -> str | None:
     """None (SQLite in the node's data dir) or a fresh PostgreSQL database."""
-    return request.getfixturevalue("postgres").new_database() if request.param == "postgres" else None
+    return request.getfixturevalue("postgres").new_database(unix_socket=True) if request.param == "postgres" else None
 
 
 @pytest.fixture
