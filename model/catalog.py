@@ -22,12 +22,13 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _KINDS = ("organ", "tumor")
 _LATERALITIES = ("left", "right", None)
+SEXES = ("female", "male")
 COMPONENT_RULES = ("largest", "all")
 _CODING_KEYS = ("category", "type", "modifier", "anatomic_region")
 _REQUIRED_KEYS = ("name", "kind", "color")
 _ALLOWED_KEYS = {
     "index", "name", "prompt_name", "kind", "parents", "laterality", "color",
-    "min_volume_ml", "components", "threshold", "coding",
+    "min_volume_ml", "components", "threshold", "coding", "sex",
 }
 
 
@@ -67,6 +68,9 @@ class ClassEntry:
     components: str = "largest"  # organs: keep the "largest" connected component, or "all" above min_volume_ml
     threshold: float = 0.5
     coding: Coding = field(default_factory=Coding)
+    # "female" | "male": a class only this sex has (prostate); not drawn for a patient known to be
+    # of the other sex (model.segment: patient_sex). None: any patient.
+    sex: str | None = None
 
     @property
     def prompt(self) -> str:
@@ -201,6 +205,9 @@ def _parse_entry(raw: Any, position: int, path: Path) -> ClassEntry:
     components = raw.get("components", "largest")
     if components not in COMPONENT_RULES:
         raise CatalogError(f"{where}: key 'components' must be one of {COMPONENT_RULES}, got {components!r}")
+    sex = raw.get("sex")
+    if sex is not None and sex not in SEXES:
+        raise CatalogError(f"{where}: key 'sex' must be female, male or null, got {sex!r}")
     prompt_name = raw.get("prompt_name") or name
     if not isinstance(prompt_name, str):
         raise CatalogError(f"{where}: key 'prompt_name' must be a string")
@@ -216,6 +223,7 @@ def _parse_entry(raw: Any, position: int, path: Path) -> ClassEntry:
         components=components,
         threshold=threshold,
         coding=_parse_coding(raw.get("coding"), where),
+        sex=sex,
     )
 
 

@@ -188,6 +188,13 @@ def to_source_slabs(values: np.ndarray, gmap: grid.GridMap,
         yield k0, block
 
 
+def sex_of(value: str | None) -> str | None:
+    """"female" / "male" from DICOM PatientSex ("F" / "M") or those words; None for anything else
+    ("O", empty, missing): then every class may be drawn."""
+    v = (value or "").strip().lower()
+    return {"f": "female", "female": "female", "m": "male", "male": "male"}.get(v)
+
+
 def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -278,27 +285,33 @@ class VolumeSegmenter:
         n = len(self.catalog)
         return ModelGridOutput(probs=channels[:n], anomaly_raw=channels[n], gmap=gmap, box=box)
 
-    def decide(self, output: ModelGridOutput) -> Decisions:
+    def decide(self, output: ModelGridOutput, patient_sex: str | None = None) -> Decisions:
+        """Post-processing on the model grid; ``patient_sex`` ("female" / "male" / None, see
+        ``sex_of``): classes of the other sex (catalog ``sex``) are not drawn."""
         s = self.settings
         seen = None if s.seen_tumors is None else set(s.seen_tumors)
+        thresholds = [math.inf if patient_sex and e.sex and e.sex != patient_sex else s.threshold_of(e)
+                      for e in self.catalog]
         # decide() runs before segment() lets the model-grid arrays go, so both are set here
         return postprocess(
             output.probs, output.anomaly_raw,  # type: ignore[arg-type]
-            list(self.catalog), [s.threshold_of(e) for e in self.catalog], seen,
+            list(self.catalog), thresholds, seen,
             s.zero_shot_threshold, output.gmap.model_spacing, s.close_mm, s.gate_fraction,
         )
 
     def segment(self, image_hu: np.ndarray, affine_ras: np.ndarray, want_anomaly: bool = True,
-                progress: bool = False, keep_model_output: bool = True) -> VolumeSegmentation:
+                progress: bool = False, keep_model_output: bool = True,
+                patient_sex: str | None = None) -> VolumeSegmentation:
         """image_hu: (i, j, k) HU array; affine_ras: its 4x4 voxel -> RAS mm affine.
 
         ``keep_model_output=False``: the class probabilities on the model grid are let go once
         post-processing has decided (the node does not need them): the source-grid stage then
-        runs without them in memory (``model_output`` keeps the grid map, ``probs`` is None)."""
+        runs without them in memory (``model_output`` keeps the grid map, ``probs`` is None).
+        ``patient_sex``: "female", "male" or None (unknown; ``sex_of`` reads DICOM's M / F / O)."""
         timings: dict[str, float] = {}
         output = self.predict(image_hu, affine_ras, progress, timings)
         t2 = time.perf_counter()
-        decisions = self.decide(output)
+        decisions = self.decide(output, sex_of(patient_sex))
         if not keep_model_output:
             output = ModelGridOutput(probs=None, anomaly_raw=None, gmap=output.gmap, box=output.box)
         labels, found = self._labels(output, decisions, like=image_hu)

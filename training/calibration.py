@@ -44,6 +44,7 @@ class Case:
     classes: np.ndarray
     parents: np.ndarray
     annotated: np.ndarray  # (C,) bool
+    sex: str | None = None  # "female" / "male" where the source says (phantoms); None: unknown
 
 
 def load_cases(items: Iterable[dict], registry: Registry) -> list[Case]:
@@ -55,7 +56,7 @@ def load_cases(items: Iterable[dict], registry: Registry) -> list[Case]:
                         image=np.asarray(d["image"][0], dtype=np.float32),
                         affine=np.asarray(d["image"].meta["affine"], dtype=np.float64),
                         classes=np.asarray(d["label"][0]), parents=np.asarray(d["label"][1]),
-                        annotated=np.asarray(d["annotated"], dtype=bool)))
+                        annotated=np.asarray(d["annotated"], dtype=bool), sex=item.get("sex")))
     return out
 
 
@@ -135,6 +136,8 @@ def calibrate(segmenter: VolumeSegmenter, cases: Sequence[Case]) -> dict[str, An
             entry = segmenter.catalog[c]
             if entry.index - 1 >= len(case.annotated) or not case.annotated[entry.index - 1]:
                 continue
+            if case.sex and entry.sex and entry.sex != case.sex:
+                continue  # never drawn for this patient (model.segment: patient_sex)
             truth = gt == entry.index
             present[c] += int(truth.any())
             p = output.probs[c]
@@ -144,7 +147,7 @@ def calibrate(segmenter: VolumeSegmenter, cases: Sequence[Case]) -> dict[str, An
                 total[c, k] += pred.sum() + truth.sum()
         tumors = [e for e in segmenter.catalog if e.is_tumor and e.name in seen and case.annotated[e.index - 1]]
         if tumors:
-            d = base.decide(output)
+            d = base.decide(output, case.sex)
             index = {e.name: i for i, e in enumerate(segmenter.catalog)}
             region = np.zeros(d.anomaly.shape, bool)
             truth = np.zeros(d.anomaly.shape, bool)
@@ -200,7 +203,7 @@ def rejection_rate(segmenter: VolumeSegmenter, cases: Sequence[Case], cfg: Expos
         image, host, _ = paint_lesions(case.image, case.classes, spacing, organs, rng, cfg)
         if not host.any():
             continue
-        result = segmenter.segment(image, case.affine, want_anomaly=True)
+        result = segmenter.segment(image, case.affine, want_anomaly=True, patient_sex=case.sex)
         lab, n = ndimage.label(host > 0)
         if not n:
             continue

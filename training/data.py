@@ -110,7 +110,7 @@ def phantom_items(seed: int, n: int, tumors: str = "all", spacing: float = 3.0,
     for s in range(seed, seed + n):
         ph = generate(s, spacing=spacing, tumor_types=types)
         items.append({"image": ph.image, "label": ph.label, "affine": ph.affine, "dataset": dataset,
-                      "case": f"phantom_{s:05d}"})
+                      "case": f"phantom_{s:05d}", "sex": ph.info["sex"]})
     return items
 
 

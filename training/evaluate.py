@@ -98,7 +98,7 @@ def evaluate(checkpoint: Path, data: str, out: Path, root: str | None = None, de
     per_case = []
     for ci, item in enumerate(items):
         case = load_cases([item], registry)[0]
-        result = seg.segment(case.image, case.affine, want_anomaly=True)
+        result = seg.segment(case.image, case.affine, want_anomaly=True, patient_sex=case.sex)
         rec = _score_case(case, result, catalog, item["dataset"], dilation_mm)
         per_case.append(rec)
         if save_labels:

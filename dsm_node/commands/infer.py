@@ -29,6 +29,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--catalog-extra", help="YAML of extra (zero-shot) classes with their coding")
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
     parser.add_argument("--model-version", help="override the version written into SEG/SR (default: the checkpoint's)")
+    parser.add_argument("--patient-sex", choices=("F", "M", "O"),
+                        help="classes of the other sex (catalog 'sex': prostate) are not drawn; default: "
+                             "the series' PatientSex for DICOM input, unknown (every class) for NIfTI")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
 
     peaks = {"read_and_model_load": peak_rss_mb()}
     t1 = time.perf_counter()
-    result = segmenter.segment(hu, affine_lps, want_anomaly=True, progress=sys.stderr.isatty(), stream_anomaly=True)
+    sex = args.patient_sex or (volume.patient_sex if volume is not None else None)
+    result = segmenter.segment(hu, affine_lps, want_anomaly=True, progress=sys.stderr.isatty(), stream_anomaly=True,
+                               patient_sex=sex)
     peaks["segment"] = peak_rss_mb()
     timings = {"read_s": read_s, "model_load_s": t1 - t0, "inference_total_s": time.perf_counter() - t1,
                **result.timings}

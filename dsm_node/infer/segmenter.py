@@ -81,15 +81,16 @@ class Segmenter:
         }
 
     def segment(self, hu: np.ndarray, affine_lps: np.ndarray, want_anomaly: bool = False, progress: bool = False,
-                stream_anomaly: bool = False) -> Segmentation:
+                stream_anomaly: bool = False, patient_sex: str | None = None) -> Segmentation:
         """hu (z, y, x) = (slice, row, column) with the LPS affine of (column, row, slice).
 
         ``stream_anomaly``: no anomaly array; ``anomaly_slabs`` gives it block by block (a
-        writer that streams it never holds the float32 source-sized map)."""
+        writer that streams it never holds the float32 source-sized map). ``patient_sex``:
+        DICOM PatientSex (M / F / O / empty): classes of the other sex are not drawn."""
         ijk = hu.transpose(2, 1, 0)
         result = self.model.segment(ijk, LPS_TO_RAS @ np.asarray(affine_lps, dtype=np.float64),
                                     want_anomaly=want_anomaly and not stream_anomaly, progress=progress,
-                                    keep_model_output=False)
+                                    keep_model_output=False, patient_sex=patient_sex)
         # The model lays its source-grid outputs out like its input (the (i, j, k) view of hu), so
         # these transposes are C-contiguous views: no second source-sized copy.
         labels = np.ascontiguousarray(result.labels.transpose(2, 1, 0))

@@ -39,7 +39,7 @@ class DSMPipeline:
         timings["assembly"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        seg_out = self.segmenter.segment(volume.hu, volume.affine_lps)
+        seg_out = self.segmenter.segment(volume.hu, volume.affine_lps, patient_sex=volume.patient_sex)
         timings["inference"] = time.perf_counter() - t
 
         t = time.perf_counter()

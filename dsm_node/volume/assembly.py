@@ -103,6 +103,13 @@ class Volume:
         return [(f.sop_class_uid, f.sop_instance_uid) for f in self.frames]
 
     @property
+    def patient_sex(self) -> str:
+        """DICOM PatientSex of the series ("M", "F", "O" or ""): the model leaves out classes of
+        the other sex (model.segment.sex_of)."""
+        value = self.headers[0].get("PatientSex", "") if self.headers else ""
+        return str(value or "").strip()
+
+    @property
     def is_multiframe(self) -> bool:
         return self.frames[0].frame_number is not None
 

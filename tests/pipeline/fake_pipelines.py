@@ -21,7 +21,7 @@ class _Unreachable:
     catalog = tuple(range(45))
     model = _model_on(3.0)
 
-    def segment(self, hu, affine_lps):  # noqa: ANN001, ANN201 - the Segmenter interface
+    def segment(self, hu, affine_lps, patient_sex=None):  # noqa: ANN001, ANN201 - the Segmenter interface
         raise AssertionError("segmentation reached although assembly should have refused the volume")
 
 

@@ -294,3 +294,20 @@ def test_hu_outside_int16_are_kept_as_float32(tmp_path, ph):
     vol = assemble_volume(write_series(tmp_path, hu))
     assert vol.hu.dtype == np.float32
     np.testing.assert_array_equal(vol.hu, hu)
+
+
+def test_patient_sex_is_read_from_the_series(tmp_path, ph):
+    """The model leaves out classes of the other sex (catalog 'sex'), so the volume carries DICOM
+    PatientSex; O, empty and missing mean unknown."""
+    hu, _ = ph
+    paths = write_series(tmp_path, hu)
+    assert assemble_volume(paths).patient_sex == "O"  # tests/support/ct.py writes O
+    for value in ("F", None):
+        for p in paths:
+            ds = pydicom.dcmread(p)
+            if value is None:
+                del ds.PatientSex
+            else:
+                ds.PatientSex = value
+            ds.save_as(p)
+        assert assemble_volume(paths).patient_sex == (value or "")
