@@ -96,8 +96,10 @@ def evaluate(checkpoint: Path, data: str, out: Path, root: str | None = None, de
         items = items[:max_cases]
     seen = set(s.seen_tumors or ())
     per_case = []
+    known_sex = 0
     for ci, item in enumerate(items):
         case = load_cases([item], registry)[0]
+        known_sex += case.sex is not None
         result = seg.segment(case.image, case.affine, want_anomaly=True, patient_sex=case.sex)
         rec = _score_case(case, result, catalog, item["dataset"], dilation_mm)
         per_case.append(rec)
@@ -117,7 +119,9 @@ def evaluate(checkpoint: Path, data: str, out: Path, root: str | None = None, de
         "masks": ("final labels of model.segment: calibrated thresholds "
                   f"({len(s.thresholds)} classes; others the catalog's"
                   + (f"; not drawn, not found by the calibration: {', '.join(s.not_found)}" if s.not_found else "")
-                  + f"), post-processing, zero-shot tumours (threshold {s.zero_shot_threshold:g})"),
+                  + f"), classes of the other sex not drawn (catalog 'sex'; {known_sex} of {len(per_case)} cases "
+                  "of known sex), post-processing, "
+                  f"zero-shot tumours (threshold {s.zero_shot_threshold:g})"),
         "ood_region": "primary: reference parent envelope (parent organ(s) + their tumours, hole-filled, no "
                       f"dilation); secondary: that envelope dilated by {dilation_mm:g} mm (with its oracle ceiling)",
         "ood_score": "anomaly output A: 1 - max organ probability inside the predicted organ envelope "

@@ -115,3 +115,15 @@ def test_disk_cache_holds_the_preprocessed_case(tmp_path):
     second = ds[0]
     assert torch.equal(torch.as_tensor(first["label"]), torch.as_tensor(second["label"]))
     assert first["annotated"].sum() == len(reg["phantom_organs"].annotated)
+
+
+def test_phantom_cases_carry_their_sex():
+    """Evaluation and calibration pass it to the segmenter: a class of the other sex (prostate in a
+    woman) is not drawn (model.segment: patient_sex)."""
+    from training.calibration import load_cases
+    from training.phantoms import generate
+    from training.registry import load_registry
+
+    item = phantom_items(3, 1, "none", 8.0, "phantom_organs")[0]
+    case = load_cases([item], load_registry())[0]
+    assert case.sex == generate(3, spacing=8.0, tumor_types=()).info["sex"] in ("female", "male")

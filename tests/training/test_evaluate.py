@@ -56,6 +56,7 @@ def test_eval_cli_on_phantoms(tmp_path):
     assert set(KEYS) <= set(s)
     assert s["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert s["n_cases"] == 1 and "dilated by 10 mm" in s["ood_region"]
+    assert "1 of 1 cases of known sex" in s["masks"]  # a phantom knows its sex (catalog 'sex' rule)
     assert 0.0 <= s["organ_dsc_mean"] <= 1.0
     for k in KEYS[1:5]:
         assert s[k] is None or 0.0 <= s[k] <= 1.0
