@@ -91,8 +91,8 @@ class JobDispatcher(PollingService):
             with transaction(self._ctx.sessions) as s:
                 job = s.get_one(Job, job_id, with_for_update=True)
                 why = interrupted_running(s, stale_after, data_dir).get(job_id) if job is not None else None
-                if why is None:
-                    continue
+                if why is None or (why == "process_ended" and self._executor.supervises(job.worker)):
+                    continue  # (the local executor records its own child's end, with the exit reason)
                 self._ctx.auditor.record(
                     "job_interrupted", outcome=MINOR_FAILURE, session=s, study_uid=job.study.study_uid,
                     series_uid=job.series_uid, job_id=job.id, worker=job.worker, attempts=job.attempts, cause=why,

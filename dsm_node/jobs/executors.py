@@ -30,6 +30,10 @@ class Executor(Protocol):
 
     def stop(self) -> None: ...
 
+    def supervises(self, holder: str | None) -> bool:
+        """True while this executor watches the process that holds a job as ``holder`` and
+        will itself record that process's end: the dispatcher's reaper leaves such jobs alone."""
+
 
 class LocalExecutor:
     """Runs jobs one at a time in the node's inference process (a child, see
@@ -58,6 +62,7 @@ class LocalExecutor:
         self._proc: Any = None
         self._conn: Any = None
         self._stopping = threading.Event()
+        self._watched_pid: int | None = None  # the child running a job, until its end is recorded
 
     def submit(self, job_id: int) -> str:
         with self._lock:
@@ -81,6 +86,19 @@ class LocalExecutor:
     @property
     def child_pid(self) -> int | None:
         return self._proc.pid if self._proc is not None and self._proc.is_alive() else None
+
+    def supervises(self, holder: str | None) -> bool:
+        # The child's holder is host:pid:token (dsm_node.liveness). Its pid cannot be reused while
+        # it is watched: the child is joined (reaped) only inside _run_in_child. Without this the
+        # dispatcher's reaper, seeing the dead child's lock file free, recorded the same crash a
+        # second time and requeued the job beside the executor's own retry.
+        from ..liveness import HOSTNAME
+
+        pid = self._watched_pid
+        if pid is None or not holder:
+            return False
+        parts = holder.split(":")
+        return len(parts) >= 2 and parts[0] == HOSTNAME and parts[1] == str(pid)
 
     def _loop(self) -> None:
         self._spawn()  # loads the model now rather than when the first study arrives
@@ -112,12 +130,20 @@ class LocalExecutor:
         log.info("inference process started", extra={"pid": proc.pid})
 
     def _run_in_child(self, job_id: int) -> str:
+        try:
+            return self._watch_child(job_id)
+        finally:
+            self._watched_pid = None
+
+    def _watch_child(self, job_id: int) -> str:
         if self._proc is None or not self._proc.is_alive():
             self._spawn()
+        self._watched_pid = self._proc.pid
         try:
             self._conn.send(job_id)
         except OSError:  # died before taking the job: a new child takes it
             self._spawn()
+            self._watched_pid = self._proc.pid
             self._conn.send(job_id)
         grace_until = None
         while True:
@@ -187,6 +213,9 @@ class CeleryExecutor:
 
     def stop(self) -> None:
         self._app.close()
+
+    def supervises(self, holder: str | None) -> bool:
+        return False  # a worker's end is only seen through its lock file or heartbeat (the reaper)
 
 
 def make_executor(ctx: NodeContext) -> Executor:

@@ -108,6 +108,33 @@ def test_a_crash_of_the_inference_process_fails_the_job_with_the_reason_and_rece
     assert executor.child_pid is not None
 
 
+def test_the_reaper_leaves_a_crash_of_the_watched_child_to_the_executor(node, tmp_path, monkeypatch):
+    """The dispatcher's reaper sees a dead child's lock file free at once (dsm_node.liveness),
+    while the executor notices the death within its poll. A slow executor (here: recording a crash
+    takes a second, as on a loaded machine, where CI saw it) must still be the only one to record
+    it: before, the reaper recorded a second job_interrupted and requeued the job beside the
+    executor's own retry."""
+    import dsm_node.jobs.task as task
+
+    record = task.interrupted
+
+    def slow(ctx, job_id, reason):  # noqa: ANN001, ANN202
+        time.sleep(1.0)  # five reaper rounds (interval 0.2 s)
+        return record(ctx, job_id, reason)
+
+    monkeypatch.setattr(task, "interrupted", slow)
+    ctx, scp, run = node
+    run("tests.pipeline.fake_pipelines:CrashingPipeline")
+    series = write_ct_series(tmp_path / "s", 3, 32)
+    assert send(scp.port, series.files) == [0, 0, 0]
+    job = wait_job(ctx, {"failed"})
+    assert job.attempts == 2 and job.reason == "the inference process died (killed by SIGKILL: out of memory?)"
+    time.sleep(1.0)  # a late reaper round would show here
+    with ctx.sessions() as s:
+        interrupted = s.scalars(select(AuditEvent).where(AuditEvent.event_type == "job_interrupted")).all()
+    assert [e.detail.get("reason", e.detail.get("cause")) for e in interrupted] == [job.reason] * 2
+
+
 def test_an_oversized_frame_fails_its_job_without_stopping_the_receiver(node, tmp_path):
     ctx, scp, run = node
     run("tests.pipeline.fake_pipelines:bounded")
