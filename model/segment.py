@@ -286,11 +286,12 @@ class VolumeSegmenter:
         return ModelGridOutput(probs=channels[:n], anomaly_raw=channels[n], gmap=gmap, box=box)
 
     def decide(self, output: ModelGridOutput, patient_sex: str | None = None) -> Decisions:
-        """Post-processing on the model grid; ``patient_sex`` ("female" / "male" / None, see
+        """Post-processing on the model grid; ``patient_sex`` (DICOM M / F / O or the words, see
         ``sex_of``): classes of the other sex (catalog ``sex``) are not drawn."""
         s = self.settings
         seen = None if s.seen_tumors is None else set(s.seen_tumors)
-        thresholds = [math.inf if patient_sex and e.sex and e.sex != patient_sex else s.threshold_of(e)
+        sex = sex_of(patient_sex)
+        thresholds = [math.inf if sex and e.sex and e.sex != sex else s.threshold_of(e)
                       for e in self.catalog]
         # decide() runs before segment() lets the model-grid arrays go, so both are set here
         return postprocess(
@@ -311,7 +312,7 @@ class VolumeSegmenter:
         timings: dict[str, float] = {}
         output = self.predict(image_hu, affine_ras, progress, timings)
         t2 = time.perf_counter()
-        decisions = self.decide(output, sex_of(patient_sex))
+        decisions = self.decide(output, patient_sex)
         if not keep_model_output:
             output = ModelGridOutput(probs=None, anomaly_raw=None, gmap=output.gmap, box=output.box)
         labels, found = self._labels(output, decisions, like=image_hu)
