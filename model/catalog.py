@@ -76,6 +76,11 @@ class ClassEntry:
     def prompt(self) -> str:
         return PROMPT_TEMPLATE.format(name=self.prompt_name)
 
+    def drawn_for(self, patient_sex: str | None) -> bool:
+        """False for a class of the other sex than a known ``patient_sex`` ("female" / "male";
+        None: unknown, every class is drawn)."""
+        return not (patient_sex and self.sex and self.sex != patient_sex)
+
     @property
     def is_organ(self) -> bool:
         return self.kind == "organ"

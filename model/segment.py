@@ -291,8 +291,7 @@ class VolumeSegmenter:
         s = self.settings
         seen = None if s.seen_tumors is None else set(s.seen_tumors)
         sex = sex_of(patient_sex)
-        thresholds = [math.inf if sex and e.sex and e.sex != sex else s.threshold_of(e)
-                      for e in self.catalog]
+        thresholds = [s.threshold_of(e) if e.drawn_for(sex) else math.inf for e in self.catalog]
         # decide() runs before segment() lets the model-grid arrays go, so both are set here
         return postprocess(
             output.probs, output.anomaly_raw,  # type: ignore[arg-type]

@@ -136,7 +136,7 @@ def calibrate(segmenter: VolumeSegmenter, cases: Sequence[Case]) -> dict[str, An
             entry = segmenter.catalog[c]
             if entry.index - 1 >= len(case.annotated) or not case.annotated[entry.index - 1]:
                 continue
-            if case.sex and entry.sex and entry.sex != case.sex:
+            if not entry.drawn_for(case.sex):
                 continue  # never drawn for this patient (model.segment: patient_sex)
             truth = gt == entry.index
             present[c] += int(truth.any())
