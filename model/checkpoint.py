@@ -10,7 +10,9 @@ The file is ``torch.save`` of plain containers and tensors only, so it loads wit
                     (K, text_dim) float32 L2-normalised, embeddings_sha256
     preprocessing   orientation, spacing, hu_window, roi_size, crop_margin (what inference must
                     reproduce)
-    training        summary dict (plain data: epochs, datasets, seen_tumors (older files: seen_tumours), metrics ...)
+    training        summary dict (plain data: epochs, datasets, seen_tumors (older files: seen_tumours),
+                    labelled (every class a training set of these weights labelled, init included;
+                    absent: not recorded), metrics ...)
     calibration     optional: per-class thresholds and the zero-shot threshold chosen on
                     validation data at the end of training (model/segment.py reads them)
     state_dict      network weights
@@ -61,6 +63,12 @@ class LoadedCheckpoint:
         """Tumour classes trained with labels (None: the file does not say)."""
         seen = self.training.get("seen_tumors", self.training.get("seen_tumours"))  # older files: British key
         return None if seen is None else list(seen)
+
+    @property
+    def labelled(self) -> list[str] | None:
+        """Classes a training set of these weights labelled, both stages (None: not recorded)."""
+        labelled = self.training.get("labelled")
+        return None if labelled is None else list(labelled)
 
     def build_model(self, backend: str | None = None) -> DSMNet:
         """The network with these weights (strict load) and class embeddings, in eval mode."""

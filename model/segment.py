@@ -60,6 +60,12 @@ class InferenceSettings:
     # hepatic-vessel channel fired on bile and, being the smaller mask, took 79 % of a
     # validation phantom's gall bladder (docs/model.md).
     not_found: tuple[str, ...] = ()
+    # The classes a training set of these weights labelled (checkpoint ``training.labelled``;
+    # None: the file does not say). An organ class outside it has a query that never learned
+    # anything: not drawn. The catalog's Celiac Trunk is labelled by no registered dataset, and
+    # 0.6 drew it at the catalog's threshold over 15 % of a validation phantom's small right
+    # kidney (docs/model.md). Tumour classes outside it take the zero-shot path instead.
+    labelled: tuple[str, ...] | None = None
 
     @classmethod
     def from_checkpoint(cls, ckpt: LoadedCheckpoint, overlap: float | None = None,
@@ -84,12 +90,19 @@ class InferenceSettings:
             seen_tumors=None if seen is None else tuple(seen),
             organ_overlap=inf.organ_overlap,
             not_found=tuple(str(n) for n in cal.get("not_found") or ()),
+            labelled=None if ckpt.labelled is None else tuple(ckpt.labelled),
         )
+
+    def untrained(self, entry: ClassEntry) -> bool:
+        """An organ class that no training set of these weights labelled (False when the
+        checkpoint does not record its labelled classes)."""
+        return self.labelled is not None and not entry.is_tumor and entry.name not in self.labelled
 
     def threshold_of(self, entry: ClassEntry) -> float:
         """The calibrated threshold, else the catalog's; infinite for a class the calibration
-        did not find (its P_c / t is then 0 everywhere: no mask, no tumour score)."""
-        if entry.name in self.not_found:
+        did not find or an organ class no training set labelled (its P_c / t is then 0
+        everywhere: no mask, no tumour score)."""
+        if entry.name in self.not_found or self.untrained(entry):
             return math.inf
         return self.thresholds.get(entry.name, entry.threshold)
 

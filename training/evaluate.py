@@ -112,6 +112,7 @@ def evaluate(checkpoint: Path, data: str, out: Path, root: str | None = None, de
             _overlay(case, result, catalog, out / f"overlay_{ci:02d}_{rec['case']}.png")
 
     summary = _summarise(per_case, catalog, seen)
+    untrained = [e.name for e in catalog if s.untrained(e)]
     summary.update({
         "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(Path(checkpoint)),
         "checkpoint_version": seg.model_version, "data": data, "n_cases": len(per_case),
@@ -119,6 +120,7 @@ def evaluate(checkpoint: Path, data: str, out: Path, root: str | None = None, de
         "masks": ("final labels of model.segment: calibrated thresholds "
                   f"({len(s.thresholds)} classes; others the catalog's"
                   + (f"; not drawn, not found by the calibration: {', '.join(s.not_found)}" if s.not_found else "")
+                  + (f"; not drawn, labelled by no training set: {', '.join(untrained)}" if untrained else "")
                   + f"), classes of the other sex not drawn (catalog 'sex'; {known_sex} of {len(per_case)} cases "
                   "of known sex), post-processing, "
                   f"zero-shot tumours (threshold {s.zero_shot_threshold:g})"),

@@ -12,9 +12,15 @@ from model.network import DSMNet
 from model.text import class_embeddings
 
 
-def export_weights(src: Path, dst: Path, version: str | None = None, half: bool = False) -> Path:
+def export_weights(src: Path, dst: Path, version: str | None = None, half: bool = False,
+                   labelled_datasets: list[str] | None = None) -> Path:
     """Re-write a model checkpoint (or a training state) under a release version; half stores
-    float weights as fp16 (they are cast back to the model's float32 on load)."""
+    float weights as fp16 (they are cast back to the model's float32 on load).
+
+    ``labelled_datasets``: registry datasets that trained these weights (both stages), for a file
+    written before ``training.labelled`` was recorded: the classes they label become
+    ``training.labelled`` (model.segment draws no other organ class). A file that records it
+    keeps its own, and naming datasets for it is an error (the record would be replaced)."""
     from .trainer import STATE_FORMAT, load_payload
 
     catalog = load_catalog()
@@ -26,6 +32,15 @@ def export_weights(src: Path, dst: Path, version: str | None = None, half: bool 
         model = ckpt.build_model()
         names, embeddings, prompts = ckpt.class_names, ckpt.embeddings, ckpt.prompt_names
         training, calibration, default_version = dict(ckpt.training), ckpt.calibration, ckpt.version
+    if labelled_datasets:
+        if training.get("labelled") is not None:
+            raise ValueError(f"{src} records its labelled classes already ({len(training['labelled'])}); "
+                             "--labelled-datasets is for files from before that record")
+        from .registry import load_registry
+
+        registry = load_registry(catalog=catalog)
+        training["labelled"] = sorted({c for d in labelled_datasets for c in registry[d].annotated})
+        training["labelled_declared_from"] = list(labelled_datasets)
     if half:
         model = model.half()
     if names != catalog.names[: len(names)]:
@@ -54,6 +69,7 @@ def _from_state(payload: dict, src: Path, catalog) -> tuple:
         registry = load_registry(catalog=catalog)
         seen = sorted(c for c in registry[phantoms["dataset"]].annotated if catalog.by_name(c).is_tumor)
     training = {"stage": cfg.stage, "steps": int(payload["step"]), "seen_tumors": seen,
+                "labelled": payload.get("labelled"),
                 "note": "exported from a training state, before the end-of-training calibration"}
     version = f"{(train_cfg.get('run') or {}).get('version', 'dsm-train')}-step{int(payload['step'])}"
     return model.eval(), catalog.names, embeddings, catalog.prompt_names, training, {}, version

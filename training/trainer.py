@@ -134,6 +134,9 @@ class Trainer:
         self.out = Path(cfg.run.out_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.init = init if init is not None else cfg.init
+        # What the init's training sets labelled (set() without an init; None: the init does not
+        # record it, so neither will this run): the checkpoint's ``training.labelled``.
+        self._inherited_labelled: set[str] | None = set()
         self.resume = resume
         self.stop_after = stop_after
         self.progress = progress and self.rank == 0
@@ -283,8 +286,11 @@ class Trainer:
         payload = load_payload(path, self.trust_legacy)
         if isinstance(payload, dict) and payload.get("format") == STATE_FORMAT:
             state = payload["model"]
+            labelled = payload.get("labelled")
         else:
-            state = load_checkpoint(path).state_dict
+            ckpt = load_checkpoint(path)
+            state, labelled = ckpt.state_dict, ckpt.labelled
+        self._inherited_labelled = None if labelled is None else set(labelled)
         report = net.load_stage1(state)
         self._log(f"initialised from {path}: {report}")
 
@@ -323,6 +329,7 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "mb_in_epoch": self.mb_in_epoch,
             "total_steps": self.total_steps,
             "config": self.cfg.to_dict(), "model_config": self.model_cfg.to_dict(),
+            "labelled": self._labelled(),
             "history": [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()} for row in self.history],
         }
         path = self.state_path(self.step)
@@ -351,6 +358,8 @@ class Trainer:
             # A run shortened by --time-budget keeps its schedule when resumed.
             self._set_total_steps(int(payload["total_steps"]))
         self.history = list(payload.get("history", []))
+        # a state from before the key: what its init labelled is unknown
+        self._inherited_labelled = None if payload.get("labelled") is None else set(payload["labelled"])
         self._log(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.mb_in_epoch})")
 
     def _set_total_steps(self, total: int) -> None:
@@ -609,6 +618,15 @@ class Trainer:
         finally:
             self.net.train()
 
+    def _labelled(self) -> list[str] | None:
+        """Every class a training set of these weights labelled: this run's datasets and its
+        init's (None when the init does not record it). model.segment does not draw an organ
+        class outside it."""
+        if self._inherited_labelled is None:
+            return None
+        own = {c for d in set(self._dataset_keys()) for c in self.registry[d].annotated}
+        return sorted(self._inherited_labelled | own)
+
     def _seen_tumors(self) -> list[str]:
         if self.model_cfg.stage != 2:
             return []
@@ -631,6 +649,7 @@ class Trainer:
             "seed": self.cfg.run.seed,
             "datasets": sorted({str(d) for d in self._dataset_keys()}),
             "seen_tumors": self._seen_tumors(),
+            "labelled": self._labelled(),
             "init": str(self.init) if self.init else None,
             "final_val_dice": last_val,
             "final_loss": self.history[-1].get("loss") if self.history else None,

@@ -103,3 +103,34 @@ def test_not_found_classes_are_read_from_the_checkpoint_calibration():
     settings = InferenceSettings.from_checkpoint(ck)
     assert settings.not_found == tuple(ck.calibration["not_found"])
     assert "Hepatic Vessel" in settings.not_found and "Liver" not in settings.not_found
+
+
+def test_an_organ_class_no_training_set_labelled_is_never_drawn():
+    """The checkpoint records the classes its training sets labelled (``training.labelled``). An
+    organ query outside it never learned anything: 0.6's Celiac Trunk, drawn at the catalog's
+    threshold as the smaller mask, took part of a validation phantom's right kidney
+    (here: a pancreas). Files that do
+    not record it draw every class; tumour classes are never affected (outside the record they
+    are zero-shot classes)."""
+    catalog = load_catalog()
+    gmap = grid.plan((48, 48, 48), np.eye(4), (2.0, 2.0, 2.0))
+    shape = gmap.model_shape
+    probs = np.zeros((len(catalog), *shape), dtype=np.float32)
+    ix = {n: catalog.by_name(n).index - 1 for n in ("Pancreas", "Celiac Trunk")}
+    probs[ix["Pancreas"], 4:20, 4:20, 4:20] = 0.95
+    probs[ix["Celiac Trunk"], 9:12, 9:12, 9:12] = 0.9  # a stray response inside the pancreas
+    output = ModelGridOutput(probs=probs, anomaly_raw=np.zeros(shape, np.float32), gmap=gmap,
+                             box=tuple(slice(0, n) for n in shape))
+    seg = _segmenter("nested")
+    inside = (20, 20, 20)  # inside the stray response on the 1 mm source grid
+    labels, found = seg._labels(output, seg.decide(output))
+    assert labels[inside] == catalog.by_name("Celiac Trunk").index  # not recorded: drawn
+    everything_but = tuple(n for n in catalog.names if n != "Celiac Trunk" and not catalog.by_name(n).is_tumor)
+    seg.settings = replace(seg.settings, labelled=everything_but)
+    assert seg.settings.untrained(catalog.by_name("Celiac Trunk"))
+    assert seg.settings.threshold_of(catalog.by_name("Celiac Trunk")) == float("inf")
+    assert not seg.settings.untrained(catalog.by_name("Pancreas"))
+    assert not seg.settings.untrained(catalog.by_name("Pancreas Tumor"))  # a tumour: the zero-shot path's
+    labels, found = seg._labels(output, seg.decide(output))
+    assert labels[inside] == catalog.by_name("Pancreas").index
+    assert "Celiac Trunk" not in found and found["Pancreas"] > 0

@@ -12,6 +12,7 @@ from model.network import build_model
 from tests.training.training_helpers import TINY_MODEL
 from training.config import load_train_config
 from training.losses import dsm_loss
+from training.registry import load_registry
 from training.trainer import STATE_FORMAT, Trainer, lr_lambda
 
 
@@ -52,6 +53,11 @@ def test_stage1_then_stage2_resume_exactly(tiny, tmp_path):
     assert (tmp_path / "s1_full" / "curves.png").stat().st_size > 1000
     ck = load_checkpoint(tmp_path / "s1_full" / "final.pt")
     assert ck.config.stage == 1 and ck.training["steps"] == 2 and ck.version == "test-stage1"
+    registry = load_registry()
+    # the classes its training set labels (no init): phantom_organs labels no tumour
+    assert ck.labelled == sorted(registry["phantom_organs"].annotated)
+    assert "Celiac Trunk" not in ck.labelled and "Liver Tumor" not in ck.labelled
+    assert load_checkpoint(tmp_path / "s1_split" / "final.pt").labelled == ck.labelled  # kept over resume
 
     # Stage 2 from the Stage-1 weights: same exactness, shared weights start from Stage 1.
     init = tmp_path / "s1_full" / "final.pt"
@@ -63,6 +69,10 @@ def test_stage1_then_stage2_resume_exactly(tiny, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     ck2 = load_checkpoint(tmp_path / "s2_full" / "final.pt")
     assert ck2.config.stage == 2 and s2["seen_tumors"] == ["Kidney Cyst", "Kidney Tumor", "Liver Tumor"]
+    # the init's record and this run's set (phantom_seen adds the seen tumours)
+    assert ck2.labelled == sorted(set(ck.labelled) | set(registry["phantom_seen"].annotated))
+    assert "Liver Tumor" in ck2.labelled and "Celiac Trunk" not in ck2.labelled
+    assert load_checkpoint(tmp_path / "s2_split" / "final.pt").labelled == ck2.labelled
     assert any(k.startswith("tumor_queries") for k in ck2.state_dict)
     s1 = _weights(init)
     # Shared weights start from Stage 1 (two small steps later they are close, not re-drawn).
@@ -126,6 +136,19 @@ def test_a_training_state_exports_as_a_model_checkpoint(tiny, tmp_path):
     assert ck.calibration == {}
     raw = torch.load(state, map_location="cpu", weights_only=True)["model"]
     assert all(torch.equal(ck.state_dict[k], raw[k]) for k in raw)
+    # no init: what its training set labels; a run from an init that does not record it: None
+    assert ck.labelled == sorted(load_registry()["phantom_seen"].annotated)
+    legacy = tmp_path / "legacy_init.pt"
+    torch.save({"format": STATE_FORMAT, "model": raw}, legacy)
+    Trainer(load_train_config(tiny(2, "s2_legacy", 1)), init=legacy, resume=False).run()
+    old = load_checkpoint(tmp_path / "s2_legacy" / "final.pt")
+    assert old.labelled is None
+    with pytest.raises(ValueError, match="records its labelled classes already"):
+        export_weights(out, tmp_path / "again.pt", labelled_datasets=["phantom_organs"])
+    # declared for a file from before the record (dsm-train export --labelled-datasets)
+    declared = load_checkpoint(export_weights(tmp_path / "s2_legacy" / "final.pt", tmp_path / "declared.pt",
+                                              labelled_datasets=["phantom_seen"]))
+    assert declared.labelled == ck.labelled and declared.training["labelled_declared_from"] == ["phantom_seen"]
 
 
 def test_lr_mult_gives_prefixes_their_own_learning_rate(tiny, tmp_path):
