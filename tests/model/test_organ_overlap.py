@@ -68,19 +68,26 @@ def test_overlap_rule_is_a_checked_model_setting():
         InferenceConfig(organ_overlap="largest")
 
 
+def _stray_inside(organ: str, organ_box: slice, stray: str, stray_box: slice) -> ModelGridOutput:
+    """Model-grid probabilities on a 2 mm grid over a 1 mm source: ``organ`` over a cube
+    ``organ_box`` on each axis, a smaller ``stray`` response inside it."""
+    catalog = load_catalog()
+    gmap = grid.plan((48, 48, 48), np.eye(4), (2.0, 2.0, 2.0))
+    shape = gmap.model_shape
+    probs = np.zeros((len(catalog), *shape), dtype=np.float32)
+    probs[(catalog.by_name(organ).index - 1, organ_box, organ_box, organ_box)] = 0.95
+    probs[(catalog.by_name(stray).index - 1, stray_box, stray_box, stray_box)] = 0.9
+    return ModelGridOutput(probs=probs, anomaly_raw=np.zeros(shape, np.float32), gmap=gmap,
+                           box=tuple(slice(0, n) for n in shape))
+
+
 def test_a_class_the_calibration_did_not_find_is_never_drawn():
     """A channel with no signal on the validation cases (calibration "not_found") at the catalog's
     threshold only takes other organs' voxels: as the smaller mask a stray hepatic-vessel
     channel over the gall bladder wins it under "nested". Left out, the gall bladder keeps them."""
     catalog = load_catalog()
-    gmap = grid.plan((48, 48, 48), np.eye(4), (2.0, 2.0, 2.0))
-    shape = gmap.model_shape
-    probs = np.zeros((len(catalog), *shape), dtype=np.float32)
-    ix = {n: catalog.by_name(n).index - 1 for n in ("Gall Bladder", "Hepatic Vessel")}
-    probs[ix["Gall Bladder"], 8:14, 8:14, 8:14] = 0.95
-    probs[ix["Hepatic Vessel"], 9:13, 9:13, 9:13] = 0.9  # a smaller mask inside the gall bladder
-    output = ModelGridOutput(probs=probs, anomaly_raw=np.zeros(shape, np.float32), gmap=gmap,
-                             box=tuple(slice(0, n) for n in shape))
+    # a smaller mask inside the gall bladder
+    output = _stray_inside("Gall Bladder", slice(8, 14), "Hepatic Vessel", slice(9, 13))
     seg = _segmenter("nested")
     centre = (22, 22, 22)  # the gall bladder's centre on the 1 mm source grid
     labels, found = seg._labels(output, seg.decide(output))
@@ -89,7 +96,7 @@ def test_a_class_the_calibration_did_not_find_is_never_drawn():
     assert seg.settings.threshold_of(catalog.by_name("Hepatic Vessel")) == float("inf")
     assert seg.settings.threshold_of(catalog.by_name("Gall Bladder")) == catalog.by_name("Gall Bladder").threshold
     d = seg.decide(output)
-    assert not d.masks[ix["Hepatic Vessel"]].any()
+    assert not d.masks[catalog.by_name("Hepatic Vessel").index - 1].any()
     labels, found = seg._labels(output, d)
     assert labels[centre] == catalog.by_name("Gall Bladder").index
     assert "Hepatic Vessel" not in found and found["Gall Bladder"] > 0
@@ -108,19 +115,12 @@ def test_not_found_classes_are_read_from_the_checkpoint_calibration():
 def test_an_organ_class_no_training_set_labelled_is_never_drawn():
     """The checkpoint records the classes its training sets labelled (``training.labelled``). An
     organ query outside it never learned anything: 0.6's Celiac Trunk, drawn at the catalog's
-    threshold as the smaller mask, took part of a validation phantom's right kidney
-    (here: a pancreas). Files that do
-    not record it draw every class; tumour classes are never affected (outside the record they
-    are zero-shot classes)."""
+    threshold as the smaller mask, took part of a validation phantom's right kidney (here: a
+    pancreas). Files that do not record it draw every class; tumour classes are never affected
+    (outside the record they are zero-shot classes)."""
     catalog = load_catalog()
-    gmap = grid.plan((48, 48, 48), np.eye(4), (2.0, 2.0, 2.0))
-    shape = gmap.model_shape
-    probs = np.zeros((len(catalog), *shape), dtype=np.float32)
-    ix = {n: catalog.by_name(n).index - 1 for n in ("Pancreas", "Celiac Trunk")}
-    probs[ix["Pancreas"], 4:20, 4:20, 4:20] = 0.95
-    probs[ix["Celiac Trunk"], 9:12, 9:12, 9:12] = 0.9  # a stray response inside the pancreas
-    output = ModelGridOutput(probs=probs, anomaly_raw=np.zeros(shape, np.float32), gmap=gmap,
-                             box=tuple(slice(0, n) for n in shape))
+    # a stray response inside the pancreas (a 10 ml minimum volume: a larger cube than above)
+    output = _stray_inside("Pancreas", slice(4, 20), "Celiac Trunk", slice(9, 12))
     seg = _segmenter("nested")
     inside = (20, 20, 20)  # inside the stray response on the 1 mm source grid
     labels, found = seg._labels(output, seg.decide(output))
