@@ -93,12 +93,30 @@ def tumor_regions(label: Tensor, parents: dict[int, tuple[int, ...]], radius: in
     for t in sorted(parents):
         values = torch.tensor(parents[t], device=label.device, dtype=cls.dtype)
         regions.append(torch.isin(cls, values) | torch.isin(par, values))
-    region = torch.stack(regions, dim=1).float()
+    region = torch.stack(regions, dim=1)
     if radius > 0:
-        k = 2 * radius + 1
-        region = F.max_pool3d(region, k, stride=1, padding=radius) if region.dim() == 5 else \
-            F.max_pool2d(region, k, stride=1, padding=radius)
-    return region > 0
+        # only the (sample, channel) maps with a voxel in them: most crops hold few parents
+        flat = region.flatten(0, 1)
+        busy = flat.flatten(1).any(1).nonzero().squeeze(1)
+        if len(busy):
+            flat = flat.clone()
+            flat[busy] = _dilate_cube(flat[busy].unsqueeze(1).float(), radius).squeeze(1) > 0
+            region = flat.view_as(region)
+    return region
+
+
+def _dilate_cube(x: Tensor, radius: int) -> Tensor:
+    """Max over a (2r+1)^d cube, as one 1-D max pool per spatial axis: the same result as one
+    d-dimensional pool, but 3 k instead of k^3 comparisons per voxel. With the cube pool this
+    dilation took a quarter of a CPU Stage-2 step (7^3 window, 20 tumour channels)."""
+    k = 2 * radius + 1
+    pool = F.max_pool3d if x.dim() == 5 else F.max_pool2d
+    spatial = x.dim() - 2
+    for axis in range(spatial):
+        size = tuple(k if a == axis else 1 for a in range(spatial))
+        pad = tuple(radius if a == axis else 0 for a in range(spatial))
+        x = pool(x, size, stride=1, padding=pad)
+    return x
 
 
 def dice_bce_per_channel(logits: Tensor, target: Tensor, smooth: float = 1e-5,

@@ -250,6 +250,28 @@ def test_tumor_regions_are_the_parent_envelope_dilated_in_voxels():
     assert not grown[0:2, 0:2, 0:2].any()
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_tumor_regions_dilate_as_one_cube_max_pool(dims):
+    """The dilation runs one 1-D pool per axis over the non-empty maps only (a quarter of a CPU
+    Stage-2 step went into a 7^3 pool over every channel); the result is the cube pool's."""
+    g = torch.Generator().manual_seed(3)
+    shape = (3, 2, *(24,) * dims)
+    label = torch.zeros(shape, dtype=torch.uint8)
+    label[:, 0] = torch.randint(0, 30, shape[2:], generator=g).where(torch.rand(shape[2:], generator=g) < 0.01,
+                                                                      torch.tensor(0, dtype=torch.int64)).to(torch.uint8)
+    label[1] = 0  # a sample holding none of the classes
+    label[2, 1] = label[2, 0]  # parent map: a tumour's parent
+    parents = {0: (2, 3, 27), 1: (6, 26), 2: (14,), 3: (44,)}
+    region = tumor_regions(label, parents, 3)
+    cls, par = label[:, 0], label[:, 1]
+    ref = torch.stack([torch.isin(cls, torch.tensor(v, dtype=torch.uint8)) | torch.isin(par, torch.tensor(v, dtype=torch.uint8))
+                       for _, v in sorted(parents.items())], dim=1).float()
+    pool = torch.nn.functional.max_pool3d if dims == 3 else torch.nn.functional.max_pool2d
+    ref = pool(ref, 7, stride=1, padding=3) > 0
+    assert region.dtype == torch.bool and torch.equal(region, ref)
+    assert region[0].any() and not region[1].any()
+
+
 def test_tumor_envelope_loss_reads_tumor_channels_only_inside_their_parent():
     n = len(CAT)
     ann = torch.ones(1, n, dtype=torch.bool)
