@@ -5,6 +5,7 @@ volume and the labels is ``model.segment`` — the same code ``dsm-train eval`` 
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from model.grid import LPS_TO_RAS
 from model.segment import VolumeSegmenter, pick_device
 
 __all__ = ["Segmentation", "Segmenter", "pick_device", "segmenter_from_settings"]
+
+log = logging.getLogger("dsm_node.infer")
 
 
 def segmenter_from_settings(settings: Any) -> Segmenter:
@@ -69,8 +72,14 @@ class Segmenter:
         self.model_version = self.model.model_version
         self.device = self.model.device
         self.catalog = self.model.catalog
+        about = self.describe()
+        never = about["not_found_by_calibration"] + about["labelled_by_no_training_set"]
+        log.info("model %s loaded on %s; never drawn: %s", self.model_version, about["device"],
+                 ", ".join(never) or "none", extra={"model": about})
 
     def describe(self) -> dict[str, Any]:
+        """What an administrator needs to know about the loaded model (logged when it loads):
+        among it the classes it never draws, and why."""
         s = self.model.settings
         return {
             "model_version": self.model_version,
@@ -78,6 +87,8 @@ class Segmenter:
             "classes": len(self.catalog),
             "spacing_mm": list(s.spacing),
             "roi": list(s.roi_size),
+            "not_found_by_calibration": [e.name for e in self.catalog if e.name in s.not_found],
+            "labelled_by_no_training_set": [e.name for e in self.catalog if s.untrained(e)],
         }
 
     def segment(self, hu: np.ndarray, affine_lps: np.ndarray, want_anomaly: bool = False, progress: bool = False,
