@@ -93,6 +93,9 @@ class TrainConfig:
     model: str = "small"  # model config name or YAML path
     model_overrides: dict[str, Any] = field(default_factory=dict)  # dotted keys, e.g. backbone.feature_size
     init: str | None = None  # Stage 2: Stage-1 checkpoint (CLI --init wins)
+    # Parameter-name prefixes of the init's weights that are not loaded (those modules start
+    # fresh), e.g. a Stage-2 file's tumour side, to train Stage 2 again from its organ side.
+    init_exclude: tuple[str, ...] = ()
     # Re-draw the learned query embeddings N(0, std^2) before training (null: keep the model's
     # init). Queries loaded from --init keep their trained values. See docs/training.md.
     init_query_std: float | None = None

@@ -291,8 +291,14 @@ class Trainer:
             ckpt = load_checkpoint(path)
             state, labelled = ckpt.state_dict, ckpt.labelled
         self._inherited_labelled = None if labelled is None else set(labelled)
+        exclude = tuple(str(p).rstrip(".") for p in self.cfg.init_exclude)
+        if exclude:
+            unknown = [p for p in exclude if not any(k == p or k.startswith(p + ".") for k in state)]
+            if unknown:
+                raise ValueError(f"init_exclude: {path} has no weights named {unknown}")
+            state = {k: v for k, v in state.items() if not any(k == p or k.startswith(p + ".") for p in exclude)}
         report = net.load_stage1(state)
-        self._log(f"initialised from {path}: {report}")
+        self._log(f"initialised from {path}{f' without {list(exclude)}' if exclude else ''}: {report}")
 
     def _align_class_projection(self) -> None:
         """Stage 2 from Stage-1 weights: p(c | q) starts as the identity (training/align.py), fitted

@@ -189,3 +189,21 @@ def test_frozen_modules_keep_their_weights(tiny, tmp_path):
     bad = load_train_config(tiny(2, "bad", 1, **{"optim.freeze": ["backbone", "no_such_module"]}))
     with pytest.raises(ValueError, match="no_such_module"):
         Trainer(bad, init=init, resume=False).run()
+
+
+def test_init_exclude_starts_the_named_modules_fresh(tiny, tmp_path):
+    """Stage 2 again from a Stage-2 file's organ side (`init_exclude`): the named weights are not
+    loaded, everything else is; a prefix the init does not have is an error."""
+    Trainer(load_train_config(tiny(2, "s2_first", 1)), resume=False).run()
+    first = tmp_path / "s2_first" / "final.pt"
+    tumor_side = ["tumor_queries", "tumor_mask_bias", "interaction", "class_proj"]
+    cfg = load_train_config(tiny(2, "s2_again", 1, init_exclude=tumor_side, align_class_steps=0))
+    trainer = Trainer(cfg, init=first, resume=False)
+    trainer.build()  # built, not run: the weights it starts from
+    a, b = _weights(first), trainer.net.state_dict()
+    assert torch.equal(a["organ_queries"], b["organ_queries"])
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("backbone."))
+    assert not torch.equal(a["tumor_queries"], b["tumor_queries"])  # drawn afresh
+    bad = load_train_config(tiny(2, "s2_bad", 1, init_exclude=["no_such_module"]))
+    with pytest.raises(ValueError, match="no_such_module"):
+        Trainer(bad, init=first, resume=False).build()
