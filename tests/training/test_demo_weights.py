@@ -15,6 +15,8 @@ def test_demo_weights_are_the_documented_stage2_model():
     ck = load_checkpoint(DEFAULT_WEIGHTS, map_location="cpu")
     assert ck.config.stage == 2 and len(ck.class_names) == 45
     assert list(ck.seen_tumors or ()) == ["Kidney Cyst", "Kidney Tumor", "Liver Tumor"]  # either spelling of the key
+    # trained on phantoms only: every organ class but the Celiac Trunk, which no dataset labels
+    assert ck.labelled is not None and "Celiac Trunk" not in ck.labelled and "Liver" in ck.labelled
     card = (DEFAULT_WEIGHTS.parent / "MODEL_CARD.md").read_text()
     assert card.startswith(f"# {ck.version} ") and "NOT FOR CLINICAL USE" in card
 
