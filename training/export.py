@@ -39,7 +39,7 @@ def export_weights(src: Path, dst: Path, version: str | None = None, half: bool 
         from .registry import load_registry
 
         registry = load_registry(catalog=catalog)
-        training["labelled"] = sorted({c for d in labelled_datasets for c in registry[d].annotated})
+        training["labelled"] = sorted(registry.annotated_by(labelled_datasets))
         training["labelled_declared_from"] = list(labelled_datasets)
     if half:
         model = model.half()
@@ -67,7 +67,7 @@ def _from_state(payload: dict, src: Path, catalog) -> tuple:
     phantoms = ((train_cfg.get("data") or {}).get("train") or {}).get("phantoms")
     if cfg.stage == 2 and phantoms:
         registry = load_registry(catalog=catalog)
-        seen = sorted(c for c in registry[phantoms["dataset"]].annotated if catalog.by_name(c).is_tumor)
+        seen = sorted(c for c in registry.annotated_by([phantoms["dataset"]]) if catalog.by_name(c).is_tumor)
     training = {"stage": cfg.stage, "steps": int(payload["step"]), "seen_tumors": seen,
                 "labelled": payload.get("labelled"),
                 "note": "exported from a training state, before the end-of-training calibration"}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,10 @@ class Registry:
             return self.datasets[key]
         except KeyError:
             raise KeyError(f"dataset {key!r} is not in {self.path.name}; known: {', '.join(sorted(self.datasets))}") from None
+
+    def annotated_by(self, keys: Iterable[str]) -> set[str]:
+        """The classes any of these datasets annotates."""
+        return {c for k in set(keys) for c in self[k].annotated}
 
     def __contains__(self, key: object) -> bool:
         return key in self.datasets

@@ -40,6 +40,15 @@ from .transforms import augment_transforms, preprocess_transforms
 from .validation import validate
 
 STATE_FORMAT = "dsm-train-state/1"
+
+
+def _named(name: str, prefix: str) -> bool:
+    """A parameter-name prefix names the parameter itself or a module holding it (``backbone``
+    names ``backbone.x.weight``, not ``backbone_norm.weight``): optim.freeze, optim.lr_mult,
+    init_exclude."""
+    return name == prefix or name.startswith(prefix + ".")
+
+
 LOG_FIELDS = ["step", "epoch", "lr", "loss", "dice", "bce", "tumor_dice", "tumor_bce", "cls", "reject", "deep", "val_dice",
               "val_rejection", "seconds"]
 HEALTH_FIELDS = ["step", "class", "crops", "max_prob_mean", "max_prob_min", "target_prob_mean", "dead"]
@@ -241,13 +250,13 @@ class Trainer:
         """The parameters the optimizer updates; those named by a ``freeze`` prefix are fixed."""
         prefixes = tuple(str(f).rstrip(".") for f in freeze)
         names = dict(self.net.named_parameters())
-        unknown = [f for f in prefixes if not any(n == f or n.startswith(f + ".") for n in names)]
+        unknown = [f for f in prefixes if not any(_named(n, f) for n in names)]
         if unknown:
             raise ValueError(f"optim.freeze: no parameter is named {unknown}; top-level modules: "
                              f"{sorted({n.split('.')[0] for n in names})}")
         keep = []
         for name, param in names.items():
-            frozen = any(name == f or name.startswith(f + ".") for f in prefixes)
+            frozen = any(_named(name, f) for f in prefixes)
             param.requires_grad_(not frozen)
             if not frozen:
                 keep.append(param)
@@ -265,7 +274,7 @@ class Trainer:
         ``lr_mult`` prefix its name matches (1 without one). The schedule scales every group alike."""
         mult = {str(k).rstrip("."): float(v) for k, v in (lr_mult or {}).items()}
         names = {id(p): n for n, p in self.net.named_parameters()}
-        unknown = [k for k in mult if not any(n == k or n.startswith(k + ".") for n in names.values())]
+        unknown = [k for k in mult if not any(_named(n, k) for n in names.values())]
         if unknown:
             raise ValueError(f"optim.lr_mult: no parameter is named {unknown}")
         if any(v < 0 for v in mult.values()):
@@ -273,7 +282,7 @@ class Trainer:
         groups: dict[float, list[torch.nn.Parameter]] = {}
         for param in trainable:
             name = names[id(param)]
-            hits = [k for k in mult if name == k or name.startswith(k + ".")]
+            hits = [k for k in mult if _named(name, k)]
             groups.setdefault(mult[max(hits, key=len)] if hits else 1.0, []).append(param)
         if len(groups) > 1:
             self._log("learning rates: " + ", ".join(f"{lr * f:g} ({sum(p.numel() for p in ps) / 1e6:.2f} M)"
@@ -293,10 +302,10 @@ class Trainer:
         self._inherited_labelled = None if labelled is None else set(labelled)
         exclude = tuple(str(p).rstrip(".") for p in self.cfg.init_exclude)
         if exclude:
-            unknown = [p for p in exclude if not any(k == p or k.startswith(p + ".") for k in state)]
+            unknown = [p for p in exclude if not any(_named(k, p) for k in state)]
             if unknown:
                 raise ValueError(f"init_exclude: {path} has no weights named {unknown}")
-            state = {k: v for k, v in state.items() if not any(k == p or k.startswith(p + ".") for p in exclude)}
+            state = {k: v for k, v in state.items() if not any(_named(k, p) for p in exclude)}
         report = net.load_stage1(state)
         self._log(f"initialised from {path}{f' without {list(exclude)}' if exclude else ''}: {report}")
 
@@ -630,14 +639,12 @@ class Trainer:
         class outside it."""
         if self._inherited_labelled is None:
             return None
-        own = {c for d in set(self._dataset_keys()) for c in self.registry[d].annotated}
-        return sorted(self._inherited_labelled | own)
+        return sorted(self._inherited_labelled | self.registry.annotated_by(self._dataset_keys()))
 
     def _seen_tumors(self) -> list[str]:
         if self.model_cfg.stage != 2:
             return []
-        return sorted({c for d in set(self._dataset_keys()) for c in self.registry[d].annotated
-                       if self.catalog.by_name(c).is_tumor})
+        return sorted(c for c in self.registry.annotated_by(self._dataset_keys()) if self.catalog.by_name(c).is_tumor)
 
     # ---------------------------------------------------------------- end of training
     def finish(self) -> dict[str, Any]:
