@@ -11,13 +11,15 @@ From class probabilities and the raw anomaly channel to final per-class masks:
 * tumours: a class trained with labels ("seen") is its probability P_c >= threshold; any other
   tumour class (no trained query of its own meaning, or added by name) also gets the zero-shot
   path Z_c = A * Env(parent) * w_c with w_c = P_c / (sum of P over the tumour classes sharing a
-  parent), and a voxel is decided for c when A * Env(parent) reaches the zero-shot threshold and
-  c has the largest w among those classes (the spec's Z_c thresholded after dividing by the
-  winner's w, so that two unseen siblings with similar text probabilities do not halve each
-  other's evidence); a tumour component is kept when at least ``gate_fraction`` of it lies in
-  its parent organ's envelope (lesions may reach outside their organ, islands elsewhere go);
-  a tumour never takes the voxels of a kept organ that is not one of its parents (the gall
-  bladder inside the filled liver envelope stays gall bladder).
+  parent), and a voxel is decided for c when A * Env(parent) reaches the zero-shot threshold of
+  that parent organ (one calibrated threshold, raised or switched off organ by organ where it
+  drew tumours on lesion-free validation tissue: ZeroShot) and c has the largest w among those
+  classes (the spec's Z_c thresholded after dividing by the winner's w, so that two unseen
+  siblings with similar text probabilities do not halve each other's evidence); a tumour
+  component is kept when at least ``gate_fraction`` of it lies in its parent organ's envelope
+  (lesions may reach outside their organ, islands elsewhere go); a tumour never takes the
+  voxels of a kept organ that is not one of its parents (the gall bladder inside the filled
+  liver envelope stays gall bladder).
 
 Every decision is returned as a score map normalised so that 1.0 is the class's threshold: the
 way to the source grid upsamples gated scores and thresholds them at 1.0 (smooth edges, same
@@ -25,7 +27,7 @@ decisions).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -128,22 +130,42 @@ def postprocess(
     voxel_mm: Sequence[float],
     close_mm: float,
     gate_fraction: float = 0.5,
+    zero_shot_organs: Mapping[int, float] | None = None,
 ) -> Decisions:
     """Decide every class on the model grid.
 
     probs (C, X, Y, Z) class probabilities P_c in the order of ``entries``; anomaly_raw
     (X, Y, Z) = 1 - max over organ queries of sigmoid(M_q); thresholds per channel; ``seen``:
     names of tumour classes trained with labels (None: every tumour class is treated as seen,
-    i.e. no zero-shot path — for checkpoints that do not record it).
+    i.e. no zero-shot path — for checkpoints that do not record it); ``zero_shot_organs``:
+    organ channel -> the zero-shot threshold inside that organ's envelope, in place of
+    ``zero_shot_threshold`` (infinite: no zero-shot tumour in that organ; see ZeroShot).
     """
-    c_total = probs.shape[0]
+    voxel_ml = float(np.prod(voxel_mm)) / 1000.0
+    t = np.asarray(thresholds, dtype=np.float32)
+    masks, organ_env, envelope = decide_organs(probs, entries, t, voxel_mm, close_mm)
+    scores: dict[int, Score] = {}
+    for i in organ_env:
+        scores[i] = crop_score(probs[i] / t[i], masks[i])
+    anomaly = np.where(envelope, anomaly_raw, 0.0).astype(np.float32)
+    zero_shot = ZeroShot(seen, zero_shot_threshold, dict(zero_shot_organs or {}))
+    tumours, tumour_scores, zero = decide_tumours(probs, anomaly, masks, organ_env, entries, t, zero_shot,
+                                                  voxel_ml, gate_fraction)
+    for c, m in tumours.items():
+        masks[c] = m
+    scores.update(tumour_scores)
+    return Decisions(masks=masks, scores=scores, anomaly=anomaly, envelope=envelope, organ_envelopes=organ_env,
+                     zero_shot=zero)
+
+
+def decide_organs(probs: np.ndarray, entries: Sequence[ClassEntry], t: np.ndarray, voxel_mm: Sequence[float],
+                  close_mm: float) -> tuple[np.ndarray, dict[int, np.ndarray], np.ndarray]:
+    """Organ masks (C, X, Y, Z) with the tumour channels empty, each found organ's envelope
+    (organ channel -> mask) and their union."""
     voxel_ml = float(np.prod(voxel_mm)) / 1000.0
     radius = ball_radius_vox(close_mm, voxel_mm)
     index = {e.name: i for i, e in enumerate(entries)}
     masks = np.zeros(probs.shape, dtype=bool)
-    scores: dict[int, Score] = {}
-    t = np.asarray(thresholds, dtype=np.float32)
-
     organ_ix = [i for i, e in enumerate(entries) if e.is_organ]
     for i in organ_ix:
         masks[i] = probs[i] >= t[i]
@@ -165,18 +187,50 @@ def postprocess(
         if masks[i].any():
             kept = largest_components(masks[i], 1) if entries[i].components == "largest" else masks[i]
             masks[i] = drop_small(kept, int(np.ceil(entries[i].min_volume_ml / voxel_ml)))
-
     organ_env: dict[int, np.ndarray] = {}
     envelope = np.zeros(probs.shape[1:], dtype=bool)
     for i in organ_ix:
         if masks[i].any():
             organ_env[i] = envelope_np(masks[i], radius)
             envelope |= organ_env[i]
-            scores[i] = crop_score(probs[i] / t[i], masks[i])
-    anomaly = np.where(envelope, anomaly_raw, 0.0).astype(np.float32)
+    return masks, organ_env, envelope
 
+
+@dataclass(frozen=True)
+class ZeroShot:
+    """Which tumour classes take the zero-shot path, and its threshold in each parent organ.
+
+    ``seen``: tumour classes trained with labels (None: all, no zero-shot path). ``organs``:
+    organ channel -> threshold inside that organ's envelope where the calibration raised it above
+    ``threshold`` (infinite: off). The anomaly output is high wherever a weak organ channel
+    leaves its own tissue uncovered: dsm-small-demo-0.7 drew a "Small Intestinal Neoplasm" of
+    46-492 ml in the bowel of every held-out phantom at the one threshold 0.9 (docs/model.md);
+    training.calibration measures, organ by organ, the zero-shot volume drawn on lesion-free
+    validation tissue and raises or switches off the path where it is too large.
+    """
+
+    seen: set[str] | None
+    threshold: float
+    organs: dict[int, float] = field(default_factory=dict)
+
+    def takes_path(self, entry: ClassEntry) -> bool:
+        return self.seen is not None and not entry.is_organ and entry.name not in self.seen
+
+    def threshold_in(self, organ: int) -> float:
+        return self.organs.get(organ, self.threshold)
+
+
+def decide_tumours(probs: np.ndarray, anomaly: np.ndarray, masks: np.ndarray, organ_env: dict[int, np.ndarray],
+                   entries: Sequence[ClassEntry], t: np.ndarray, zero_shot: ZeroShot, voxel_ml: float,
+                   gate_fraction: float) -> tuple[dict[int, np.ndarray], dict[int, Score], dict[int, np.ndarray]]:
+    """Tumour masks (channel -> mask, kept classes only), their scores and the zero-shot maps Z_c,
+    from the organ masks and envelopes of ``decide_organs`` and the gated anomaly output."""
+    index = {e.name: i for i, e in enumerate(entries)}
+    organ_ix = [i for i, e in enumerate(entries) if e.is_organ]
     tumor_ix = [i for i, e in enumerate(entries) if not e.is_organ]
     parents_of = {i: [index[p] for p in entries[i].parents if p in index] for i in tumor_ix}
+    out: dict[int, np.ndarray] = {}
+    scores: dict[int, Score] = {}
     zero: dict[int, np.ndarray] = {}
     # A tumour does not take the voxels of a kept organ other than its parents: the filled liver
     # envelope holds the gall bladder, and a liver-tumour channel that fires on bile took 259 of
@@ -184,14 +238,14 @@ def postprocess(
     others: dict[tuple[int, ...], np.ndarray] = {}
     for c in tumor_ix:
         parents = parents_of[c]
-        region = np.zeros(envelope.shape, dtype=bool)
+        region = np.zeros(anomaly.shape, dtype=bool)
         for p in parents:
             if p in organ_env:
                 region |= organ_env[p]
         if not region.any():
             continue  # no parent organ found: no tumour of this class
         score = probs[c] / t[c]
-        if seen is not None and entries[c].name not in seen:
+        if zero_shot.takes_path(entries[c]):
             siblings = [s for s in tumor_ix if set(parents_of[s]) & set(parents)]
             # Accumulated channel by channel: the same float32 values as probs[siblings].sum(0)
             # and .max(0) (a reduction over the first axis adds in that order), without the
@@ -205,23 +259,27 @@ def postprocess(
             w = np.where(flat, 1.0 / len(siblings), probs[c] / np.maximum(total, 1e-6))
             w_max = np.where(flat, 1.0 / len(siblings), top_p / np.maximum(total, 1e-6))
             del total, top_p
-            local = anomaly * region
-            zero[c] = (local * w).astype(np.float32)
-            top = w >= w_max - 1e-6
-            score = np.maximum(score, np.where(top, local / max(zero_shot_threshold, 1e-6), 0.0))
+            # A / threshold inside each parent's envelope where the path is on there.
+            local = np.zeros(anomaly.shape, dtype=np.float32)
+            on = np.zeros(anomaly.shape, dtype=bool)
+            for p in parents:
+                tp = zero_shot.threshold_in(p)
+                if p in organ_env and np.isfinite(tp):
+                    np.maximum(local, np.where(organ_env[p], anomaly / max(tp, 1e-6), 0.0), out=local)
+                    on |= organ_env[p]
+            if on.any():
+                zero[c] = (anomaly * on * w).astype(np.float32)
+                top = w >= w_max - 1e-6
+                score = np.maximum(score, np.where(top, local, 0.0))
         key = tuple(sorted(parents))
         if key not in others:
-            others[key] = np.zeros(envelope.shape, dtype=bool)
+            others[key] = np.zeros(anomaly.shape, dtype=bool)
             for o in organ_ix:
                 if o not in parents and masks[o].any():
                     others[key] |= masks[o]
         m = keep_inside((score >= 1.0) & ~others[key], region, gate_fraction)
         m = drop_small(m, int(np.ceil(entries[c].min_volume_ml / voxel_ml)))
         if m.any():
-            masks[c] = m
+            out[c] = m
             scores[c] = crop_score(score.astype(np.float32), m)
-    for i in range(c_total):
-        if not masks[i].any():
-            scores.pop(i, None)
-    return Decisions(masks=masks, scores=scores, anomaly=anomaly, envelope=envelope, organ_envelopes=organ_env,
-                     zero_shot=zero)
+    return out, scores, zero

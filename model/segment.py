@@ -52,6 +52,10 @@ class InferenceSettings:
     thresholds: dict[str, float] = field(default_factory=dict)  # calibrated; others: catalog threshold
     zero_shot_threshold: float = DEFAULT_ZERO_SHOT_THRESHOLD
     seen_tumors: tuple[str, ...] | None = None  # None: not recorded -> no zero-shot path
+    # Organ -> its own zero-shot threshold (infinite: no zero-shot tumour drawn in it), where the
+    # calibration measured too much zero-shot volume on lesion-free validation tissue at
+    # ``zero_shot_threshold`` (model.postprocess.ZeroShot, training.calibration).
+    zero_shot_organs: dict[str, float] = field(default_factory=dict)
     gate_fraction: float = 0.5
     organ_overlap: str = "nested"  # model.config.InferenceConfig.organ_overlap
     # Classes the calibration did not find on the validation cases (best Dice below
@@ -88,10 +92,15 @@ class InferenceSettings:
             thresholds={str(k): float(v) for k, v in (cal.get("thresholds") or {}).items()},
             zero_shot_threshold=float(cal.get("zero_shot_threshold", DEFAULT_ZERO_SHOT_THRESHOLD)),
             seen_tumors=None if seen is None else tuple(seen),
+            zero_shot_organs=zero_shot_organs(cal),
             organ_overlap=inf.organ_overlap,
             not_found=tuple(str(n) for n in cal.get("not_found") or ()),
             labelled=None if ckpt.labelled is None else tuple(ckpt.labelled),
         )
+
+    def zero_shot_off(self) -> list[str]:
+        """Organs in which no zero-shot tumour is drawn (the calibration switched the path off)."""
+        return [n for n, t in self.zero_shot_organs.items() if math.isinf(t)]
 
     def untrained(self, entry: ClassEntry) -> bool:
         """An organ class that no training set of these weights labelled (False when the
@@ -105,6 +114,12 @@ class InferenceSettings:
         if entry.name in self.not_found or self.untrained(entry):
             return math.inf
         return self.thresholds.get(entry.name, entry.threshold)
+
+
+def zero_shot_organs(calibration: dict[str, Any]) -> dict[str, float]:
+    """The calibration block's ``zero_shot_organs`` (organ -> threshold, null: off) as
+    organ -> float with infinity for off."""
+    return {str(k): math.inf if v is None else float(v) for k, v in (calibration.get("zero_shot_organs") or {}).items()}
 
 
 @dataclass
@@ -303,14 +318,20 @@ class VolumeSegmenter:
         ``sex_of``): classes of the other sex (catalog ``sex``) are not drawn."""
         s = self.settings
         seen = None if s.seen_tumors is None else set(s.seen_tumors)
-        sex = sex_of(patient_sex)
-        thresholds = [s.threshold_of(e) if e.drawn_for(sex) else math.inf for e in self.catalog]
+        thresholds = self.channel_thresholds(patient_sex)
         # decide() runs before segment() lets the model-grid arrays go, so both are set here
         return postprocess(
             output.probs, output.anomaly_raw,  # type: ignore[arg-type]
             list(self.catalog), thresholds, seen,
             s.zero_shot_threshold, output.gmap.model_spacing, s.close_mm, s.gate_fraction,
+            {i: s.zero_shot_organs[e.name] for i, e in enumerate(self.catalog) if e.name in s.zero_shot_organs},
         )
+
+    def channel_thresholds(self, patient_sex: str | None = None) -> list[float]:
+        """Each channel's threshold for this patient: calibrated or the catalog's, infinite for a
+        class not drawn (not found, never labelled, or of the other sex)."""
+        sex = sex_of(patient_sex)
+        return [self.settings.threshold_of(e) if e.drawn_for(sex) else math.inf for e in self.catalog]
 
     def segment(self, image_hu: np.ndarray, affine_ras: np.ndarray, want_anomaly: bool = True,
                 progress: bool = False, keep_model_output: bool = True,

@@ -24,7 +24,8 @@ from model.config import ModelConfig
 from model.grid import resample
 from model.inference import Predictor
 from model.network import DSMNet
-from model.segment import InferenceSettings, ModelGridOutput, VolumeSegmenter
+from model.postprocess import ZeroShot, decide_tumours
+from model.segment import DEFAULT_ZERO_SHOT_THRESHOLD, InferenceSettings, ModelGridOutput, VolumeSegmenter, zero_shot_organs
 
 from .exposure import ExposureConfig, paint_lesions
 from .registry import Registry
@@ -32,6 +33,13 @@ from .transforms import LoadCased
 
 THRESHOLD_GRID = tuple(round(0.2 + 0.05 * i, 2) for i in range(13))  # 0.2 .. 0.8
 ZERO_SHOT_GRID = tuple(round(0.3 + 0.05 * i, 2) for i in range(13))  # 0.3 .. 0.9
+# Per-organ zero-shot thresholds: the same steps, then finer towards 1 (the anomaly output is
+# 1 - the highest organ probability, so its false positives sit at 0.9-1.0).
+ZERO_SHOT_ORGAN_GRID = ZERO_SHOT_GRID + (0.95, 0.98, 0.99, 0.995)
+# Zero-shot tumour volume an organ may draw outside every reference lesion, ml per validation
+# case, before its zero-shot threshold is raised (about a sphere of 12 mm diameter: the size of a
+# small lesion a reader would go after). Chosen before measuring (docs/model.md).
+ZERO_SHOT_FALSE_ML = 1.0
 
 
 @dataclass
@@ -78,7 +86,8 @@ def segmenter_for(net: DSMNet, catalog: Catalog, embeddings: torch.Tensor, model
         roi_size=tuple(pp.roi_size), crop_margin=pp.crop_margin, overlap=inf.overlap,  # type: ignore[arg-type]
         blend_mode=inf.blend_mode, sw_batch_size=inf.sw_batch_size, close_mm=model_cfg.amvp.close_mm,
         thresholds=dict(cal.get("thresholds", {})),
-        zero_shot_threshold=float(cal.get("zero_shot_threshold", 0.5)),
+        zero_shot_threshold=float(cal.get("zero_shot_threshold", DEFAULT_ZERO_SHOT_THRESHOLD)),
+        zero_shot_organs=zero_shot_organs(cal),
         seen_tumors=None if seen is None else tuple(seen),
     )
     return VolumeSegmenter(predictor, channels, settings, device, amp=True)
@@ -113,22 +122,29 @@ def best_threshold(dice: np.ndarray, min_dice: float = MIN_CALIBRATION_DICE) -> 
     return int(dice.size - 1 - np.argmax(dice[::-1]))
 
 
-def calibrate(segmenter: VolumeSegmenter, cases: Sequence[Case]) -> dict[str, Any]:
-    """Thresholds that maximise the pooled Dice on ``cases`` (probability >= t, before
-    post-processing), for every class annotated and present in at least one case; and the
-    zero-shot threshold that maximises the pooled Dice of A * Env(parent) >= t against the
-    seen tumour classes (the anomaly output on seen lesions, spec item 11)."""
+def calibrate(segmenter: VolumeSegmenter, cases: Sequence[Case],
+              false_ml_budget: float = ZERO_SHOT_FALSE_ML) -> dict[str, Any]:
+    """The calibration block of a checkpoint, from ``cases`` in two passes through the node's
+    inference path (the network runs twice per case: holding every case's class maps would cost
+    C float32 volumes a case).
+
+    1. Thresholds that maximise the pooled Dice on ``cases`` (probability >= t, before
+       post-processing), for every class annotated and present in at least one case.
+    2. With those thresholds (the organ masks and envelopes the node will draw): the zero-shot
+       threshold that maximises the pooled Dice of A * Env(parent) >= t against the seen tumour
+       classes (the anomaly output on seen lesions, spec item 11); then, organ by organ, the
+       zero-shot tumour volume drawn in that organ's envelope outside every reference lesion,
+       in cases whose dataset labels tumours (a set that labels none may hold unlabelled
+       lesions). Where it exceeds ``false_ml_budget`` ml per case (mean over the cases where the
+       organ is found), that organ's zero-shot threshold is raised along ZERO_SHOT_ORGAN_GRID
+       until it does not, or the path is switched off there (``zero_shot_organs``: null).
+    """
     names = segmenter.catalog.names
     grid = np.asarray(THRESHOLD_GRID, dtype=np.float32)
-    zgrid = np.asarray(ZERO_SHOT_GRID, dtype=np.float32)
     inter = np.zeros((len(names), len(grid)))
     total = np.zeros((len(names), len(grid)))
     present = np.zeros(len(names), dtype=int)
-    z_inter = np.zeros(len(zgrid))
-    z_total = np.zeros(len(zgrid))
-    z_lesions = 0
-    seen = set(segmenter.settings.seen_tumors or ())
-    base = segmenter.with_settings(thresholds={}, zero_shot_threshold=0.5, not_found=())
+    base = segmenter.with_settings(thresholds={}, zero_shot_threshold=0.5, zero_shot_organs={}, not_found=())
     for case in cases:
         output = base.predict(case.image, case.affine)
         gt = _to_model_grid(case.classes, output)
@@ -145,23 +161,6 @@ def calibrate(segmenter: VolumeSegmenter, cases: Sequence[Case]) -> dict[str, An
                 pred = p >= t
                 inter[c, k] += np.logical_and(pred, truth).sum()
                 total[c, k] += pred.sum() + truth.sum()
-        tumors = [e for e in segmenter.catalog if e.is_tumor and e.name in seen and case.annotated[e.index - 1]]
-        if tumors:
-            d = base.decide(output, case.sex)
-            index = {e.name: i for i, e in enumerate(segmenter.catalog)}
-            region = np.zeros(d.anomaly.shape, bool)
-            truth = np.zeros(d.anomaly.shape, bool)
-            for e in tumors:
-                truth |= gt == e.index
-                for p in e.parents:
-                    if p in index and index[p] in d.organ_envelopes:
-                        region |= d.organ_envelopes[index[p]]
-            local = d.anomaly * region
-            z_lesions += int(ndimage.label(truth)[1])
-            for k, t in enumerate(zgrid):
-                pred = local >= t
-                z_inter[k] += np.logical_and(pred, truth).sum()
-                z_total[k] += pred.sum() + truth.sum()
     thresholds: dict[str, float] = {}
     dice_at: dict[str, float] = {}
     no_signal: list[str] = []
@@ -177,16 +176,101 @@ def calibrate(segmenter: VolumeSegmenter, cases: Sequence[Case]) -> dict[str, An
         dice_at[name] = round(float(dice[k]), 4)
     result: dict[str, Any] = {"thresholds": thresholds, "dice_at_threshold": dice_at, "cases": len(cases),
                               "grid": list(map(float, grid)), "not_found": no_signal}
-    zdice = 2 * z_inter / np.maximum(z_total, 1)
+    if segmenter.settings.seen_tumors is not None:
+        calibrated = base.with_settings(thresholds=thresholds, not_found=tuple(no_signal))
+        result.update(_calibrate_zero_shot(calibrated, cases, false_ml_budget))
+    return result
+
+
+def _calibrate_zero_shot(segmenter: VolumeSegmenter, cases: Sequence[Case], false_ml_budget: float) -> dict[str, Any]:
+    """Pass 2 of ``calibrate``: the zero-shot threshold and the organs where it is raised or off."""
+    catalog = list(segmenter.catalog)
+    seen = set(segmenter.settings.seen_tumors or ())
+    index = {e.name: i for i, e in enumerate(catalog)}
+    zero_shot_classes = [i for i, e in enumerate(catalog) if e.is_tumor and e.name not in seen]
+    sites = sorted({index[p] for i in zero_shot_classes for p in catalog[i].parents if p in index})
+    tumour_values = [e.index for e in catalog if e.is_tumor]
+    zgrid = np.asarray(ZERO_SHOT_GRID, dtype=np.float32)
+    ogrid = np.asarray(ZERO_SHOT_ORGAN_GRID, dtype=np.float32)
+    z_inter = np.zeros(len(zgrid))
+    z_total = np.zeros(len(zgrid))
+    z_lesions = 0
+    false_ml = np.zeros((len(catalog), len(ogrid)))
+    found_in = np.zeros(len(catalog), dtype=int)
+    swept = 0
+    for case in cases:
+        seen_here = [e for e in catalog if e.is_tumor and e.name in seen and case.annotated[e.index - 1]]
+        labels_tumours = bool(case.annotated[[v - 1 for v in tumour_values if v - 1 < len(case.annotated)]].any())
+        if not seen_here and not labels_tumours:
+            continue
+        output = segmenter.predict(case.image, case.affine)
+        gt = _to_model_grid(case.classes, output)
+        d = segmenter.decide(output, case.sex)
+        if seen_here:
+            region = np.zeros(d.anomaly.shape, bool)
+            truth = np.zeros(d.anomaly.shape, bool)
+            for e in seen_here:
+                truth |= gt == e.index
+                for p in e.parents:
+                    if p in index and index[p] in d.organ_envelopes:
+                        region |= d.organ_envelopes[index[p]]
+            local = d.anomaly * region
+            z_lesions += int(ndimage.label(truth)[1])
+            for k, t in enumerate(zgrid):
+                pred = local >= t
+                z_inter[k] += np.logical_and(pred, truth).sum()
+                z_total[k] += pred.sum() + truth.sum()
+        if labels_tumours:
+            swept += 1
+            lesion = np.isin(gt, tumour_values)
+            t_channels = np.asarray(segmenter.channel_thresholds(case.sex), dtype=np.float32)
+            voxel_ml = float(np.prod(output.gmap.model_spacing)) / 1000.0
+            for o in sites:
+                found_in[o] += int(o in d.organ_envelopes)
+            for k, u in enumerate(ogrid):
+                drawn, _, _ = decide_tumours(output.probs, d.anomaly, d.masks, d.organ_envelopes, catalog,  # type: ignore[arg-type]
+                                             t_channels, ZeroShot(seen, float(u)), voxel_ml,
+                                             segmenter.settings.gate_fraction)
+                for o in sites:
+                    if o not in d.organ_envelopes:
+                        continue
+                    here = np.zeros(d.anomaly.shape, bool)
+                    for c in zero_shot_classes:
+                        if c in drawn and catalog[o].name in catalog[c].parents:
+                            here |= drawn[c]
+                    false_ml[o, k] += float((here & d.organ_envelopes[o] & ~lesion).sum()) * voxel_ml
+    out: dict[str, Any] = {}
+    start = DEFAULT_ZERO_SHOT_THRESHOLD
     if z_lesions:
+        zdice = 2 * z_inter / np.maximum(z_total, 1)
         k = best_threshold(zdice)
         if k is None:
             # The anomaly output finds no seen lesion at any threshold: the zero-shot path has
             # shown nothing, so it gets the most conservative threshold of the grid.
             k = len(zgrid) - 1
-        result.update({"zero_shot_threshold": round(float(zgrid[k]), 3), "zero_shot_dice_on_seen": round(float(zdice[k]), 4),
-                       "zero_shot_seen_lesions": z_lesions})
-    return result
+        start = float(zgrid[k])
+        out.update({"zero_shot_threshold": round(start, 3), "zero_shot_dice_on_seen": round(float(zdice[k]), 4),
+                    "zero_shot_seen_lesions": z_lesions})
+    organs: dict[str, float | None] = {}
+    measured: dict[str, float] = {}
+    candidates = [k for k, u in enumerate(ogrid) if u >= start - 1e-6]
+    for o in sites:
+        if not found_in[o]:
+            continue
+        per_case = false_ml[o] / found_in[o]
+        ok = [k for k in candidates if per_case[k] <= false_ml_budget]
+        name = catalog[o].name
+        if not ok:
+            organs[name] = None
+            measured[name] = round(float(per_case[candidates[-1]]), 2) if candidates else float("nan")
+            continue
+        measured[name] = round(float(per_case[ok[0]]), 2)
+        if ogrid[ok[0]] > start + 1e-6:
+            organs[name] = round(float(ogrid[ok[0]]), 3)
+    if swept:
+        out.update({"zero_shot_organs": organs, "zero_shot_false_ml": measured,
+                    "zero_shot_false_ml_budget": false_ml_budget, "zero_shot_false_ml_cases": swept})
+    return out
 
 
 def rejection_rate(segmenter: VolumeSegmenter, cases: Sequence[Case], cfg: ExposureConfig, seed: int) -> dict[str, Any]:

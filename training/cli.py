@@ -8,6 +8,7 @@
   dsm-train stage2 --config YAML --init STAGE1.pt [...]
   dsm-train eval [--checkpoint CKPT] --data LIST|phantom:SEED:N[:TUMOURS[:SPACING]]|real --out DIR
   dsm-train export --checkpoint FINAL.pt|STATE.pt --out weights/dsm-small-demo.pt [--version V]
+  dsm-train calibrate [--checkpoint CKPT] --data phantom:SEED:N[:seen|all|none]|LIST --out NEW.pt [--version V]
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("training.commands.eval", "evaluate a checkpoint (DSC, AUROC, FPR95) and write reports"),
     "export": ("training.commands.export",
                "copy a final checkpoint (or a training state) into a release file (optionally fp16 weights)"),
+    "calibrate": ("training.commands.calibrate",
+                  "measure a weights file's thresholds (per class, zero-shot per organ) again on validation cases"),
 }
 
 

@@ -73,3 +73,58 @@ def _from_state(payload: dict, src: Path, catalog) -> tuple:
                 "note": "exported from a training state, before the end-of-training calibration"}
     version = f"{(train_cfg.get('run') or {}).get('version', 'dsm-train')}-step{int(payload['step'])}"
     return model.eval(), catalog.names, embeddings, catalog.prompt_names, training, {}, version
+
+
+# The phantom set a calibration spec's tumour types come from (registry datasets): the
+# training validation convention is seen tumours only, so that no threshold comes from an
+# unseen type (DSM spec, item 11).
+_PHANTOM_DATASET = {"seen": "phantom_seen", "all": "phantom_all", "none": "phantom_organs"}
+
+
+def calibration_items(data: str, root: str | None, spacing: float) -> list[dict]:
+    """Cases for ``dsm-train calibrate``: phantom:SEED:N[:TUMOURS[:SPACING]] (TUMOURS seen by
+    default) or a dataset list CSV; never the real evaluation CTs."""
+    from .data import case_items, parse_phantom_spec, phantom_items
+    from .datalist import read_datalist
+
+    if data == "real":
+        raise ValueError("the real CTs are for evaluation only: calibrate on validation cases "
+                         "(phantom:SEED:N or a dataset list)")
+    spec = parse_phantom_spec(data)
+    if spec is None:
+        return case_items(read_datalist(data, root))
+    tumours = spec.setdefault("tumors", "seen")
+    if tumours not in _PHANTOM_DATASET:
+        raise ValueError(f"phantom tumour types for a calibration: one of {sorted(_PHANTOM_DATASET)}, got {tumours!r}")
+    spec.setdefault("spacing", spacing)
+    return phantom_items(dataset=_PHANTOM_DATASET[tumours], **spec)
+
+
+def recalibrate_weights(src: Path, dst: Path, data: str, version: str | None = None, root: str | None = None,
+                        device: str = "auto") -> tuple[Path, dict]:
+    """``src`` with its calibration block measured again on ``data`` (training.calibration.calibrate,
+    the end-of-training calibration) and written to ``dst``; the weights are unchanged. For a
+    file calibrated by older code, or a site's own validation cases."""
+    import numpy as np
+
+    from model.segment import VolumeSegmenter
+
+    from .calibration import calibrate, load_cases
+    from .registry import load_registry
+
+    catalog = load_catalog()
+    ckpt = load_checkpoint(src)
+    seg = VolumeSegmenter.from_checkpoint(ckpt, catalog=catalog, device=device)
+    registry = load_registry(catalog=catalog)
+    cases = load_cases(calibration_items(data, root, float(np.mean(seg.settings.spacing))), registry)
+    calibration = calibrate(seg, cases)
+    calibration["data"] = data
+    training = dict(ckpt.training)
+    from .evaluate import file_sha256
+
+    training["recalibrated_from"] = {"file": Path(src).name, "sha256": file_sha256(Path(src)), "version": ckpt.version,
+                                     "calibration": ckpt.calibration}
+    model = ckpt.build_model()
+    path = save_checkpoint(dst, model, ckpt.class_names, ckpt.embeddings, version or ckpt.version, training,
+                           prompt_names=ckpt.prompt_names, calibration=calibration)
+    return path, calibration

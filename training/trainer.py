@@ -670,7 +670,9 @@ class Trainer:
         calibration = self.calibrate()
         if calibration:
             self._log(f"calibrated on {calibration['cases']} validation cases: thresholds {calibration['thresholds']}, "
-                      f"zero-shot {calibration.get('zero_shot_threshold', '-')}")
+                      f"zero-shot {calibration.get('zero_shot_threshold', '-')}, by organ "
+                      f"{calibration.get('zero_shot_organs', '-')} (null: off; false ml per case "
+                      f"{calibration.get('zero_shot_false_ml', '-')})")
         final = save_checkpoint(self.out / "final.pt", self.net, self.catalog, self.embeddings,
                                 version=self.cfg.run.version, training=train, calibration=calibration)
         (self.out / "summary.json").write_text(json.dumps({**train, "checkpoint": str(final),

@@ -6,6 +6,7 @@ volume and the labels is ``model.segment`` — the same code ``dsm-train eval`` 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,8 +75,9 @@ class Segmenter:
         self.catalog = self.model.catalog
         about = self.describe()
         never = about["not_found_by_calibration"] + about["labelled_by_no_training_set"]
-        log.info("model %s loaded on %s; never drawn: %s", self.model_version, about["device"],
-                 ", ".join(never) or "none", extra={"model": about})
+        log.info("model %s loaded on %s; never drawn: %s; no zero-shot tumour drawn in: %s", self.model_version,
+                 about["device"], ", ".join(never) or "none", ", ".join(about["zero_shot_off_in"]) or "none",
+                 extra={"model": about})
 
     def describe(self) -> dict[str, Any]:
         """What an administrator needs to know about the loaded model (logged when it loads):
@@ -89,6 +91,11 @@ class Segmenter:
             "roi": list(s.roi_size),
             "not_found_by_calibration": [e.name for e in self.catalog if e.name in s.not_found],
             "labelled_by_no_training_set": [e.name for e in self.catalog if s.untrained(e)],
+            # Organs where the calibration found the zero-shot path drawing tumours on lesion-free
+            # tissue: switched off there, or its threshold raised (model.postprocess.ZeroShot).
+            "zero_shot_threshold": s.zero_shot_threshold,
+            "zero_shot_off_in": s.zero_shot_off(),
+            "zero_shot_raised_in": {n: t for n, t in s.zero_shot_organs.items() if math.isfinite(t)},
         }
 
     def segment(self, hu: np.ndarray, affine_lps: np.ndarray, want_anomaly: bool = False, progress: bool = False,

@@ -203,3 +203,32 @@ def test_a_tumor_does_not_take_another_organ_inside_its_parent_envelope():
     probs2[kt][tumour] = 0.9
     d2 = _run(probs2, _anomaly_raw(probs2))
     assert d2.masks[kt][tumour].all()
+
+
+def test_an_organ_s_own_zero_shot_threshold_replaces_the_global_one():
+    probs, anomaly_raw, lesion, _ = _scene()
+    anomaly_raw = np.where(lesion, 0.4, anomaly_raw).astype(np.float32)
+    pt, pancreas = CAT.index_of("Pancreas Tumor"), CAT.index_of("Pancreas")
+    assert _run(probs, anomaly_raw, zt=0.5, zero_shot_organs={pancreas: 0.35}).masks[pt][lesion].all()
+    assert not _run(probs, anomaly_raw, zt=0.35, zero_shot_organs={pancreas: 0.5}).masks[pt].any()
+
+
+def test_zero_shot_switched_off_in_one_organ_still_works_in_another():
+    # An unclaimed lesion in the pancreas and one in the liver (Hepatic Vessel Tumor: an unseen
+    # class whose parents are the liver and the hepatic vessels; the liver's seen Liver Tumor
+    # has no probability there, so the text weights tie).
+    probs, anomaly_raw, lesion, _ = _scene()
+    liver, pancreas = CAT.index_of("Liver"), CAT.index_of("Pancreas")
+    liver_lesion = _ball(lesion.shape, (31, 15, 15), 3)
+    probs[liver][liver_lesion] = 0.01
+    anomaly_raw = _anomaly_raw(probs)
+    pt, hvt = CAT.index_of("Pancreas Tumor"), CAT.index_of("Hepatic Vessel Tumor")
+    on = _run(probs, anomaly_raw)
+    assert on.masks[pt][lesion].all() and on.masks[hvt][liver_lesion].all()
+    off = _run(probs, anomaly_raw, zero_shot_organs={pancreas: float("inf")})
+    assert not off.masks[pt].any() and pt not in off.zero_shot
+    assert off.masks[hvt][liver_lesion].all()
+    # With the liver off, the liver lesion goes (the other parent, the hepatic vessels, is not
+    # found here) and the pancreas keeps its path.
+    off_liver = _run(probs, anomaly_raw, zero_shot_organs={liver: float("inf")})
+    assert not off_liver.masks[hvt].any() and off_liver.masks[pt][lesion].all()

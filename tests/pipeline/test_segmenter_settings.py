@@ -45,7 +45,8 @@ def test_the_loaded_model_and_the_classes_it_never_draws_are_logged(tmp_path, ca
     organs = [n for n in ck.class_names if not catalog.by_name(n).is_tumor and n != "Celiac Trunk"]
     recorded = save_checkpoint(tmp_path / "recorded.pt", ck.build_model(), ck.class_names, ck.embeddings,
                                version="test-recorded-0", prompt_names=ck.prompt_names,
-                               training={**ck.training, "labelled": organs}, calibration=ck.calibration)
+                               training={**ck.training, "labelled": organs},
+                               calibration={**ck.calibration, "zero_shot_organs": {"Intestine": None, "Colon": 0.98}})
     settings = load_settings(overrides={"storage.data_dir": str(tmp_path), "inference.checkpoint": str(recorded),
                                         "inference.device": "cpu"})
     with caplog.at_level(logging.INFO, logger="dsm_node.infer"):
@@ -57,3 +58,6 @@ def test_the_loaded_model_and_the_classes_it_never_draws_are_logged(tmp_path, ca
     assert "test-recorded-0" in line.getMessage() and "Celiac Trunk" in line.getMessage()
     assert "Right Adrenal Gland" in line.getMessage()  # 0.6's calibration did not find it
     assert line.model == about  # type: ignore[attr-defined]  # the JSON log's field
+    # Where the calibration switched the zero-shot path off, or raised its threshold.
+    assert about["zero_shot_off_in"] == ["Intestine"] and about["zero_shot_raised_in"] == {"Colon": 0.98}
+    assert "no zero-shot tumour drawn in: Intestine" in line.getMessage()
