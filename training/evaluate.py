@@ -33,7 +33,7 @@ from scipy import ndimage
 from model.catalog import Catalog, load_catalog
 from model.envelope import ball, ball_radius_vox
 from model.resources import package_file
-from model.segment import VolumeSegmentation, VolumeSegmenter
+from model.segment import InferenceSettings, VolumeSegmentation, VolumeSegmenter
 
 from .calibration import Case, load_cases
 from .data import case_items, parse_phantom_spec, phantom_items
@@ -123,7 +123,7 @@ def evaluate(checkpoint: Path, data: str, out: Path, root: str | None = None, de
                   + (f"; not drawn, labelled by no training set: {', '.join(untrained)}" if untrained else "")
                   + f"), classes of the other sex not drawn (catalog 'sex'; {known_sex} of {len(per_case)} cases "
                   "of known sex), post-processing, "
-                  f"zero-shot tumours (threshold {s.zero_shot_threshold:g})"),
+                  f"zero-shot tumours (threshold {s.zero_shot_threshold:g}" + _zero_shot_organs(s) + ")"),
         "ood_region": "primary: reference parent envelope (parent organ(s) + their tumours, hole-filled, no "
                       f"dilation); secondary: that envelope dilated by {dilation_mm:g} mm (with its oracle ceiling)",
         "ood_score": "anomaly output A: 1 - max organ probability inside the predicted organ envelope "
@@ -135,6 +135,14 @@ def evaluate(checkpoint: Path, data: str, out: Path, root: str | None = None, de
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "report.md").write_text(markdown_report(summary))
     return summary
+
+
+def _zero_shot_organs(s: InferenceSettings) -> str:
+    """The organs whose zero-shot threshold the calibration raised or switched off, in words."""
+    raised = [f"{n} {t:g}" for n, t in s.zero_shot_organs.items() if np.isfinite(t)]
+    off = s.zero_shot_off()
+    return ((f"; raised in {', '.join(raised)}" if raised else "")
+            + (f"; none drawn in {', '.join(off)}" if off else ""))
 
 
 def _score_case(case: Case, result: VolumeSegmentation, catalog: Catalog, dataset: str,
@@ -177,6 +185,15 @@ def _score_case(case: Case, result: VolumeSegmentation, catalog: Catalog, datase
         rec["fpr95_dilated"][entry.name] = fpr_at_tpr(a[dilated], truth[dilated], 0.95)
         oracle = (~organ_ref).astype(np.float32)
         rec["oracle_auroc_dilated"][entry.name] = auroc(oracle[dilated], truth[dilated])
+    tumour_values = [e.index for e in catalog if e.is_tumor]
+    drawn = np.isin(labels, tumour_values)
+    if any(ann[v - 1] for v in tumour_values):
+        # A case whose dataset labels lesions: every tumour voxel drawn outside all of them is a
+        # false lesion (a dataset labelling some tumour types may hold others unlabelled; the
+        # phantoms hold only the types they label).
+        outside = drawn & ~np.isin(case.classes, tumour_values)
+        rec["false_tumour_ml"] = {e.name: round(float((outside & (labels == e.index)).sum()) * voxel_ml, 2)
+                                  for e in catalog if e.is_tumor and (outside & (labels == e.index)).any()}
     above = _above_diaphragm(case, labels, catalog, voxel_mm)
     if above is not None:
         rec["abdominal_above_diaphragm_ml"] = round(float(above.sum()) * voxel_ml, 2)
@@ -253,6 +270,22 @@ def _summarise(per_case: list[dict], catalog: Catalog, seen: set[str]) -> dict[s
                           "auroc_pc": au_pc.get(n), "cases": counts[n]}
                       for n in organs + tumors},
     }
+    false = [r["false_tumour_ml"] for r in per_case if "false_tumour_ml" in r]
+    if false:
+        classes = sorted({n for f in false for n in f}, key=catalog.names.index)
+        out["false_tumor_ml_mean"] = float(np.mean([sum(f.values()) for f in false]))
+        out["false_zero_shot_tumor_ml_mean"] = float(np.mean([sum(v for n, v in f.items() if n not in seen)
+                                                              for f in false]))
+        out["false_tumor_ml_by_class"] = {n: {"mean": float(np.mean([f.get(n, 0.0) for f in false])),
+                                              "max": max(f.get(n, 0.0) for f in false),
+                                              "cases": sum(1 for f in false if n in f)} for n in classes}
+        out["false_tumor_cases"] = len(false)
+    # Cases that label no lesion (the real CTs): what was drawn, for the reader to judge.
+    unlabelled = {r.get("case", str(i)): {n: v for n, v in r["predicted_ml"].items()
+                                          if n in catalog.names and catalog.by_name(n).is_tumor}
+                  for i, r in enumerate(per_case) if "false_tumour_ml" not in r and "predicted_ml" in r}
+    if unlabelled:
+        out["tumor_drawn_ml_unlabelled_cases"] = unlabelled
     above = [r["abdominal_above_diaphragm_ml"] for r in per_case if "abdominal_above_diaphragm_ml" in r]
     if above:
         out["abdominal_above_diaphragm_ml_max"] = max(above)
@@ -298,13 +331,27 @@ def markdown_report(s: dict[str, Any]) -> str:
                          f"{_fmt(v['fpr95'])} | {_fmt(v['auroc_dilated'])} | {_fmt(v['fpr95_dilated'])} | "
                          f"{_fmt(v['oracle_auroc_dilated'])} | {_fmt(v.get('auroc_pc'))} | {v['cases']} |")
         lines.append("")
+    if "false_tumor_ml_by_class" in s:
+        lines += ["## Tumour volume drawn outside every reference lesion (ml per case)", "",
+                  f"Cases that label lesions: {s['false_tumor_cases']}; the other tumour types are zero-shot.", "",
+                  "| Tumour | Setting | mean | max | Cases with any |", "|---|---|---|---|---|"]
+        seen_t = set(s.get("seen_tumour_classes", ()))
+        for n, v in s["false_tumor_ml_by_class"].items():
+            lines.append(f"| {n} | {'seen' if n in seen_t else 'zero-shot'} | {v['mean']:.2f} | {v['max']:.2f} "
+                         f"| {v['cases']} |")
+        lines.append("")
+    if s.get("tumor_drawn_ml_unlabelled_cases"):
+        lines += ["## Tumour volume drawn in cases that label no lesion (ml)", ""]
+        for case, d in s["tumor_drawn_ml_unlabelled_cases"].items():
+            lines.append(f"- {case}: " + (", ".join(f"{n} {v:.2f}" for n, v in d.items()) or "none"))
+        lines.append("")
     if len(s.get("per_case_dsc", {})) <= 4:
         lines += ["## Per case, DSC (%)", ""]
         for case, d in s["per_case_dsc"].items():
             lines.append(f"- {case}: " + ", ".join(f"{n} {_fmt(v)}" for n, v in d.items()))
         lines.append("")
     lines += ["| Summary | value |", "|---|---|"]
-    for k in SUMMARY_KEYS + ("abdominal_above_diaphragm_ml_max",):
+    for k in SUMMARY_KEYS + ("false_tumor_ml_mean", "false_zero_shot_tumor_ml_mean", "abdominal_above_diaphragm_ml_max"):
         if k in s:
             lines.append(f"| {k} | {_fmt(s.get(k), pct=False)} |")
     return "\n".join(lines) + "\n"

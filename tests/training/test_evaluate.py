@@ -67,5 +67,24 @@ def test_eval_cli_on_phantoms(tmp_path):
     report = (out / "report.md").read_text()
     assert "Table 2" in report and "Table 3" in report and "Liver" in report.split("Table 3")[0]
     assert len(list(out.glob("overlay_*.png"))) == 1
+    # A phantom labels every lesion it holds: tumour volume drawn outside them is counted.
+    assert "false_tumour_ml" in per_case[0] and s["false_tumor_cases"] == 1
+    assert "outside every reference lesion" in report
     md = markdown_report(s)
     assert md == report
+
+
+def test_false_tumour_volume_is_averaged_over_the_cases_that_label_lesions():
+    per_case = [
+        {"dsc": {"Liver": 0.9}, "false_tumour_ml": {"Small Intestinal Neoplasm": 40.0, "Liver Tumor": 2.0}},
+        {"dsc": {"Liver": 0.8}, "false_tumour_ml": {}},  # labels lesions, drew none outside them
+        {"dsc": {"Liver": 0.7}, "case": "real", "predicted_ml": {"Liver": 1500.0, "Lung Tumor": 9.3}},  # labels no lesion
+    ]
+    s = _summarise(per_case, CAT, seen={"Liver Tumor"})
+    assert s["false_tumor_cases"] == 2
+    assert s["false_tumor_ml_mean"] == pytest.approx(21.0)
+    assert s["false_zero_shot_tumor_ml_mean"] == pytest.approx(20.0)
+    assert s["false_tumor_ml_by_class"]["Small Intestinal Neoplasm"] == {"mean": 20.0, "max": 40.0, "cases": 1}
+    assert list(s["false_tumor_ml_by_class"]) == ["Liver Tumor", "Small Intestinal Neoplasm"]  # catalog order
+    # A case that labels no lesion is listed with what was drawn in it, for the reader to judge.
+    assert s["tumor_drawn_ml_unlabelled_cases"] == {"real": {"Lung Tumor": 9.3}}

@@ -7,7 +7,8 @@ from pathlib import Path
 
 #: The headline figures printed at the end (the whole summary is in the reports).
 HEADLINE = ("organ_dsc_mean", "seen_tumor_dsc_mean", "unseen_tumor_dsc_mean", "unseen_tumor_auroc_mean",
-            "unseen_tumor_fpr95_mean", "unseen_tumor_auroc_dilated_mean", "abdominal_above_diaphragm_ml_max",
+            "unseen_tumor_fpr95_mean", "unseen_tumor_auroc_dilated_mean", "false_zero_shot_tumor_ml_mean",
+            "abdominal_above_diaphragm_ml_max",
             "checkpoint_sha256")
 
 
