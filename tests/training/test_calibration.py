@@ -168,7 +168,7 @@ def test_calibrate_command_measures_a_weights_file_again(tmp_path):
     assert "zero_shot_organs" in new.calibration and new.calibration["zero_shot_false_ml_budget"] == ZERO_SHOT_FALSE_ML
     assert new.training["recalibrated_from"]["calibration"] == {"zero_shot_threshold": 0.9}
     assert new.training["recalibrated_from"]["file"] == "m.pt"  # no machine's path in a release file
-    for k, v in old.build_model().state_dict().items():
-        assert torch.equal(v, new.build_model().state_dict()[k]), k
+    before, after = old.build_model().state_dict(), new.build_model().state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(ValueError, match="evaluation only"):
         main(["calibrate", "--checkpoint", str(src), "--data", "real", "--out", str(tmp_path / "x.pt")])
