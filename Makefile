@@ -66,7 +66,8 @@ bench-scale: venv
 demo: venv
 	$(VENV)/bin/dsm-node demo $(ARGS)
 
-# Reproduces weights/dsm-small-demo.pt (dsm-small-demo-0.7): Stage 2 of the whole network
+# Reproduces weights/dsm-small-demo.pt (dsm-small-demo-0.7.1: 0.7's weights, calibrated with the
+# per-organ zero-shot thresholds, which the end-of-training calibration now measures): Stage 2 of the whole network
 # (480 steps, config/train_stage2_whole_small.yaml) from the organ side of the previous demo
 # weights 0.6 (taken from git history; 0.6's own recipe is in the git history of this file,
 # commit 57f6628), exported with the datasets that trained the lineage (phantoms: the file
@@ -82,7 +83,7 @@ runs/dsm-small-demo-0.6.pt:
 
 demo-weights: venv runs/dsm-small-demo-0.6.pt
 	$(VENV)/bin/dsm-train stage2 --config config/train_stage2_whole_small.yaml --resume none $(if $(DEMO_BUDGET),--time-budget $(DEMO_BUDGET)) $(if $(DEMO_SET),--set $(DEMO_SET))
-	$(VENV)/bin/dsm-train export --checkpoint runs/demo_stage2_whole/final.pt --out model/weights/dsm-small-demo.pt --version dsm-small-demo-0.7 --labelled-datasets phantom_organs,phantom_seen
+	$(VENV)/bin/dsm-train export --checkpoint runs/demo_stage2_whole/final.pt --out model/weights/dsm-small-demo.pt --version dsm-small-demo-0.7.1 --labelled-datasets phantom_organs,phantom_seen
 	$(VENV)/bin/dsm-train eval --checkpoint weights/dsm-small-demo.pt --data phantom:5000:8 --out runs/demo_eval
 	$(VENV)/bin/dsm-train eval --checkpoint weights/dsm-small-demo.pt --data real --out runs/demo_eval_real
 

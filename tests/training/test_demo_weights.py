@@ -17,6 +17,10 @@ def test_demo_weights_are_the_documented_stage2_model():
     assert list(ck.seen_tumors or ()) == ["Kidney Cyst", "Kidney Tumor", "Liver Tumor"]  # either spelling of the key
     # trained on phantoms only: every organ class but the Celiac Trunk, which no dataset labels
     assert ck.labelled is not None and "Celiac Trunk" not in ck.labelled and "Liver" in ck.labelled
+    # calibrated with the per-organ zero-shot thresholds (0.7 without them drew hundreds of ml of
+    # "Small Intestinal Neoplasm" in every phantom's bowel)
+    assert ck.calibration["zero_shot_organs"]["Intestine"] is None
+    assert ck.calibration["zero_shot_false_ml_budget"] == 1.0
     card = (DEFAULT_WEIGHTS.parent / "MODEL_CARD.md").read_text()
     assert card.startswith(f"# {ck.version} ") and "NOT FOR CLINICAL USE" in card
 
@@ -36,6 +40,8 @@ def test_demo_weights_segment_a_held_out_phantom(tmp_path):
         assert per_class[organ]["dsc"] > 0.75, (organ, per_class[organ])
     # Nothing abdominal above the diaphragm (the 0.2 weights put the liver over the heart).
     assert summary["abdominal_above_diaphragm_ml_max"] < 50
+    # False zero-shot lesions on this phantom: 333 ml with 0.7, 7.4 ml with 0.7.1.
+    assert summary["false_zero_shot_tumor_ml_mean"] < 25, summary["false_tumor_ml_by_class"]
 
 
 @pytest.mark.timeout(900)
