@@ -143,22 +143,13 @@ def segmenter_for_calibration(seg: VolumeSegmenter, cal: dict) -> VolumeSegmente
 def test_calibrate_command_measures_a_weights_file_again(tmp_path):
     """``dsm-train calibrate``: same weights, a calibration block measured on the given
     validation cases (with the per-organ zero-shot sweep), the old block kept for the record."""
-    from model.checkpoint import load_checkpoint, save_checkpoint
-    from model.config import load_model_config
-    from model.network import build_model
-    from model.text import class_embeddings
-    from tests.training.training_helpers import TINY_MODEL
+    from model.checkpoint import load_checkpoint
+    from tests.training.training_helpers import tiny_stage2_checkpoint
     from training.cli import main
 
-    catalog = load_catalog()
-    cfg = load_model_config("small").replace(**TINY_MODEL).with_stage(2)
-    torch.manual_seed(0)
-    net = build_model(cfg)
-    emb = class_embeddings(catalog)
-    net.set_text_embeddings(emb)
-    src = save_checkpoint(tmp_path / "m.pt", net, catalog, emb, "test-cal-0",
-                          training={"seen_tumours": ["Liver Tumor", "Kidney Tumor", "Kidney Cyst"]},
-                          calibration={"zero_shot_threshold": 0.9})
+    src = tiny_stage2_checkpoint(tmp_path / "m.pt", "test-cal-0",
+                                 training={"seen_tumours": ["Liver Tumor", "Kidney Tumor", "Kidney Cyst"]},
+                                 calibration={"zero_shot_threshold": 0.9})
     out = tmp_path / "recal.pt"
     assert main(["calibrate", "--checkpoint", str(src), "--data", "phantom:77:1:seen:8", "--out", str(out),
                  "--version", "test-cal-1"]) == 0

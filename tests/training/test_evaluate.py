@@ -5,14 +5,9 @@ import hashlib
 import json
 
 import pytest
-import torch
 
 from model.catalog import load_catalog
-from model.checkpoint import save_checkpoint
-from model.config import load_model_config
-from model.network import build_model
-from model.text import class_embeddings
-from tests.training.training_helpers import TINY_MODEL
+from tests.training.training_helpers import tiny_stage2_checkpoint
 from training.cli import main
 from training.evaluate import _summarise, markdown_report
 
@@ -42,13 +37,8 @@ def test_summary_aggregation_known_values():
 
 
 def test_eval_cli_on_phantoms(tmp_path):
-    cfg = load_model_config("small").replace(**TINY_MODEL).with_stage(2)
-    torch.manual_seed(0)
-    net = build_model(cfg)
-    emb = class_embeddings(CAT)
-    net.set_text_embeddings(emb)
-    ckpt = save_checkpoint(tmp_path / "m.pt", net, CAT, emb, "test-eval",
-                           training={"seen_tumours": ["Liver Tumor", "Kidney Tumor", "Kidney Cyst"]})
+    ckpt = tiny_stage2_checkpoint(tmp_path / "m.pt", "test-eval",
+                                  training={"seen_tumours": ["Liver Tumor", "Kidney Tumor", "Kidney Cyst"]})
     out = tmp_path / "eval"
     assert main(["eval", "--checkpoint", str(ckpt), "--data", "phantom:77:1:all:8", "--out", str(out),
                  "--overlays", "1"]) == 0

@@ -51,3 +51,23 @@ def tiny_config(tmp: Path, stage: int, out: str, steps: int, **extra) -> Path:
     path = tmp / f"{out}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def tiny_stage2_checkpoint(path: Path, version: str, **save_kwargs) -> Path:
+    """An untrained tiny Stage-2 model saved as a checkpoint with the catalog's text embeddings
+    (seed 0; ``save_kwargs``: training=, calibration=, ... of model.checkpoint.save_checkpoint)."""
+    import torch
+
+    from model.catalog import load_catalog
+    from model.checkpoint import save_checkpoint
+    from model.config import load_model_config
+    from model.network import build_model
+    from model.text import class_embeddings
+
+    catalog = load_catalog()
+    cfg = load_model_config("small").replace(**TINY_MODEL).with_stage(2)
+    torch.manual_seed(0)
+    net = build_model(cfg)
+    emb = class_embeddings(catalog)
+    net.set_text_embeddings(emb)
+    return save_checkpoint(path, net, catalog, emb, version, **save_kwargs)
