@@ -102,6 +102,10 @@ class InferenceSettings:
         """Organs in which no zero-shot tumour is drawn (the calibration switched the path off)."""
         return [n for n, t in self.zero_shot_organs.items() if math.isinf(t)]
 
+    def zero_shot_raised(self) -> dict[str, float]:
+        """Organs whose zero-shot threshold the calibration raised, with that threshold."""
+        return {n: t for n, t in self.zero_shot_organs.items() if math.isfinite(t)}
+
     def untrained(self, entry: ClassEntry) -> bool:
         """An organ class that no training set of these weights labelled (False when the
         checkpoint does not record its labelled classes)."""

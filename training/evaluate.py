@@ -139,7 +139,7 @@ def evaluate(checkpoint: Path, data: str, out: Path, root: str | None = None, de
 
 def _zero_shot_organs(s: InferenceSettings) -> str:
     """The organs whose zero-shot threshold the calibration raised or switched off, in words."""
-    raised = [f"{n} {t:g}" for n, t in s.zero_shot_organs.items() if np.isfinite(t)]
+    raised = [f"{n} {t:g}" for n, t in s.zero_shot_raised().items()]
     off = s.zero_shot_off()
     return ((f"; raised in {', '.join(raised)}" if raised else "")
             + (f"; none drawn in {', '.join(off)}" if off else ""))

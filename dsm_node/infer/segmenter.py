@@ -6,7 +6,6 @@ volume and the labels is ``model.segment`` — the same code ``dsm-train eval`` 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +94,7 @@ class Segmenter:
             # tissue: switched off there, or its threshold raised (model.postprocess.ZeroShot).
             "zero_shot_threshold": s.zero_shot_threshold,
             "zero_shot_off_in": s.zero_shot_off(),
-            "zero_shot_raised_in": {n: t for n, t in s.zero_shot_organs.items() if math.isfinite(t)},
+            "zero_shot_raised_in": s.zero_shot_raised(),
         }
 
     def segment(self, hu: np.ndarray, affine_lps: np.ndarray, want_anomaly: bool = False, progress: bool = False,
