@@ -114,6 +114,36 @@ def phantom_items(seed: int, n: int, tumors: str = "all", spacing: float = 3.0,
     return items
 
 
+# The registry dataset of a phantom set, by the tumour types it carries.
+PHANTOM_DATASETS = {"seen": "phantom_seen", "all": "phantom_all", "none": "phantom_organs"}
+
+
+def spec_items(data: str, root: str | Path | None, spacing: float, *, tumours: str, real: bool,
+               dataset: str | None = None) -> list[dict[str, Any]]:
+    """The cases a command line names: ``real`` (the real evaluation CTs, refused unless ``real``),
+    ``phantom:SEED:N[:TUMOURS[:SPACING]]`` (TUMOURS defaults to ``tumours``, SPACING to
+    ``spacing``; the phantoms belong to ``dataset``, by default the registry dataset of their
+    tumour types: all, seen or none) or a dataset list CSV (image paths relative to ``root``)."""
+    from .datalist import read_datalist
+    from .real_data import real_items
+
+    if data == "real":
+        if not real:
+            raise ValueError("the real CTs are for evaluation only: calibrate on validation cases "
+                             "(phantom:SEED:N or a dataset list)")
+        return real_items(Path(root) if root else None)
+    spec = parse_phantom_spec(data)
+    if spec is None:
+        return case_items(read_datalist(data, root))
+    kinds = spec.setdefault("tumors", tumours)
+    if dataset is None:
+        if kinds not in PHANTOM_DATASETS:
+            raise ValueError(f"phantom tumour types: one of {sorted(PHANTOM_DATASETS)}, got {kinds!r}")
+        dataset = PHANTOM_DATASETS[kinds]
+    spec.setdefault("spacing", spacing)
+    return phantom_items(dataset=dataset, **spec)
+
+
 def parse_phantom_spec(text: str) -> dict[str, Any] | None:
     """'phantom:SEED:N[:TUMOURS[:SPACING]]' -> phantom_items kwargs, or None for other strings."""
     if not text.startswith("phantom:"):

@@ -36,11 +36,10 @@ from model.resources import package_file
 from model.segment import InferenceSettings, VolumeSegmentation, VolumeSegmenter
 
 from .calibration import Case, load_cases
-from .data import case_items, parse_phantom_spec, phantom_items
-from .datalist import read_datalist
+from .data import spec_items
 from .metrics import auroc, dice_score, fpr_at_tpr, nanmean
 from .plots import plot_overlay
-from .real_data import MERGED_REFERENCES, real_items
+from .real_data import MERGED_REFERENCES
 from .registry import load_registry
 
 DEFAULT_WEIGHTS = package_file("model", "weights", "dsm-small-demo.pt")
@@ -63,14 +62,9 @@ def file_sha256(path: Path) -> str:
 
 
 def _items(data: str, root: str | None, spacing: float) -> list[dict]:
-    if data == "real":
-        return real_items(Path(root) if root else None)
-    spec = parse_phantom_spec(data)
-    if spec is not None:
-        spec.setdefault("tumors", "all")
-        spec.setdefault("spacing", spacing)
-        return phantom_items(dataset="phantom_all", **spec)
-    return case_items(read_datalist(data, root))
+    # Phantoms are scored as "phantom_all" whatever tumour types a spec asks for: the generator
+    # labels every lesion it places, so a type it did not place is truly absent.
+    return spec_items(data, root, spacing, tumours="all", real=True, dataset="phantom_all")
 
 
 def parent_envelope(case: Case, parents: list[int]) -> np.ndarray:

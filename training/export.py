@@ -75,29 +75,13 @@ def _from_state(payload: dict, src: Path, catalog) -> tuple:
     return model.eval(), catalog.names, embeddings, catalog.prompt_names, training, {}, version
 
 
-# The phantom set a calibration spec's tumour types come from (registry datasets): the
-# training validation convention is seen tumours only, so that no threshold comes from an
-# unseen type (DSM spec, item 11).
-_PHANTOM_DATASET = {"seen": "phantom_seen", "all": "phantom_all", "none": "phantom_organs"}
-
-
 def calibration_items(data: str, root: str | None, spacing: float) -> list[dict]:
-    """Cases for ``dsm-train calibrate``: phantom:SEED:N[:TUMOURS[:SPACING]] (TUMOURS seen by
-    default) or a dataset list CSV; never the real evaluation CTs."""
-    from .data import case_items, parse_phantom_spec, phantom_items
-    from .datalist import read_datalist
+    """Cases for ``dsm-train calibrate``: phantom:SEED:N[:TUMOURS[:SPACING]] or a dataset list CSV;
+    never the real evaluation CTs. Phantom tumour types default to the seen ones, training's
+    validation convention, so that no threshold comes from an unseen type (DSM spec, item 11)."""
+    from .data import spec_items
 
-    if data == "real":
-        raise ValueError("the real CTs are for evaluation only: calibrate on validation cases "
-                         "(phantom:SEED:N or a dataset list)")
-    spec = parse_phantom_spec(data)
-    if spec is None:
-        return case_items(read_datalist(data, root))
-    tumours = spec.setdefault("tumors", "seen")
-    if tumours not in _PHANTOM_DATASET:
-        raise ValueError(f"phantom tumour types for a calibration: one of {sorted(_PHANTOM_DATASET)}, got {tumours!r}")
-    spec.setdefault("spacing", spacing)
-    return phantom_items(dataset=_PHANTOM_DATASET[tumours], **spec)
+    return spec_items(data, root, spacing, tumours="seen", real=False)
 
 
 def recalibrate_weights(src: Path, dst: Path, data: str, version: str | None = None, root: str | None = None,
