@@ -8,7 +8,7 @@ import torch
 from model.catalog import load_catalog
 from training.checks import check_data, make_list
 from training.cli import main
-from training.data import epoch_plan, phantom_items
+from training.data import epoch_plan, phantom_items, spec_items
 from training.datalist import read_datalist
 from training.registry import load_registry
 from training.transforms import CropConfig, PipelineConfig, augment_transforms, preprocess_transforms
@@ -127,3 +127,18 @@ def test_phantom_cases_carry_their_sex():
     item = phantom_items(3, 1, "none", 8.0, "phantom_organs")[0]
     case = load_cases([item], load_registry())[0]
     assert case.sex == generate(3, spacing=8.0, tumor_types=()).info["sex"] in ("female", "male")
+
+
+def test_a_data_spec_names_its_cases_for_eval_and_calibration():
+    # Phantom tumour types pick the registry dataset unless the caller names one (eval scores
+    # every phantom as phantom_all); the real CTs are refused where the caller says so.
+    seen = spec_items("phantom:3:1:seen:8", None, 4.0, tumours="all", real=True)
+    assert [(i["case"], i["dataset"]) for i in seen] == [("phantom_00003", "phantom_seen")]
+    assert seen[0]["image"].shape == phantom_items(3, 1, "seen", 8.0)[0]["image"].shape
+    assert spec_items("phantom:3:1", None, 8.0, tumours="none", real=False)[0]["dataset"] == "phantom_organs"
+    as_eval = spec_items("phantom:3:1:unseen:8", None, 4.0, tumours="all", real=True, dataset="phantom_all")
+    assert as_eval[0]["dataset"] == "phantom_all"
+    with pytest.raises(ValueError, match="one of"):
+        spec_items("phantom:3:1:unseen:8", None, 4.0, tumours="all", real=True)
+    with pytest.raises(ValueError, match="evaluation only"):
+        spec_items("real", None, 4.0, tumours="seen", real=False)
