@@ -205,6 +205,10 @@ class Selection(_Section):
     rules: list[Rule] = Field(default_factory=list)
 
 
+# inference.exclude_classes: names that stand for several classes (dsm_node.infer.segmenter).
+EXCLUDE_GROUPS = ("tumors", "zero-shot")
+
+
 class Inference(_Section):
     checkpoint: Path | None = Field(None, description="Model checkpoint; empty = bundled demo weights")
     device: str = Field("auto", description="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
@@ -243,6 +247,29 @@ class Inference(_Section):
         description="Folder of the file-backed HU (a local disk, not a tmpfs; about 2 bytes per voxel during a "
                     "job); empty = storage.data_dir/work. Set it on workers whose data_dir is a network share",
     )
+    exclude_classes: list[str] = Field(
+        default_factory=list,
+        description="Classes never drawn in the results (SEG, SR, key images; dsm-node infer's labels): catalog "
+                    "names, or the groups 'tumors' (every tumour class) and 'zero-shot' (the tumour classes the "
+                    "model has no trained query for). E.g. [zero-shot] where the model card says its zero-shot "
+                    "tumours are not usable. An excluded organ's tumours are still drawn",
+    )
+
+    @model_validator(mode="after")
+    def _known_classes(self) -> Inference:
+        if not self.exclude_classes:
+            return self
+        from model.catalog import CatalogError, load_catalog
+
+        try:
+            names = set(load_catalog(extra=self.catalog_extra).names)
+        except (CatalogError, OSError) as exc:
+            raise ValueError(f"exclude_classes: the class catalog cannot be read: {exc}") from None
+        unknown = [n for n in self.exclude_classes if n not in names and n not in EXCLUDE_GROUPS]
+        if unknown:
+            raise ValueError(f"exclude_classes: unknown {unknown}; use class names of config/classes.yaml "
+                             f"(and inference.catalog_extra) or the groups {list(EXCLUDE_GROUPS)}")
+        return self
 
 
 class Results(_Section):

@@ -27,6 +27,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="model checkpoint (default: the bundled demo weights)")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: inference.device)")
     parser.add_argument("--catalog-extra", help="YAML of extra (zero-shot) classes with their coding")
+    parser.add_argument("--exclude-class", action="append", metavar="NAME",
+                        help="leave this class out of every output (repeatable; a catalog name or the groups "
+                             "'tumors' and 'zero-shot'; default: inference.exclude_classes)")
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
     parser.add_argument("--model-version", help="override the version written into SEG/SR (default: the checkpoint's)")
     parser.add_argument("--patient-sex", choices=("F", "M", "O"),
@@ -48,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
             "inference.checkpoint": args.checkpoint,
             "inference.device": args.device,
             "inference.catalog_extra": args.catalog_extra,
+            "inference.exclude_classes": args.exclude_class,
         },
     )
     source = Path(args.input)
@@ -157,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         "model_version": segmenter.model_version,
         "device": str(segmenter.device),
         "segments": {name: round(n * voxel_ml, 2) for name, n in result.found.items()},
+        "excluded_classes": segmenter.describe()["excluded_by_site"],
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         # the process's peak resident memory so far, after each stage (where a large series peaks)
         "peak_rss_mb": peaks,

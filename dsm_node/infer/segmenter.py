@@ -6,7 +6,7 @@ volume and the labels is ``model.segment`` — the same code ``dsm-train eval`` 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ def segmenter_from_settings(settings: Any) -> Segmenter:
     return Segmenter(
         settings.checkpoint_path, device=inf.device, sw_batch_size=inf.sw_batch_size, overlap=inf.overlap,
         amp=inf.amp, catalog_extra=inf.catalog_extra, clip_checkpoint=inf.clip_checkpoint,
-        cpu_threads=inf.cpu_threads,
+        cpu_threads=inf.cpu_threads, exclude_classes=inf.exclude_classes,
     )
 
 
@@ -59,6 +59,7 @@ class Segmenter:
         catalog_extra: str | Path | None = None,
         clip_checkpoint: str | Path | None = None,
         cpu_threads: int | None = None,
+        exclude_classes: Sequence[str] = (),
     ) -> None:
         if cpu_threads:
             # Process-wide. On a shared 2-core machine, 3 competing model processes made a
@@ -72,10 +73,12 @@ class Segmenter:
         self.model_version = self.model.model_version
         self.device = self.model.device
         self.catalog = self.model.catalog
+        self.excluded = excluded_classes(self.model, exclude_classes)
         about = self.describe()
         never = about["not_found_by_calibration"] + about["labelled_by_no_training_set"]
-        log.info("model %s loaded on %s; never drawn: %s; no zero-shot tumour drawn in: %s", self.model_version,
-                 about["device"], ", ".join(never) or "none", ", ".join(about["zero_shot_off_in"]) or "none",
+        log.info("model %s loaded on %s; never drawn: %s; no zero-shot tumour drawn in: %s; excluded by the site: %s",
+                 self.model_version, about["device"], ", ".join(never) or "none",
+                 ", ".join(about["zero_shot_off_in"]) or "none", ", ".join(about["excluded_by_site"]) or "none",
                  extra={"model": about})
 
     def describe(self) -> dict[str, Any]:
@@ -95,6 +98,8 @@ class Segmenter:
             "zero_shot_threshold": s.zero_shot_threshold,
             "zero_shot_off_in": s.zero_shot_off(),
             "zero_shot_raised_in": s.zero_shot_raised(),
+            # inference.exclude_classes, resolved: segmented, then left out of every result.
+            "excluded_by_site": [e.name for e in self.catalog if e.index in self.excluded],
         }
 
     def segment(self, hu: np.ndarray, affine_lps: np.ndarray, want_anomaly: bool = False, progress: bool = False,
@@ -111,6 +116,38 @@ class Segmenter:
         # The model lays its source-grid outputs out like its input (the (i, j, k) view of hu), so
         # these transposes are C-contiguous views: no second source-sized copy.
         labels = np.ascontiguousarray(result.labels.transpose(2, 1, 0))
+        found = result.found
+        if self.excluded:
+            drop_labels(labels, self.excluded)
+            found = {n: v for n, v in found.items() if self.catalog.by_name(n).index not in self.excluded}
         anomaly = None if result.anomaly is None else np.ascontiguousarray(result.anomaly.transpose(2, 1, 0))
         return Segmentation(labels=labels, catalog=result.catalog, anomaly=anomaly, timings=result.timings,
-                            found=result.found, anomaly_slabs=result.anomaly_slabs if stream_anomaly else None)
+                            found=found, anomaly_slabs=result.anomaly_slabs if stream_anomaly else None)
+
+
+def excluded_classes(model: VolumeSegmenter, names: Sequence[str]) -> frozenset[int]:
+    """The 1-based label values of ``inference.exclude_classes`` for this model: catalog names
+    and the groups "tumors" and "zero-shot" (tumour classes outside the checkpoint's seen
+    tumours; none when the checkpoint does not record them, as it then has no zero-shot path)."""
+    seen = model.settings.seen_tumors
+    out: set[int] = set()
+    for name in names:
+        if name == "tumors":
+            out |= {e.index for e in model.catalog if e.is_tumor}
+        elif name == "zero-shot":
+            out |= {e.index for e in model.catalog if e.is_tumor and seen is not None and e.name not in seen}
+        elif name in model.catalog.names:
+            out.add(model.catalog.by_name(name).index)
+        else:
+            raise ValueError(f"inference.exclude_classes: {name!r} is not a class of this model's catalog")
+    return frozenset(out)
+
+
+def drop_labels(labels: np.ndarray, values: frozenset[int], slab_voxels: int = 1 << 24) -> None:
+    """Set the voxels of ``values`` to background in place, a block of slices at a time (a
+    lookup table over the whole volume would copy it)."""
+    lut = np.arange(256 if labels.dtype == np.uint8 else int(labels.max()) + 1, dtype=labels.dtype)
+    lut[[v for v in values if v < len(lut)]] = 0
+    step = max(1, slab_voxels // max(1, int(np.prod(labels.shape[1:]))))
+    for z0 in range(0, labels.shape[0], step):
+        labels[z0:z0 + step] = lut[labels[z0:z0 + step]]

@@ -117,6 +117,14 @@ def test_a_node_killed_during_inference_finishes_the_job_after_restart(tmp_path,
     assert len([d for d in received.values() if d.SOPClassUID == SR_3D]) == 1
 
 
+def test_infer_cli_refuses_an_unknown_excluded_class(tmp_path, phantom_study):
+    cmd = [sys.executable, "-m", "dsm_node", "infer", str(phantom_study), "--out", str(tmp_path / "out"),
+           "--exclude-class", "zero-shot", "--exclude-class", "Livre"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ}, timeout=600)
+    assert done.returncode == 2 and "exclude_classes: unknown ['Livre']" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_infer_cli_on_dicom_and_nifti(tmp_path, tiny_checkpoint, phantom_study):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "dsm_node", "infer", str(phantom_study), "--out", str(out),

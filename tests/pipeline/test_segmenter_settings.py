@@ -61,3 +61,64 @@ def test_the_loaded_model_and_the_classes_it_never_draws_are_logged(tmp_path, ca
     # Where the calibration switched the zero-shot path off, or raised its threshold.
     assert about["zero_shot_off_in"] == ["Intestine"] and about["zero_shot_raised_in"] == {"Colon": 0.98}
     assert "no zero-shot tumour drawn in: Intestine" in line.getMessage()
+
+
+def test_unknown_excluded_classes_are_refused_with_the_valid_choices(tmp_path):
+    with pytest.raises(ConfigError, match=r"exclude_classes: unknown \['Livre'\].*zero-shot"):
+        load_settings(overrides={"storage.data_dir": str(tmp_path), "inference.exclude_classes": ["Livre"]})
+    ok = load_settings(overrides={"storage.data_dir": str(tmp_path),
+                                  "inference.exclude_classes": ["zero-shot", "Liver Tumor"]})
+    assert ok.inference.exclude_classes == ["zero-shot", "Liver Tumor"]
+
+
+def test_drop_labels_clears_only_the_excluded_values_across_blocks():
+    import numpy as np
+
+    from dsm_node.infer.segmenter import drop_labels
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 46, size=(7, 5, 4)).astype(np.uint8)
+    before = labels.copy()
+    drop_labels(labels, frozenset({3, 45}), slab_voxels=40)  # two slices a block: 4 blocks
+    assert not np.isin(labels, [3, 45]).any()
+    kept = ~np.isin(before, [3, 45])
+    assert (labels[kept] == before[kept]).all() and (labels[~kept] == 0).all()
+
+
+def test_excluded_classes_are_segmented_then_left_out(tmp_path, caplog):
+    """A site that reads in the model card that the zero-shot tumours are not usable sets
+    ``exclude_classes: [zero-shot]``: the segmenter still runs every class (an organ's tumours
+    still come out when the organ itself is excluded) and leaves those classes out of the labels
+    every result is made from."""
+    import logging
+
+    import numpy as np
+
+    from model.catalog import load_catalog
+    from model.checkpoint import load_checkpoint
+    from training.evaluate import DEFAULT_WEIGHTS
+    from training.phantoms import make_phantom
+
+    seen = set(load_checkpoint(DEFAULT_WEIGHTS, map_location="cpu").seen_tumors or ())
+    catalog = load_catalog()
+    zero_shot = {e.name for e in catalog if e.is_tumor and e.name not in seen}
+    assert seen and zero_shot
+    base = {"storage.data_dir": str(tmp_path), "inference.device": "cpu"}
+    plain = segmenter_from_settings(load_settings(overrides=base))
+    with caplog.at_level(logging.INFO, logger="dsm_node.infer"):
+        site = segmenter_from_settings(load_settings(overrides={**base, "inference.exclude_classes": ["zero-shot", "Liver"]}))
+    assert set(site.describe()["excluded_by_site"]) == zero_shot | {"Liver"}
+    assert "excluded by the site: " in caplog.records[-1].getMessage()
+
+    image, _label, affine = make_phantom(3, shape=(48, 40, 30), spacing=(6.0, 6.0, 6.0))
+    hu = np.ascontiguousarray(image.transpose(2, 1, 0))  # (z, y, x) as the node holds it
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    a = plain.segment(hu, lps)
+    b = site.segment(hu, lps)
+    liver = catalog.by_name("Liver").index
+    assert (a.labels == liver).sum() > 1000, "the demo weights find this phantom's liver"
+    gone = [catalog.by_name(n).index for n in zero_shot | {"Liver"}]
+    assert not np.isin(b.labels, gone).any() and "Liver" not in b.found
+    same = ~np.isin(a.labels, gone)
+    assert (b.labels[same] == a.labels[same]).all() and (b.labels[~same] == 0).all()
+    assert {n: v for n, v in a.found.items() if n not in zero_shot | {"Liver"}} == b.found
