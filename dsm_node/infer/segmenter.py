@@ -16,6 +16,7 @@ import torch
 
 from model.catalog import Catalog, load_catalog
 from model.grid import LPS_TO_RAS
+from model.postprocess import ZeroShot
 from model.segment import VolumeSegmenter, pick_device
 
 __all__ = ["Segmentation", "Segmenter", "pick_device", "segmenter_from_settings"]
@@ -129,13 +130,15 @@ def excluded_classes(model: VolumeSegmenter, names: Sequence[str]) -> frozenset[
     """The 1-based label values of ``inference.exclude_classes`` for this model: catalog names
     and the groups "tumors" and "zero-shot" (tumour classes outside the checkpoint's seen
     tumours; none when the checkpoint does not record them, as it then has no zero-shot path)."""
-    seen = model.settings.seen_tumors
+    s = model.settings
+    # The post-processing's own rule for which classes take the zero-shot path.
+    path = ZeroShot(None if s.seen_tumors is None else set(s.seen_tumors), s.zero_shot_threshold)
     out: set[int] = set()
     for name in names:
         if name == "tumors":
             out |= {e.index for e in model.catalog if e.is_tumor}
         elif name == "zero-shot":
-            out |= {e.index for e in model.catalog if e.is_tumor and seen is not None and e.name not in seen}
+            out |= {e.index for e in model.catalog if path.takes_path(e)}
         elif name in model.catalog.names:
             out.add(model.catalog.by_name(name).index)
         else:
@@ -144,10 +147,10 @@ def excluded_classes(model: VolumeSegmenter, names: Sequence[str]) -> frozenset[
 
 
 def drop_labels(labels: np.ndarray, values: frozenset[int], slab_voxels: int = 1 << 24) -> None:
-    """Set the voxels of ``values`` to background in place, a block of slices at a time (a
-    lookup table over the whole volume would copy it)."""
-    lut = np.arange(256 if labels.dtype == np.uint8 else int(labels.max()) + 1, dtype=labels.dtype)
-    lut[[v for v in values if v < len(lut)]] = 0
+    """Set the voxels of ``values`` to background in place, a block of slices at a time (a mask
+    over the whole volume would be a source-sized array)."""
+    drop = sorted(values)
     step = max(1, slab_voxels // max(1, int(np.prod(labels.shape[1:]))))
     for z0 in range(0, labels.shape[0], step):
-        labels[z0:z0 + step] = lut[labels[z0:z0 + step]]
+        block = labels[z0:z0 + step]  # a view: written in place
+        block[np.isin(block, drop)] = 0
