@@ -16,7 +16,6 @@ import torch
 
 from model.catalog import Catalog, load_catalog
 from model.grid import LPS_TO_RAS
-from model.postprocess import ZeroShot
 from model.segment import VolumeSegmenter, pick_device
 
 __all__ = ["Segmentation", "Segmenter", "pick_device", "segmenter_from_settings"]
@@ -130,15 +129,15 @@ def excluded_classes(model: VolumeSegmenter, names: Sequence[str]) -> frozenset[
     """The 1-based label values of ``inference.exclude_classes`` for this model: catalog names
     and the groups "tumors" and "zero-shot" (tumour classes outside the checkpoint's seen
     tumours; none when the checkpoint does not record them, as it then has no zero-shot path)."""
-    s = model.settings
-    # The post-processing's own rule for which classes take the zero-shot path.
-    path = ZeroShot(None if s.seen_tumors is None else set(s.seen_tumors), s.zero_shot_threshold)
+    # model.postprocess.ZeroShot.takes_path's rule (the node may not import model.postprocess:
+    # tests/packaging/test_import_rules.py).
+    seen = model.settings.seen_tumors
     out: set[int] = set()
     for name in names:
         if name == "tumors":
             out |= {e.index for e in model.catalog if e.is_tumor}
         elif name == "zero-shot":
-            out |= {e.index for e in model.catalog if path.takes_path(e)}
+            out |= {e.index for e in model.catalog if e.is_tumor and seen is not None and e.name not in seen}
         elif name in model.catalog.names:
             out.add(model.catalog.by_name(name).index)
         else:
